@@ -1,0 +1,26 @@
+//! The DebVisor wire contract.
+//!
+//! Everything that crosses a process boundary between DebVisor parts lives
+//! here: the generated protobuf services (`debvisor.<service>.v1`), the
+//! descriptor set for server reflection, the well-known paths and ports of a
+//! node, and the client helpers that connect to an agent over its Unix socket
+//! or over TLS. Every other crate depends on this one, never the reverse.
+
+pub mod client;
+pub mod paths;
+
+/// `debvisor.node.v1`: node identity, image, slot and resource figures.
+pub mod node {
+    /// Version 1 of the node service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.node.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every DebVisor protobuf, for
+/// `tonic-reflection`.
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/debvisor_descriptor.bin"));
+
+/// The API versions this build serves, named in UNIMPLEMENTED answers.
+pub const SUPPORTED_SERVICES: &[&str] = &["debvisor.node.v1.NodeService"];
