@@ -7,6 +7,7 @@
 //! or over TLS. Every other crate depends on this one, never the reverse.
 
 pub mod client;
+pub mod daemon;
 pub mod paths;
 
 /// `debvisor.node.v1`: node identity, image, slot and resource figures.
