@@ -9,11 +9,11 @@ use tracing_subscriber::prelude::*;
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(journald) = tracing_journald::layer() {
-            registry.with(journald).init();
-            return;
-        }
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry.with(journald).init();
+        return;
     }
     registry
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

@@ -41,10 +41,10 @@ impl PeerPolicy {
         if uid == 0 || uid == self.own_uid {
             return Ok(req);
         }
-        if let Some(group) = self.group {
-            if gid == group || pid.is_some_and(|p| supplementary_groups(p).contains(&group)) {
-                return Ok(req);
-            }
+        if let Some(group) = self.group
+            && (gid == group || pid.is_some_and(|p| supplementary_groups(p).contains(&group)))
+        {
+            return Ok(req);
         }
         Err(Status::permission_denied(format!(
             "uid {uid} may not use the agent socket: run as root or join the '{SOCKET_GROUP}' group"

@@ -53,7 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let cfg = ServeConfig {
         socket: args.socket.clone(),
-        tls: (!args.no_tcp).then(|| TlsListen {
+        tls: (!args.no_tcp).then_some(TlsListen {
             addr: args.listen,
             cert: args.tls_cert,
             key: args.tls_key,
