@@ -1,1 +1,95 @@
-fn main() {}
+//! debvisor-qa: the lab, the system tests and the boot benchmark for
+//! DebVisor images, all in QEMU.
+
+mod bench;
+mod lab;
+mod node;
+mod probes;
+mod qemu;
+mod serial;
+mod tests;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::qemu::Accel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "debvisor-qa",
+    version,
+    about = "Lab, system tests and boot benchmark for DebVisor images"
+)]
+struct Cli {
+    /// How QEMU runs the guest. TCG by default: KVM hangs Linux guests on
+    /// the development machines (see /work/shared/FACTS.md).
+    #[arg(long, global = true, value_enum, default_value = "tcg")]
+    accel: Accel,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// One node in QEMU for interactive use.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+    /// Run the system tests (each boots its own node).
+    Test(tests::TestArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// Build the image if needed, boot it and wait until it answers.
+    Up(lab::UpArgs),
+    /// Stop a detached lab.
+    Down,
+    /// Show the detached lab and whether it answers.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Build and boot times against a plain Debian peer.
+    Boot(bench::BootArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    qemu::install_signal_handler(&rt);
+    let paths = node::Paths::discover();
+    let res = match &cli.cmd {
+        Cmd::Lab { cmd: LabCmd::Up(a) } => lab::up(&paths, &rt, cli.accel, a).map(|()| true),
+        Cmd::Lab { cmd: LabCmd::Down } => lab::down(&paths).map(|()| true),
+        Cmd::Lab { cmd: LabCmd::Status } => lab::status(&paths, &rt).map(|()| true),
+        Cmd::Test(a) => tests::run(&paths, &rt, cli.accel, a),
+        Cmd::Bench { cmd: BenchCmd::Boot(a) } => bench::boot(&paths, &rt, cli.accel, a).map(|()| true),
+    };
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}

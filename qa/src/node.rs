@@ -1,0 +1,260 @@
+//! A DebVisor node under test: where things live, building the image with
+//! debvisor-image, and booting a node until its services answer from the host.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use debvisor_api::node::v1::GetStatusResponse;
+
+use crate::probes;
+use crate::qemu::{Accel, Boot, Vm, VmSpec};
+use crate::serial::BootInfo;
+
+/// Locations of the workspace and the harness's output.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    /// The workspace root: `DEBVISOR_ROOT`, else the nearest parent of the
+    /// current directory with a `[workspace]` Cargo.toml, else where this
+    /// crate was compiled.
+    pub fn discover() -> Paths {
+        if let Some(r) = std::env::var_os("DEBVISOR_ROOT") {
+            return Paths { root: r.into() };
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            for dir in cwd.ancestors() {
+                let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+                if toml.contains("[workspace]") && dir.join("qa").is_dir() {
+                    return Paths { root: dir.into() };
+                }
+            }
+        }
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Paths {
+            root: here.parent().unwrap_or(here).into(),
+        }
+    }
+    pub fn qa(&self) -> PathBuf {
+        self.root.join("target/qa")
+    }
+    pub fn image(&self) -> PathBuf {
+        self.qa().join("image")
+    }
+    pub fn lab(&self) -> PathBuf {
+        self.qa().join("lab")
+    }
+    pub fn artifacts(&self) -> PathBuf {
+        self.qa().join("artifacts")
+    }
+    pub fn bench(&self) -> PathBuf {
+        self.qa().join("bench")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("target/debvisor-cache")
+    }
+}
+
+/// Builds the node image into `out` with debvisor-image (release build),
+/// passing its progress display through. `cache` overrides the builder's
+/// cache directory. Returns the wall time of the image build alone.
+pub fn build_image(paths: &Paths, out: &Path, cache: Option<&Path>) -> Result<Duration> {
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "debvisor-image"])
+        .current_dir(&paths.root)
+        .status()
+        .context("Cannot run cargo: install Rust (rustup) or put cargo on PATH")?;
+    if !status.success() {
+        bail!("cargo build -p debvisor-image failed: fix the image builder, or pass --image DIR / --no-build");
+    }
+    let builder = paths.root.join("target/release/debvisor-image");
+    let recipe = paths.root.join("recipes/node.toml");
+    std::fs::create_dir_all(out)?;
+    let mut cmd = Command::new(&builder);
+    cmd.arg("build").arg("--recipe").arg(&recipe).arg("--out").arg(out);
+    if let Some(c) = cache {
+        cmd.arg("--cache").arg(c);
+    }
+    cmd.current_dir(&paths.root);
+    eprintln!("Building the image: {cmd:?}");
+    let t = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("Cannot run {}", builder.display()))?;
+    if !status.success() {
+        bail!("The image build failed ({status}); see its output above");
+    }
+    let disk = out.join("disk.img");
+    if !disk.exists() {
+        bail!("The image builder finished but {} is missing", disk.display());
+    }
+    Ok(t.elapsed())
+}
+
+/// The image version recorded in manifest.json.
+pub fn manifest_version(image: &Path) -> Result<String> {
+    let path = image.join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("Cannot read {}: build the image first", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("Bad JSON in {}", path.display()))?;
+    v.get("version")
+        .or_else(|| v.pointer("/image/version"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no \"version\"", path.display()))
+}
+
+/// How to boot one node.
+#[derive(Debug, Clone)]
+pub struct NodeOpts {
+    pub image: PathBuf,
+    pub workdir: PathBuf,
+    pub console_log: PathBuf,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub console_port: Option<u16>,
+    pub agent_port: Option<u16>,
+    pub detach: bool,
+    pub boot_timeout: Duration,
+    pub progress: bool,
+}
+
+/// A booted node whose console and agent answered from the host.
+pub struct Node {
+    pub vm: Vm,
+    pub boot: BootInfo,
+    pub fingerprint: String,
+    /// Admin user and password from the first boot.
+    pub admin: Option<(String, String)>,
+    /// When the agent first answered GetStatus over TLS, since QEMU start.
+    pub agent_at: Duration,
+    /// When the console first answered /healthz over HTTPS.
+    pub console_at: Duration,
+    pub status: GetStatusResponse,
+}
+
+/// Shows the latest boot stage on one line while a boot is awaited.
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(label: String, stages: impl Fn() -> (Vec<&'static str>, Duration) + Send + 'static) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let tty = std::io::stderr().is_terminal();
+        let thread = std::thread::spawn(move || {
+            let mut last = String::new();
+            while !s.load(Ordering::SeqCst) {
+                let (seen, t) = stages();
+                let stage = seen.last().copied().unwrap_or("starting");
+                if tty {
+                    eprint!("\r\x1b[K{label}: {stage:<12} {:>6.1} s", t.as_secs_f64());
+                } else if stage != last {
+                    eprintln!("{label}: {stage} at {:.1} s", t.as_secs_f64());
+                }
+                last = stage.to_string();
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+        });
+        Progress {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Formats a failed boot: the error plus the last 40 console lines.
+pub fn with_tail(e: anyhow::Error, vm: &Vm) -> anyhow::Error {
+    e.context(format!(
+        "Last 40 console lines:\n{}\n(the whole log is in {})",
+        vm.console.tail(40),
+        vm.workdir.display()
+    ))
+}
+
+/// Boots a node and waits for `DEBVISOR: ready`, then for the agent and the
+/// console to answer from the host.
+pub fn boot(rt: &tokio::runtime::Runtime, o: &NodeOpts) -> Result<Node> {
+    let disk = o.image.join("disk.img");
+    if !disk.exists() {
+        bail!(
+            "{} not found: build the image (drop --no-build) or pass --image DIR",
+            disk.display()
+        );
+    }
+    let vm = Vm::start(&VmSpec {
+        boot: Boot::Uefi { disk },
+        workdir: o.workdir.clone(),
+        console_log: o.console_log.clone(),
+        memory_mib: o.memory_mib,
+        accel: o.accel,
+        console_port: o.console_port,
+        agent_port: o.agent_port,
+        detach: o.detach,
+    })?;
+    let progress = o.progress.then(|| {
+        let con = vm.console.stages_handle();
+        Progress::start("Booting".into(), con)
+    });
+    let res = wait_node(rt, &vm, 0, o.boot_timeout);
+    drop(progress);
+    match res {
+        Ok((boot, fingerprint, agent_at, console_at, status)) => Ok(Node {
+            admin: boot.admin.clone(),
+            vm,
+            boot,
+            fingerprint,
+            agent_at,
+            console_at,
+            status,
+        }),
+        Err(e) => Err(with_tail(e, &vm)),
+    }
+}
+
+type Waited = (BootInfo, String, Duration, Duration, GetStatusResponse);
+
+/// Waits for ready from console offset `from`, then probes both services.
+pub fn wait_node(rt: &tokio::runtime::Runtime, vm: &Vm, from: usize, timeout: Duration) -> Result<Waited> {
+    let t0 = Instant::now();
+    let info = vm.console.wait_ready(from, timeout)?;
+    let fp = info
+        .fingerprint
+        .clone()
+        .context("The guest printed ready without a `DEBVISOR: tls-fingerprint` line")?;
+    let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(60));
+    let (agent, console) = rt.block_on(async {
+        let a = probes::retry("The agent (GetStatus over TLS)", vm.started, left, || {
+            probes::agent_status(vm.agent_port, &fp)
+        });
+        let c = probes::retry("The console (/healthz over HTTPS)", vm.started, left, || {
+            probes::console_healthz(vm.console_port, &fp)
+        });
+        tokio::join!(a, c)
+    });
+    let (status, agent_at) = agent?;
+    let ((), console_at) = console?;
+    Ok((info, fp, agent_at, console_at, status))
+}
