@@ -1,1 +1,123 @@
-fn main() {}
+//! `debvisor-webui`: the node's local web console.
+//!
+//! Binds the HTTPS listener and the plain-HTTP redirector, tells systemd it
+//! is ready, and serves until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use debvisor_api::paths;
+use debvisor_webui::agent::GrpcNodeSource;
+use debvisor_webui::redirect::redirect_router;
+use debvisor_webui::tls::{bind_with_fallback, serve_https, server_config};
+use debvisor_webui::{AppState, router};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+/// The DebVisor node console (HTTPS).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address of the HTTPS listener. The IPv6 wildcard falls back to
+    /// 0.0.0.0 on hosts without IPv6.
+    #[arg(long, default_value = "[::]:443")]
+    listen: SocketAddr,
+    /// Address of the plain-HTTP listener that redirects to HTTPS.
+    #[arg(long, default_value = "[::]:80")]
+    http_listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    #[arg(long, default_value = paths::SERVER_CERT)]
+    tls_cert: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, default_value = paths::SERVER_KEY)]
+    tls_key: PathBuf,
+    /// The agent's Unix socket.
+    #[arg(long, default_value = paths::AGENT_SOCKET)]
+    agent_socket: PathBuf,
+    /// The admin password hash (argon2id PHC string), re-read on every
+    /// sign-in attempt.
+    #[arg(long, default_value = paths::ADMIN_PASSWORD_HASH)]
+    admin_hash: PathBuf,
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                registry.with(journald).init();
+                return;
+            }
+            Err(e) => eprintln!("Cannot log to the journal, logging to stderr: {e}"),
+        }
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("Cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT").context("Cannot wait for Ctrl-C"),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tls = server_config(&cli.tls_cert, &cli.tls_key)?;
+    let https = bind_with_fallback(cli.listen)
+        .await
+        .with_context(|| format!("Cannot listen for HTTPS on {}", cli.listen))?;
+    let http = bind_with_fallback(cli.http_listen)
+        .await
+        .with_context(|| format!("Cannot listen for HTTP on {}", cli.http_listen))?;
+    let https_addr = https.local_addr().context("Cannot read the HTTPS listener's address")?;
+    let http_addr = http.local_addr().context("Cannot read the HTTP listener's address")?;
+
+    let state = AppState::new(Arc::new(GrpcNodeSource::new(&cli.agent_socket)), &cli.admin_hash);
+    let app = router(state);
+    let redirector = axum::serve(http, redirect_router(https_addr.port()));
+
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "not notifying systemd");
+    }
+    tracing::info!(
+        https = %https_addr,
+        http = %http_addr,
+        agent = %cli.agent_socket.display(),
+        "console ready"
+    );
+
+    tokio::select! {
+        () = serve_https(https, tls, app) => anyhow::bail!("The HTTPS listener stopped"),
+        r = redirector => {
+            r.context("The HTTP redirect listener failed")?;
+            anyhow::bail!("The HTTP redirect listener stopped")
+        }
+        signal = shutdown_signal() => {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+            tracing::info!("{}, stopping", signal?);
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            tracing::error!("{}", chain.join(": "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The console's only window on the node: the agent's gRPC API.
+//!
+//! Pages ask a [`NodeSource`] for the node's status. The production source,
+//! [`GrpcNodeSource`], connects to the agent's Unix socket for every request,
+//! so a restarted agent is picked up without restarting the console. Tests
+//! may implement the trait themselves (see [`crate::fakes`]).
+
+use std::error::Error as _;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use debvisor_api::client::{ConnectError, connect_unix};
+use debvisor_api::node::v1::node_service_client::NodeServiceClient;
+use debvisor_api::node::v1::{GetStatusRequest, GetStatusResponse};
+
+/// How long the console waits for the agent before giving up on a page.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A boxed future, so that [`NodeSource`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the agent could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The socket could not be reached (agent down or restarting).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The agent answered the call with an error status.
+    #[error("The agent refused the request: {}", .0.message())]
+    Call(#[from] tonic::Status),
+    /// The agent did not answer in time.
+    #[error("The agent did not answer within {} s", AGENT_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+impl AgentError {
+    /// A one-line description for a page: the top message and, for
+    /// connection failures, the operating system's reason (for example "No
+    /// such file or directory"), without any debug output.
+    pub fn summary(&self) -> String {
+        match self {
+            AgentError::Connect(e) => {
+                let mut root: &dyn std::error::Error = e;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                if std::ptr::addr_eq(root, e as &dyn std::error::Error) {
+                    e.to_string()
+                } else {
+                    format!("{e}: {root}")
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Something that can tell the console the node's status.
+pub trait NodeSource: Send + Sync + 'static {
+    /// Fetches the current status of the node.
+    fn status(&self) -> BoxFuture<'_, Result<GetStatusResponse, AgentError>>;
+}
+
+/// The production [`NodeSource`]: `debvisor.node.v1.NodeService/GetStatus`
+/// over the agent's Unix socket.
+#[derive(Debug, Clone)]
+pub struct GrpcNodeSource {
+    socket: PathBuf,
+}
+
+impl GrpcNodeSource {
+    /// A source that talks to the agent socket at `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    async fn fetch(&self) -> Result<GetStatusResponse, AgentError> {
+        let channel = connect_unix(&self.socket).await?;
+        let mut client = NodeServiceClient::new(channel);
+        Ok(client.get_status(GetStatusRequest {}).await?.into_inner())
+    }
+}
+
+impl NodeSource for GrpcNodeSource {
+    fn status(&self) -> BoxFuture<'_, Result<GetStatusResponse, AgentError>> {
+        Box::pin(async move {
+            let result = tokio::time::timeout(AGENT_TIMEOUT, self.fetch())
+                .await
+                .unwrap_or(Err(AgentError::Timeout));
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, cause = ?e.source().map(ToString::to_string), "agent status request failed");
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn missing_socket_is_reported_with_its_reason() {
+        let source = GrpcNodeSource::new("/nonexistent/debvisor-test/agent.sock");
+        let err = source.status().await.unwrap_err();
+        let summary = err.summary();
+        assert!(summary.contains("/nonexistent/debvisor-test/agent.sock"), "{summary}");
+        assert!(summary.contains("No such file or directory"), "{summary}");
+    }
+}

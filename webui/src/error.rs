@@ -1,0 +1,107 @@
+//! The one mapping from errors to what a browser gets.
+//!
+//! [`AppError`] turns into a status code and an [`ErrorInfo`] (a title and a
+//! sentence for people) carried in the response's extensions. The
+//! `friendly_errors` middleware in [`crate::handlers`] renders that into the
+//! site's error page, with the node's name in the header; it also dresses
+//! up bare error responses from the framework (wrong method, bad form). No
+//! internal detail ever reaches a page: it goes to the log.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// No route matches.
+    #[error("Page not found")]
+    NotFound,
+    /// The page needs a signed-in session.
+    #[error("Sign-in required")]
+    LoginRequired,
+    /// A POST came without the right CSRF token.
+    #[error("Missing or wrong CSRF token")]
+    Csrf,
+    /// The request could not be understood (for example a malformed form).
+    #[error("Malformed request")]
+    BadRequest,
+    /// A page failed to render.
+    #[error("Cannot render the page")]
+    Render(#[from] askama::Error),
+}
+
+/// What the error page says; put into the response extensions by
+/// [`AppError`] and read by the error-page middleware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    /// A short title.
+    pub title: &'static str,
+    /// One or two sentences for the user.
+    pub message: &'static str,
+}
+
+impl ErrorInfo {
+    /// The default wording for an error status without more context.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (title, message) = match status {
+            StatusCode::NOT_FOUND => ("Page not found", "There is no page at this address."),
+            StatusCode::FORBIDDEN => (
+                "Request refused",
+                "The form was stale or did not come from this console. Go back, reload the page and try again.",
+            ),
+            StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This page cannot be used that way."),
+            StatusCode::PAYLOAD_TOO_LARGE => ("Request too large", "The form sent more data than the console accepts."),
+            StatusCode::TOO_MANY_REQUESTS => ("Too many attempts", "Wait a few minutes and try again."),
+            s if s.is_client_error() => ("Bad request", "The console could not understand the request."),
+            _ => (
+                "Something went wrong",
+                "The console could not complete the request. Try again; if it keeps happening, check the node's journal.",
+            ),
+        };
+        ErrorInfo { title, message }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::LoginRequired => return Redirect::to("/login").into_response(),
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Csrf => StatusCode::FORBIDDEN,
+            AppError::BadRequest => StatusCode::BAD_REQUEST,
+            AppError::Render(e) => {
+                tracing::error!(error = %e, "page rendering failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let info = ErrorInfo::for_status(status);
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}: {}", info.title, info.message),
+        )
+            .into_response();
+        response.extensions_mut().insert(info);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_statuses_and_wording() {
+        let r = AppError::LoginRequired.into_response();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/login");
+        let r = AppError::Csrf.into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.extensions().get::<ErrorInfo>().unwrap().title, "Request refused");
+        assert_eq!(AppError::NotFound.into_response().status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ErrorInfo::for_status(StatusCode::BAD_GATEWAY).title,
+            "Something went wrong"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! Fakes for tests: a clock that only moves when told to, and a node source
+//! that answers with fixed figures or a fixed failure.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use debvisor_api::node::v1::{Disk, GetStatusResponse, LoadAverage, Memory};
+
+use crate::agent::{AgentError, BoxFuture, NodeSource};
+use crate::auth::Clock;
+
+/// A [`Clock`] that starts at the real "now" and moves only by
+/// [`ManualClock::advance`].
+#[derive(Debug)]
+pub struct ManualClock {
+    base: Instant,
+    offset: Mutex<Duration>,
+}
+
+impl ManualClock {
+    /// A clock standing at the current instant.
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.offset.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + *self.offset.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A [`NodeSource`] with a fixed answer; `None` means "agent unreachable".
+#[derive(Debug, Clone)]
+pub struct FixedNode(pub Option<GetStatusResponse>);
+
+impl FixedNode {
+    /// A plausible simulated node called `hostname`.
+    pub fn sample(hostname: &str) -> Self {
+        const GIB: u64 = 1 << 30;
+        FixedNode(Some(GetStatusResponse {
+            hostname: hostname.to_string(),
+            image_version: "0.1.0".into(),
+            image_id: "debvisor-node".into(),
+            booted_slot: "A".into(),
+            uptime_seconds: 93_784.0,
+            load: Some(LoadAverage {
+                one: 0.25,
+                five: 0.5,
+                fifteen: 1.0,
+            }),
+            memory: Some(Memory {
+                total_bytes: 8 * GIB,
+                available_bytes: 6 * GIB,
+                used_bytes: 2 * GIB,
+            }),
+            disks: vec![Disk {
+                name: "root".into(),
+                mount_point: "/".into(),
+                total_bytes: 4 * GIB,
+                available_bytes: GIB,
+                used_bytes: 3 * GIB,
+                read_only: true,
+            }],
+            kernel: "6.1.0-test-amd64".into(),
+            agent_version: "0.1.0".into(),
+            simulated: true,
+        }))
+    }
+}
+
+impl NodeSource for FixedNode {
+    fn status(&self) -> BoxFuture<'_, Result<GetStatusResponse, AgentError>> {
+        let answer = self.0.clone().ok_or(AgentError::Timeout);
+        Box::pin(async move { answer })
+    }
+}

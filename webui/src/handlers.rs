@@ -1,0 +1,518 @@
+//! The console's routes, request extractors and middleware.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | to `/status` when signed in, else to `/login` |
+//! | `GET /login`, `POST /login` | sign-in form (double-submit CSRF cookie), throttled |
+//! | `POST /logout` | sign-out (session CSRF token) |
+//! | `GET /status` | the node's figures from the agent (signed in) |
+//! | `GET /healthz` | `ok`, for the supervisor |
+//! | `GET /static/app.css` | the style sheet |
+//!
+//! Every response gets the security headers; every error response becomes
+//! a friendly page.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use debvisor_api::node::v1::GetStatusResponse;
+use serde::Deserialize;
+
+use crate::agent::{AgentError, NodeSource};
+use crate::auth::{
+    ADMIN_USER, AdminCredential, Clock, Session, SessionStore, SystemClock, Throttle, ThrottleKey, Verdict,
+};
+use crate::auth::{random_token, tokens_match};
+use crate::error::{AppError, ErrorInfo};
+use crate::views::{Chrome, ErrorPage, LoginPage, Nav, NodeView, StatusPage};
+
+/// The session cookie. The `__Host-` prefix makes browsers insist on
+/// `Secure`, `Path=/` and no `Domain`.
+pub const SESSION_COOKIE: &str = "__Host-debvisor_session";
+/// The sign-in form's double-submit CSRF cookie.
+pub const CSRF_COOKIE: &str = "__Host-debvisor_csrf";
+/// The Content-Security-Policy of every page: nothing inline, nothing
+/// foreign.
+pub const CSP: &str = "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
+                       frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// The style sheet, compiled in.
+pub const APP_CSS: &str = include_str!("../static/app.css");
+/// How long the header's host name and simulation flag are reused on pages
+/// that do not ask the agent themselves.
+const CHROME_TTL: Duration = Duration::from_secs(10);
+/// How long such a page waits for the agent before showing no host name.
+const CHROME_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forms are tiny; anything bigger is refused.
+const MAX_BODY: usize = 16 * 1024;
+
+/// Shared state of the console: the agent, the credential, sessions and
+/// throttling.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    node: Arc<dyn NodeSource>,
+    clock: Arc<dyn Clock>,
+    sessions: SessionStore,
+    throttle: Throttle,
+    credential: AdminCredential,
+    /// When the agent was last asked, and what it said the last time it
+    /// answered.
+    last_seen: Mutex<Option<(Instant, Option<HeaderFacts>)>>,
+}
+
+/// What the page header needs from the agent.
+#[derive(Debug, Clone)]
+struct HeaderFacts {
+    hostname: String,
+    simulated: bool,
+}
+
+impl AppState {
+    /// State reading the admin hash from `admin_hash`, with the real clock.
+    pub fn new(node: Arc<dyn NodeSource>, admin_hash: impl Into<PathBuf>) -> Self {
+        Self::with_clock(node, admin_hash, Arc::new(SystemClock))
+    }
+
+    /// Like [`AppState::new`] with a chosen clock (tests move time).
+    pub fn with_clock(node: Arc<dyn NodeSource>, admin_hash: impl Into<PathBuf>, clock: Arc<dyn Clock>) -> Self {
+        AppState(Arc::new(Inner {
+            node,
+            sessions: SessionStore::new(clock.clone()),
+            throttle: Throttle::new(clock.clone()),
+            credential: AdminCredential::new(admin_hash),
+            clock,
+            last_seen: Mutex::new(None),
+        }))
+    }
+
+    /// The session store.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.0.sessions
+    }
+
+    fn remember(&self, answer: Option<HeaderFacts>) {
+        let mut last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = last.as_ref().and_then(|(_, a)| a.clone());
+        *last = Some((self.0.clock.now(), answer.or(keep)));
+    }
+
+    /// Asks the agent for the node's status and remembers the header facts.
+    async fn status(&self) -> Result<GetStatusResponse, AgentError> {
+        let result = self.0.node.status().await;
+        self.remember(result.as_ref().ok().map(|s| HeaderFacts {
+            hostname: s.hostname.clone(),
+            simulated: s.simulated,
+        }));
+        result
+    }
+
+    /// The page chrome, asking the agent only when the last answer is stale.
+    async fn chrome(&self, nav: Option<Nav>) -> Chrome {
+        let fresh = {
+            let last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            match last.as_ref() {
+                Some((at, answer)) if self.0.clock.now().saturating_duration_since(*at) < CHROME_TTL => {
+                    Some(answer.clone())
+                }
+                _ => None,
+            }
+        };
+        let answer = match fresh {
+            Some(answer) => answer,
+            None => {
+                let _ = tokio::time::timeout(CHROME_TIMEOUT, self.status()).await;
+                let last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+                last.as_ref().and_then(|(_, a)| a.clone())
+            }
+        };
+        Chrome {
+            hostname: answer.as_ref().map(|f| f.hostname.clone()).filter(|h| !h.is_empty()),
+            simulated: answer.is_some_and(|f| f.simulated),
+            nav,
+        }
+    }
+}
+
+/// The console's router with all routes and middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/static/app.css", get(stylesheet))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), friendly_errors))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// The value of cookie `name` from the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn set_cookie(name: &str, value: &str) -> String {
+    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict")
+}
+
+fn clear_cookie(name: &str) -> String {
+    format!("{name}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
+}
+
+/// The signed-in session of the request, if any.
+pub struct MaybeSession(pub Option<Session>);
+
+impl FromRequestParts<AppState> for MaybeSession {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(MaybeSession(
+            cookie(&parts.headers, SESSION_COOKIE).and_then(|id| state.sessions().touch(&id)),
+        ))
+    }
+}
+
+/// A signed-in session; without one the browser is sent to `/login`.
+pub struct RequireSession(pub Session);
+
+impl FromRequestParts<AppState> for RequireSession {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let MaybeSession(session) = MaybeSession::from_request_parts(parts, state)
+            .await
+            .unwrap_or(MaybeSession(None));
+        session.map(RequireSession).ok_or(AppError::LoginRequired)
+    }
+}
+
+/// The client's address as the accept loop recorded it
+/// ([`ConnectInfo<SocketAddr>`]); `::` when unknown.
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_canonical())
+            .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        Ok(ClientIp(ip))
+    }
+}
+
+fn nav_for(session: &Session) -> Nav {
+    Nav {
+        user: session.user.clone(),
+        csrf: session.csrf.clone(),
+        current: "status",
+    }
+}
+
+async fn index(MaybeSession(session): MaybeSession) -> Redirect {
+    Redirect::to(if session.is_some() { "/status" } else { "/login" })
+}
+
+async fn healthz() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        APP_CSS,
+    )
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+/// The sign-in form's fields.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A form that only carries a CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Renders the sign-in page with `status`, (re)setting the CSRF cookie.
+async fn login_page(
+    state: &AppState,
+    status: StatusCode,
+    csrf: String,
+    username: String,
+    error: Option<String>,
+) -> Result<Response, AppError> {
+    let page = LoginPage {
+        chrome: state.chrome(None).await,
+        csrf: csrf.clone(),
+        username,
+        error,
+    };
+    let html = page.render()?;
+    Ok((
+        status,
+        [(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &csrf))],
+        Html(html),
+    )
+        .into_response())
+}
+
+/// A well-formed CSRF cookie is reused, so that two open tabs both work.
+fn login_csrf(headers: &HeaderMap) -> String {
+    cookie(headers, CSRF_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(random_token)
+}
+
+async fn login_form(
+    State(state): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    if session.is_some() {
+        return Ok(Redirect::to("/status").into_response());
+    }
+    login_page(&state, StatusCode::OK, login_csrf(&headers), String::new(), None).await
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    MaybeSession(previous): MaybeSession,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Result<Response, AppError> {
+    let Form(form) = form.map_err(|_| AppError::BadRequest)?;
+    let expected = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
+    if !tokens_match(&form.csrf, &expected) {
+        tracing::warn!(%ip, "sign-in refused: missing or wrong CSRF token");
+        return Err(AppError::Csrf);
+    }
+    let username: String = form.username.trim().chars().take(64).collect();
+    let keys = [ThrottleKey::user(&username), ThrottleKey::ip(ip)];
+    if let Err(wait) = state.0.throttle.check(&keys) {
+        tracing::warn!(%ip, user = ?username, "sign-in refused: too many failures");
+        let minutes = wait.as_secs().div_ceil(60).max(1);
+        let unit = if minutes == 1 { "minute" } else { "minutes" };
+        let message = format!("Too many failed sign-in attempts. Try again in {minutes} {unit}.");
+        let mut response = login_page(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            form.csrf,
+            username,
+            Some(message),
+        )
+        .await?;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        return Ok(response);
+    }
+    match state.0.credential.verify(&username, &form.password).await {
+        Verdict::Accepted => {
+            state.0.throttle.reset(&keys);
+            if let Some(old) = previous {
+                state.sessions().remove(&old.id);
+            }
+            let session = state.sessions().create(ADMIN_USER);
+            tracing::info!(%ip, user = ADMIN_USER, "signed in");
+            let mut response = Redirect::to("/status").into_response();
+            let h = response.headers_mut();
+            for c in [set_cookie(SESSION_COOKIE, &session.id), clear_cookie(CSRF_COOKIE)] {
+                h.append(header::SET_COOKIE, HeaderValue::from_str(&c).expect("cookie is ASCII"));
+            }
+            Ok(response)
+        }
+        Verdict::Rejected => {
+            state.0.throttle.record_failure(&keys);
+            tracing::warn!(%ip, user = ?username, "sign-in failed");
+            let message = "Wrong user name or password.".to_string();
+            login_page(&state, StatusCode::UNAUTHORIZED, form.csrf, username, Some(message)).await
+        }
+        Verdict::Unavailable => {
+            let message = "Sign-in is not available yet: the admin password has not been set up. \
+                           The supervisor creates it at first boot; try again in a minute."
+                .to_string();
+            login_page(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                form.csrf,
+                username,
+                Some(message),
+            )
+            .await
+        }
+    }
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<Response, AppError> {
+    let Some(session) = session else {
+        return Ok((
+            [(header::SET_COOKIE, clear_cookie(SESSION_COOKIE))],
+            Redirect::to("/login"),
+        )
+            .into_response());
+    };
+    let Form(form) = form.map_err(|_| AppError::Csrf)?;
+    if !tokens_match(&form.csrf, &session.csrf) {
+        tracing::warn!("sign-out refused: missing or wrong CSRF token");
+        return Err(AppError::Csrf);
+    }
+    state.sessions().remove(&session.id);
+    tracing::info!(user = %session.user, "signed out");
+    Ok((
+        [(header::SET_COOKIE, clear_cookie(SESSION_COOKIE))],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}
+
+async fn status(State(state): State<AppState>, RequireSession(session): RequireSession) -> Result<Response, AppError> {
+    let result = state.status().await;
+    let chrome = state.chrome(Some(nav_for(&session))).await;
+    let (code, node) = match &result {
+        Ok(s) => (StatusCode::OK, Ok(NodeView::from(s))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Err(e.summary())),
+    };
+    let html = StatusPage { chrome, node }.render()?;
+    Ok((code, Html(html)).into_response())
+}
+
+/// Adds the security headers to every response; pages are `no-store`
+/// unless the handler chose a cache policy (the style sheet).
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=63072000"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// Turns every error response that is not already a page into the site's
+/// error page (status and headers such as `Allow` are kept).
+async fn friendly_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_html {
+        return response;
+    }
+    let info = response
+        .extensions()
+        .get::<ErrorInfo>()
+        .cloned()
+        .unwrap_or_else(|| ErrorInfo::for_status(status));
+    let page = ErrorPage {
+        chrome: state.chrome(None).await,
+        code: status.as_u16(),
+        title: info.title.to_string(),
+        message: info.message.to_string(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    match page.render() {
+        Ok(html) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            Response::from_parts(parts, Body::from(html))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "error page rendering failed");
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            Response::from_parts(parts, Body::from(format!("{}: {}", info.title, info.message)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_across_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-debvisor_csrf=abc"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("__Host-debvisor_session=xyz"));
+        assert_eq!(cookie(&h, CSRF_COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("xyz"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn login_csrf_reuses_only_well_formed_tokens() {
+        let token = random_token();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{CSRF_COOKIE}={token}")).unwrap(),
+        );
+        assert_eq!(login_csrf(&h), token);
+        h.insert(header::COOKIE, HeaderValue::from_static("__Host-debvisor_csrf=short"));
+        assert_ne!(login_csrf(&h), "short");
+    }
+}

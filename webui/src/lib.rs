@@ -1,0 +1,28 @@
+//! The DebVisor node console: a server-rendered web UI over HTTPS.
+//!
+//! The console shows what the local agent reports (it never reads the host
+//! itself) and authenticates the node's administrator. The pieces:
+//!
+//! - [`agent`]: the [`agent::NodeSource`] trait and its gRPC implementation
+//!   over the agent's Unix socket;
+//! - [`auth`]: the admin credential, server-side sessions, CSRF tokens and
+//!   login throttling;
+//! - [`handlers`]: the axum router, the pages and the security headers;
+//! - [`views`]: askama templates and formatting helpers;
+//! - [`error`]: the one mapping from errors to friendly pages;
+//! - [`tls`]: the rustls configuration and the HTTPS accept loop;
+//! - [`redirect`]: the plain-HTTP listener that sends browsers to HTTPS;
+//! - [`fakes`]: an adjustable clock and a fixed node source for tests.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod auth;
+pub mod error;
+pub mod fakes;
+pub mod handlers;
+pub mod redirect;
+pub mod tls;
+pub mod views;
+
+pub use handlers::{AppState, router};

@@ -1,0 +1,333 @@
+//! Pages: askama templates (in `webui/templates/`) and the helpers that turn
+//! the agent's figures into text people read.
+//!
+//! Templates get everything pre-formatted, so they hold no logic beyond
+//! loops and conditionals.
+
+use askama::Template;
+use debvisor_api::node::v1::GetStatusResponse;
+
+/// What every page shows around its content.
+#[derive(Debug, Clone, Default)]
+pub struct Chrome {
+    /// The node's host name, when the agent has told us.
+    pub hostname: Option<String>,
+    /// True when the agent runs in simulation mode: every page says so.
+    pub simulated: bool,
+    /// The signed-in navigation (present only with a session).
+    pub nav: Option<Nav>,
+}
+
+/// Navigation for a signed-in user.
+#[derive(Debug, Clone)]
+pub struct Nav {
+    /// The signed-in user.
+    pub user: String,
+    /// The session's CSRF token, for the sign-out form.
+    pub csrf: String,
+    /// Which entry is current ("status").
+    pub current: &'static str,
+}
+
+/// The sign-in page.
+#[derive(Debug, Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    /// Page chrome.
+    pub chrome: Chrome,
+    /// The double-submit CSRF token (also in the cookie).
+    pub csrf: String,
+    /// The user name to pre-fill after a failure.
+    pub username: String,
+    /// An error to show above the form.
+    pub error: Option<String>,
+}
+
+/// The node status page.
+#[derive(Debug, Template)]
+#[template(path = "status.html")]
+pub struct StatusPage {
+    /// Page chrome.
+    pub chrome: Chrome,
+    /// The figures, or why the agent could not give them.
+    pub node: Result<NodeView, String>,
+}
+
+/// A friendly error page.
+#[derive(Debug, Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    /// Page chrome.
+    pub chrome: Chrome,
+    /// The HTTP status code.
+    pub code: u16,
+    /// A short title ("Page not found").
+    pub title: String,
+    /// One or two sentences for the user.
+    pub message: String,
+}
+
+/// A used/total figure with a bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// "1.5 GiB".
+    pub used: String,
+    /// "8.0 GiB".
+    pub total: String,
+    /// "1.0 GiB".
+    pub available: String,
+    /// Percentage used, 0-100, for the bar width.
+    pub percent: f64,
+    /// Rounded percentage for text ("19").
+    pub percent_text: String,
+    /// "ok", "warn" or "crit": the bar's colour class.
+    pub level: &'static str,
+}
+
+impl Usage {
+    /// Builds the figure from byte counts.
+    pub fn new(used: u64, total: u64, available: u64) -> Self {
+        let percent = percent(used, total);
+        Usage {
+            used: human_bytes(used),
+            total: human_bytes(total),
+            available: human_bytes(available),
+            percent,
+            percent_text: format!("{percent:.0}"),
+            level: level(percent),
+        }
+    }
+}
+
+/// One disk on the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskView {
+    /// "root" or "data".
+    pub name: String,
+    /// Where it is mounted.
+    pub mount_point: String,
+    /// Space used.
+    pub usage: Usage,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The status page's figures, formatted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// Host name.
+    pub hostname: String,
+    /// Image name.
+    pub image_id: String,
+    /// Image version.
+    pub image_version: String,
+    /// "A", "B" or an explanation that there is no slot.
+    pub booted_slot: String,
+    /// "1 day, 2 hours, 3 minutes".
+    pub uptime: String,
+    /// Load averages, two decimals.
+    pub load: [String; 3],
+    /// Memory use.
+    pub memory: Usage,
+    /// File systems.
+    pub disks: Vec<DiskView>,
+    /// Kernel release.
+    pub kernel: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+fn or_unknown(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+impl From<&GetStatusResponse> for NodeView {
+    fn from(s: &GetStatusResponse) -> Self {
+        let load = s.load.unwrap_or_default();
+        let mem = s.memory.unwrap_or_default();
+        NodeView {
+            hostname: or_unknown(&s.hostname),
+            image_id: or_unknown(&s.image_id),
+            image_version: or_unknown(&s.image_version),
+            booted_slot: if s.booted_slot.is_empty() {
+                "none (not booted from an A/B disk)".to_string()
+            } else {
+                s.booted_slot.clone()
+            },
+            uptime: human_uptime(s.uptime_seconds),
+            load: [load.one, load.five, load.fifteen].map(|l| format!("{l:.2}")),
+            memory: Usage::new(mem.used_bytes, mem.total_bytes, mem.available_bytes),
+            disks: s
+                .disks
+                .iter()
+                .map(|d| DiskView {
+                    name: or_unknown(&d.name),
+                    mount_point: d.mount_point.clone(),
+                    usage: Usage::new(d.used_bytes, d.total_bytes, d.available_bytes),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            kernel: or_unknown(&s.kernel),
+            agent_version: or_unknown(&s.agent_version),
+        }
+    }
+}
+
+/// Bytes in binary units with one decimal: "512 B", "1.5 KiB", "8.0 GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Uptime in words, to the minute: "3 days, 4 hours, 5 minutes"; under a
+/// minute "42 seconds". Negative or non-finite input counts as zero.
+pub fn human_uptime(seconds: f64) -> String {
+    let total = if seconds.is_finite() && seconds > 0.0 {
+        seconds as u64
+    } else {
+        0
+    };
+    if total < 60 {
+        return plural(total, "second");
+    }
+    let (days, hours, minutes) = (total / 86_400, total % 86_400 / 3600, total % 3600 / 60);
+    let mut parts = Vec::new();
+    if days > 0 {
+        parts.push(plural(days, "day"));
+    }
+    if hours > 0 {
+        parts.push(plural(hours, "hour"));
+    }
+    if minutes > 0 {
+        parts.push(plural(minutes, "minute"));
+    }
+    parts.join(", ")
+}
+
+/// `used` as a percentage of `total`, clamped to 0-100 (0 when total is 0).
+pub fn percent(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    (used as f64 / total as f64 * 100.0).clamp(0.0, 100.0)
+}
+
+/// The colour class of a bar: "ok" below 75 %, "warn" below 90 %, else "crit".
+pub fn level(percent: f64) -> &'static str {
+    if percent < 75.0 {
+        "ok"
+    } else if percent < 90.0 {
+        "warn"
+    } else {
+        "crit"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::FixedNode;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
+        assert_eq!(human_bytes(3 << 40), "3.0 TiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn uptime_is_human() {
+        assert_eq!(human_uptime(0.0), "0 seconds");
+        assert_eq!(human_uptime(1.9), "1 second");
+        assert_eq!(human_uptime(59.0), "59 seconds");
+        assert_eq!(human_uptime(60.0), "1 minute");
+        assert_eq!(human_uptime(3600.0), "1 hour");
+        assert_eq!(human_uptime(3660.0), "1 hour, 1 minute");
+        assert_eq!(human_uptime(93_784.0), "1 day, 2 hours, 3 minutes");
+        assert_eq!(human_uptime(2.0 * 86_400.0), "2 days");
+        assert_eq!(human_uptime(-5.0), "0 seconds");
+        assert_eq!(human_uptime(f64::NAN), "0 seconds");
+    }
+
+    #[test]
+    fn percentages_and_levels() {
+        assert_eq!(percent(1, 0), 0.0);
+        assert_eq!(percent(50, 200), 25.0);
+        assert_eq!(percent(300, 200), 100.0);
+        assert_eq!(level(74.9), "ok");
+        assert_eq!(level(75.0), "warn");
+        assert_eq!(level(95.0), "crit");
+        let u = Usage::new(3 << 30, 4 << 30, 1 << 30);
+        assert_eq!(
+            (u.percent_text.as_str(), u.level, u.used.as_str()),
+            ("75", "warn", "3.0 GiB")
+        );
+    }
+
+    #[test]
+    fn status_page_renders_figures_and_escapes() {
+        let mut status = FixedNode::sample("node-1").0.unwrap();
+        status.hostname = "<b>x</b>".into();
+        let page = StatusPage {
+            chrome: Chrome {
+                hostname: Some(status.hostname.clone()),
+                simulated: true,
+                nav: Some(Nav {
+                    user: "admin".into(),
+                    csrf: "t0k3n".into(),
+                    current: "status",
+                }),
+            },
+            node: Ok(NodeView::from(&status)),
+        };
+        let html = page.render().unwrap();
+        assert!(
+            html.contains("&#60;b&#62;x&#60;/b&#62;") || html.contains("&lt;b&gt;x&lt;/b&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<b>x</b>"));
+        assert!(html.contains("SIMULATION"));
+        assert!(html.contains("1 day, 2 hours, 3 minutes"));
+        assert!(html.contains("read-only"));
+        assert!(html.contains("t0k3n"));
+        assert!(!html.contains("style="), "CSP forbids inline styles");
+    }
+
+    #[test]
+    fn unreachable_agent_is_a_page_state() {
+        let page = StatusPage {
+            chrome: Chrome::default(),
+            node: Err("Cannot connect to the agent socket /run/x.sock".into()),
+        };
+        let html = page.render().unwrap();
+        assert!(html.contains("Agent unreachable"));
+        assert!(html.contains("/run/x.sock"));
+        assert!(html.contains("retry in a few seconds"));
+        assert!(!html.contains("SIMULATION"));
+    }
+}
