@@ -14,8 +14,6 @@ use debvisor_webui::agent::GrpcNodeSource;
 use debvisor_webui::redirect::redirect_router;
 use debvisor_webui::tls::{bind_with_fallback, serve_https, server_config};
 use debvisor_webui::{AppState, router};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::prelude::*;
 
 /// The DebVisor node console (HTTPS).
 #[derive(Debug, Parser)]
@@ -41,32 +39,6 @@ struct Cli {
     /// sign-in attempt.
     #[arg(long, default_value = paths::ADMIN_PASSWORD_HASH)]
     admin_hash: PathBuf,
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        match tracing_journald::layer() {
-            Ok(journald) => {
-                registry.with(journald).init();
-                return;
-            }
-            Err(e) => eprintln!("Cannot log to the journal, logging to stderr: {e}"),
-        }
-    }
-    registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .init();
-}
-
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("Cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => Ok("SIGTERM"),
-        r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT").context("Cannot wait for Ctrl-C"),
-    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -100,9 +72,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             r.context("The HTTP redirect listener failed")?;
             anyhow::bail!("The HTTP redirect listener stopped")
         }
-        signal = shutdown_signal() => {
+        () = debvisor_api::daemon::shutdown_signal() => {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            tracing::info!("{}, stopping", signal?);
             Ok(())
         }
     }
@@ -111,7 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    debvisor_api::daemon::init_logging();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
