@@ -26,6 +26,9 @@ pub struct BootArgs {
     /// Skip the warm build too and boot target/qa/image as it is.
     #[arg(long)]
     pub no_build: bool,
+    /// Skip building and booting the DebVisor node (peer only).
+    #[arg(long)]
+    pub skip_node: bool,
     /// Skip the plain Debian peer.
     #[arg(long)]
     pub skip_peer: bool,
@@ -238,7 +241,8 @@ pub fn boot(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &BootA
         accel: format!("{accel:?}").to_lowercase(),
         ..Report::default()
     };
-    if !a.skip_cold && !a.no_build {
+    let build = !a.no_build && !a.skip_node;
+    if !a.skip_cold && build {
         let cache = out.join("cold-cache");
         let img = out.join("cold-image");
         let _ = std::fs::remove_dir_all(&cache);
@@ -247,13 +251,14 @@ pub fn boot(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &BootA
         let _ = std::fs::remove_dir_all(&cache);
         let _ = std::fs::remove_dir_all(&img);
     }
-    if !a.no_build {
+    if build {
         r.warm_build_s = Some(node::build_image(paths, &paths.image(), None)?.as_secs_f64());
     }
     r.slot_img_bytes = size(&paths.image().join("slot.img"));
     r.disk_img_bytes = size(&paths.image().join("disk.img"));
 
-    for n in 0..a.runs.max(1) {
+    let node_runs = if a.skip_node { 0 } else { a.runs.max(1) };
+    for n in 0..node_runs {
         let node = node_boot(paths, rt, accel, n, a)?;
         r.node_runs.push(NodeRun {
             stages: node
@@ -267,7 +272,7 @@ pub fn boot(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &BootA
             agent_s: node.agent_at.as_secs_f64(),
             console_s: node.console_at.as_secs_f64(),
         });
-        if n + 1 == a.runs.max(1) {
+        if n + 1 == node_runs {
             match rss(&node) {
                 Ok(v) => r.rss_kib = v,
                 Err(e) => r.notes.push(format!("RSS not measured: {e:#}")),
