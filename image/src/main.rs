@@ -1,1 +1,263 @@
-fn main() {}
+//! `debvisor-image`: builds DebVisor images from a recipe.
+//!
+//! recipe -> base rootfs (mmdebstrap, cached) -> customised root with initrd
+//! -> `slot.img` (xz squashfs) -> `disk.img` (GPT: esp | root_a | root_b |
+//! data) and `manifest.json`.
+
+mod cmd;
+mod disk;
+mod grubenv;
+mod initrd;
+mod manifest;
+mod mirror;
+mod progress;
+mod recipe;
+mod rootfs;
+mod slot;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::progress::Progress;
+use crate::recipe::Recipe;
+
+/// Builds DebVisor images.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Builds slot.img, disk.img and manifest.json from a recipe (run as root).
+    Build(BuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// Recipe file, e.g. recipes/node.toml.
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Debian mirror URL (default: the host's apt sources).
+    #[arg(long, env = "DEBVISOR_MIRROR")]
+    mirror: Option<String>,
+    /// Cache directory (default: <workspace>/target/debvisor-cache).
+    #[arg(long, env = "DEBVISOR_CACHE")]
+    cache: Option<PathBuf>,
+    /// Do not run cargo; use the binaries already in the binaries directory.
+    #[arg(long)]
+    no_cargo: bool,
+    /// Where the workspace binaries are taken from (default: <workspace>/target/release).
+    #[arg(long)]
+    binaries_dir: Option<PathBuf>,
+    /// Keep the work tree (<out>/.work) for inspection.
+    #[arg(long)]
+    keep_work: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(args) => build(&args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace this builder was compiled in (firmware/ and target/ live there).
+fn workspace_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+const STEPS: usize = 10;
+
+fn build(args: &BuildArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("debvisor-image build must run as root (mmdebstrap, chroot and mounts need it)");
+    }
+    let ws = workspace_root();
+    let firmware = ws.join("firmware");
+    let mut progress = Progress::new(STEPS);
+
+    // 1. Recipe and mirror.
+    let step = progress.step("Reading recipe");
+    let recipe = Recipe::from_file(&args.recipe)?;
+    let mirror = match &args.mirror {
+        Some(url) => mirror::check_url(url)?,
+        None => mirror::from_host(Path::new("/etc/apt"), &recipe.debian.suite)?,
+    };
+    let cache = args.cache.clone().unwrap_or_else(|| ws.join("target/debvisor-cache"));
+    std::fs::create_dir_all(&args.out).with_context(|| format!("Creating {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let work = out.join(".work");
+    std::fs::create_dir_all(&work)?;
+    step.finish(&format!(
+        "{} {} ({}, mirror {mirror})",
+        recipe.image.name, recipe.image.version, recipe.debian.suite
+    ));
+
+    // 2. Workspace binaries.
+    let step = progress.step("Building workspace binaries");
+    let bin_dir = args.binaries_dir.clone().unwrap_or_else(|| ws.join("target/release"));
+    if args.no_cargo || recipe.binaries.names.is_empty() {
+        step.finish("skipped");
+    } else {
+        let mut argv = vec!["build".to_owned(), "--release".into(), "--locked".into()];
+        for name in &recipe.binaries.names {
+            argv.push("-p".into());
+            argv.push(name.clone());
+        }
+        let mut c = cmd::command("cargo", &argv);
+        c.current_dir(&ws);
+        cmd::run_streaming(&mut c, |l| step.detail(l)).context("cargo build of the image binaries failed")?;
+        step.finish(&recipe.binaries.names.join(", "));
+    }
+
+    // 3. Base rootfs.
+    let step = progress.step("Base root file system (mmdebstrap)");
+    let key = rootfs::BaseKey::new(&recipe, &mirror, &work)?;
+    let base_key = key.hash();
+    let (tar, cached) = rootfs::base_tarball(key, &cache, &step, &|l| progress.log(l))?;
+    step.finish(if cached { "cached" } else { "built" });
+
+    // 4. Work tree.
+    let step = progress.step("Unpacking base into the work tree");
+    let root = work.join("rootfs");
+    rootfs::extract(&tar, &root)?;
+    step.finish("");
+
+    // 5. Customisation.
+    let step = progress.step("Customising (overlays, binaries, units)");
+    rootfs::apply_overlays(&recipe.overlay_dirs(), &root)?;
+    rootfs::install_binaries(&recipe.binaries.names, &bin_dir, &root)?;
+    rootfs::configure(&recipe, &root)?;
+    step.finish("");
+
+    // 6. Initrd.
+    let step = progress.step("Building the initramfs");
+    let kver = initrd::kernel_version(&root)?;
+    initrd::install_config(&firmware, &recipe.initramfs.extra_modules, &root)?;
+    let initrd_len = initrd::build(&root, &kver)?;
+    let packages = rootfs::packages(&root)?;
+    step.finish(&format!("kernel {kver}, initrd {}", human(initrd_len)));
+
+    // 7. Slot.
+    let step = progress.step("Compressing slot.img (squashfs, xz)");
+    let slot_path = out.join("slot.img");
+    let slot_len = slot::build(&root, &slot_path, &step)?;
+    step.finish(&human(slot_len));
+
+    // 8. Boot files and ESP.
+    let step = progress.step("Boot loader and ESP");
+    let layout = disk::Layout::new(&recipe.disk);
+    let seed = format!("{}\0{}", recipe.image.name, recipe.image.version);
+    let bootx64 = work.join("BOOTX64.EFI");
+    disk::make_bootx64(&firmware.join("grub/embedded.cfg"), &bootx64)?;
+    let grub_cfg = work.join("grub.cfg");
+    std::fs::write(&grub_cfg, render_grub_cfg(&firmware, &recipe.kernel.cmdline)?)?;
+    let grubenv_path = work.join("grubenv");
+    std::fs::write(&grubenv_path, grubenv::initial())?;
+    let esp = work.join("esp.img");
+    let volume_id = disk::uuid_from(&seed, "esp-volume")[..8].to_owned();
+    let files = disk::EspFiles {
+        bootx64: &bootx64,
+        grub_cfg: &grub_cfg,
+        grubenv: &grubenv_path,
+    };
+    disk::make_esp(&esp, layout.part("esp").size, &volume_id, &files)?;
+    step.finish("");
+
+    // 9. Disk.
+    let step = progress.step("Writing disk.img");
+    let disk_path = out.join("disk.img");
+    disk::make_disk(&layout, &seed, &disk_path, &esp, &slot_path, &progress)?;
+    step.finish(&human(layout.total));
+
+    // 10. Manifest.
+    let step = progress.step("Checksums and manifest.json");
+    let mut artifacts = Vec::new();
+    for path in [&slot_path, &disk_path] {
+        let len = std::fs::metadata(path)?.len();
+        let bar = progress.bytes(&format!("sha256 {}", path.display()), len);
+        artifacts.push(manifest::artifact(path, |n| bar.set_position(n))?);
+        bar.finish_and_clear();
+    }
+    let m = manifest::Manifest {
+        name: recipe.image.name.clone(),
+        version: recipe.image.version.clone(),
+        compatible: recipe.image.compatible.clone(),
+        build_time: manifest::build_time(),
+        builder: format!("debvisor-image {}", env!("CARGO_PKG_VERSION")),
+        debian: manifest::DebianInfo {
+            suite: recipe.debian.suite.clone(),
+            mirror,
+            variant: recipe.debian.variant.clone(),
+            components: recipe.debian.components.clone(),
+            architecture: recipe.debian.architecture.clone(),
+        },
+        kernel_version: kver,
+        kernel_cmdline_extra: recipe.kernel.cmdline.clone(),
+        base_rootfs_key: base_key,
+        packages: packages
+            .into_iter()
+            .map(|(name, version)| manifest::Package { name, version })
+            .collect(),
+        artifacts,
+    };
+    let manifest_path = out.join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&m)? + "\n")?;
+    if !args.keep_work {
+        std::fs::remove_dir_all(&work).with_context(|| format!("Removing {}", work.display()))?;
+    }
+    step.finish(&format!("{} packages", m.packages.len()));
+    progress.log(&format!(
+        "Built {} {} in {:.0}s: {} (slot {}, disk {})",
+        m.name,
+        m.version,
+        progress.elapsed().as_secs_f64(),
+        out.display(),
+        human(slot_len),
+        human(layout.total)
+    ));
+    Ok(())
+}
+
+/// Fills the recipe's extra kernel arguments into the A/B script.
+fn render_grub_cfg(firmware: &Path, extra: &[String]) -> Result<String> {
+    const PLACEHOLDER: &str = "@EXTRA_CMDLINE@";
+    let path = firmware.join("grub/grub.cfg");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("Reading {}", path.display()))?;
+    if !text.contains(PLACEHOLDER) {
+        bail!("{} has no {PLACEHOLDER} placeholder", path.display());
+    }
+    // The recipe validated each argument to [A-Za-z0-9._,:=/+-]: safe inside GRUB quotes.
+    Ok(text.replace(PLACEHOLDER, &extra.join(" ")))
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_grub_cfg_renders() {
+        let cfg = render_grub_cfg(&workspace_root().join("firmware"), &["debug".into()]).unwrap();
+        assert!(cfg.contains("\"debug\""));
+        for needle in ["A_OK", "A_TRY", "B_OK", "B_TRY", "ORDER", "save_env", "gpt2", "gpt3"] {
+            assert!(cfg.contains(needle), "{needle}");
+        }
+    }
+}
