@@ -159,6 +159,8 @@ fn peer_image(paths: &Paths) -> Result<(PathBuf, Option<f64>)> {
             "--variant=minbase",
             "--include=linux-image-amd64,systemd-sysv,udev",
             "--customize-hook=echo peer > \"$1/etc/hostname\"",
+            // A known root password so the harness can log in on the console.
+            "--customize-hook=echo root:peer | chroot \"$1\" chpasswd",
             "bookworm",
         ])
         .arg(&rootfs)
@@ -187,7 +189,9 @@ fn peer_image(paths: &Paths) -> Result<(PathBuf, Option<f64>)> {
     Ok((dir, Some(t.elapsed().as_secs_f64())))
 }
 
-fn boot_peer(paths: &Paths, peer: &Path, accel: Accel, n: u32, timeout: Duration) -> Result<f64> {
+/// Boots the peer to its login prompt; on the first run also logs in and
+/// reads systemd's RSS (checks the serial shell against a plain Debian).
+fn boot_peer(paths: &Paths, peer: &Path, accel: Accel, n: u32, timeout: Duration, r: &mut Report) -> Result<f64> {
     let wd = paths.bench().join(format!("peer-{n}"));
     let vm = Vm::start(&VmSpec {
         boot: Boot::Direct {
@@ -208,6 +212,18 @@ fn boot_peer(paths: &Paths, peer: &Path, accel: Accel, n: u32, timeout: Duration
         .console
         .wait_for("login:", 0, timeout)
         .map_err(|e| node::with_tail(e.context("The peer did not reach its login prompt"), &vm))?;
+    if n == 0 {
+        let rss = SerialGuest::login(&vm.console, "root", "peer", Duration::from_secs(120)).and_then(|mut g| {
+            g.exec(
+                "printf 'peer-systemd '; grep VmRSS /proc/1/status",
+                Duration::from_secs(60),
+            )
+        });
+        match rss {
+            Ok((_, out)) => r.rss_kib.extend(parse_rss(&out)),
+            Err(e) => r.notes.push(format!("peer shell failed: {e:#}")),
+        }
+    }
     Ok(m.at.as_secs_f64())
 }
 
@@ -284,8 +300,8 @@ pub fn boot(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &BootA
         let (peer, built) = peer_image(paths)?;
         r.peer_build_s = built;
         for n in 0..a.runs.max(1) {
-            r.peer_direct_login_s
-                .push(boot_peer(paths, &peer, accel, n, Duration::from_secs(a.boot_timeout))?);
+            let t = boot_peer(paths, &peer, accel, n, Duration::from_secs(a.boot_timeout), &mut r)?;
+            r.peer_direct_login_s.push(t);
         }
         r.notes
             .push("peer through OVMF+GRUB not measured; FACTS.md puts that path about 8 s above -kernel".into());

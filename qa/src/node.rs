@@ -185,13 +185,13 @@ impl Drop for Progress {
     }
 }
 
-/// Formats a failed boot: the error plus the last 40 console lines.
+/// Formats a failed boot: the error chain, then the last 40 console lines.
 pub fn with_tail(e: anyhow::Error, vm: &Vm) -> anyhow::Error {
-    e.context(format!(
-        "Last 40 console lines:\n{}\n(the whole log is in {})",
+    anyhow::anyhow!(
+        "{e:#}\nLast 40 console lines:\n{}\n(the whole log is under {})",
         vm.console.tail(40),
         vm.workdir.display()
-    ))
+    )
 }
 
 /// Boots a node and waits for `DEBVISOR: ready`, then for the agent and the

@@ -277,7 +277,7 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
         let secs = t.elapsed().as_secs_f64();
         let outcome = match res {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("{e:?}")),
+            Ok(Err(e)) => Err(format!("{e:#}")),
             Err(p) => Err(format!(
                 "panicked: {}",
                 p.downcast_ref::<String>()
