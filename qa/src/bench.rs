@@ -3,15 +3,15 @@
 //! DebVisor daemons, and a plain Debian peer booted under the same QEMU
 //! settings for comparison. Reports figures; asserts nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::node::{self, NodeOpts, Paths};
-use crate::qemu::{Accel, Boot, Vm, VmSpec, require_tools};
+use crate::peer;
+use crate::qemu::{Accel, Boot, Vm, VmSpec};
 use crate::serial::SerialGuest;
 
 /// Options of `bench boot`.
@@ -55,9 +55,13 @@ struct Report {
     node_runs: Vec<NodeRun>,
     rss_kib: Vec<(String, u64)>,
     peer_build_s: Option<f64>,
+    /// Peer booted with -kernel/-initrd from its ext4 root.
     peer_direct_login_s: Vec<f64>,
+    /// Peer booted through the same OVMF firmware and a standalone GRUB.
+    peer_uefi_login_s: Vec<f64>,
     /// Median console-answering time over median peer login time.
     ratio_console_to_peer_direct: Option<f64>,
+    ratio_console_to_peer_uefi: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -79,127 +83,17 @@ pub fn parse_rss(out: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The first mirror URI for `suite` in apt's sources (one-line and deb822).
-pub fn mirror_from_sources(texts: &[String], suite: &str) -> Option<String> {
-    for text in texts {
-        for line in text.lines().map(str::trim) {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if w.first() == Some(&"deb") {
-                let rest: Vec<&str> = w[1..].iter().copied().filter(|x| !x.starts_with('[')).collect();
-                if rest.len() >= 2 && rest[1] == suite {
-                    return Some(rest[0].to_string());
-                }
-            }
-        }
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-                    .unwrap_or_default()
-            };
-            let types = field("Types:");
-            if types.split_whitespace().any(|t| t == "deb")
-                && field("Suites:").split_whitespace().any(|s| s == suite)
-                && let Some(uri) = field("URIs:").split_whitespace().next()
-            {
-                return Some(uri.to_string());
-            }
-        }
-    }
-    None
-}
-
-fn host_mirror() -> Result<String> {
-    if let Ok(m) = std::env::var("DEBVISOR_MIRROR") {
-        return Ok(m);
-    }
-    let mut texts = vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
-    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        files.sort();
-        for f in files {
-            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if ext == "list" || ext == "sources" {
-                texts.push(std::fs::read_to_string(&f).unwrap_or_default());
-            }
-        }
-    }
-    mirror_from_sources(&texts, "bookworm")
-        .context("No bookworm mirror in /etc/apt/sources.list(.d): set DEBVISOR_MIRROR=http://.../debian")
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("Cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
-/// The peer: a plain minbase Debian with the same kernel package, cached
-/// under target/debvisor-cache/peer/. Returns (dir, build seconds if built).
-fn peer_image(paths: &Paths) -> Result<(PathBuf, Option<f64>)> {
-    let dir = paths.cache().join("peer");
-    let done = ["root.ext4", "vmlinuz", "initrd.img"]
-        .iter()
-        .all(|f| dir.join(f).exists());
-    if done {
-        return Ok((dir, None));
-    }
-    require_tools(&[("mmdebstrap", "mmdebstrap"), ("mkfs.ext4", "e2fsprogs")])?;
-    let mirror = host_mirror()?;
-    let t = Instant::now();
-    std::fs::create_dir_all(&dir)?;
-    let rootfs = dir.join("rootfs");
-    let _ = std::fs::remove_dir_all(&rootfs);
-    eprintln!("Building the peer rootfs from {mirror}");
-    run(Command::new("mmdebstrap")
-        .args([
-            "--variant=minbase",
-            "--include=linux-image-amd64,systemd-sysv,udev",
-            "--customize-hook=echo peer > \"$1/etc/hostname\"",
-            // A known root password so the harness can log in on the console.
-            "--customize-hook=echo root:peer | chroot \"$1\" chpasswd",
-            "bookworm",
-        ])
-        .arg(&rootfs)
-        .arg(&mirror))?;
-    let boot = rootfs.join("boot");
-    let pick = |prefix: &str| -> Result<PathBuf> {
-        std::fs::read_dir(&boot)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix))
-            })
-            .with_context(|| format!("No {prefix}* in {}", boot.display()))
-    };
-    std::fs::copy(pick("vmlinuz-")?, dir.join("vmlinuz"))?;
-    std::fs::copy(pick("initrd.img-")?, dir.join("initrd.img"))?;
-    let ext4 = dir.join("root.ext4.tmp");
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&rootfs)
-        .arg(&ext4)
-        .arg("2G"))?;
-    std::fs::rename(&ext4, dir.join("root.ext4"))?;
-    std::fs::remove_dir_all(&rootfs)?;
-    Ok((dir, Some(t.elapsed().as_secs_f64())))
-}
-
 /// Boots the peer to its login prompt; on the first run also logs in and
 /// reads systemd's RSS (checks the serial shell against a plain Debian).
-fn boot_peer(paths: &Paths, peer: &Path, accel: Accel, n: u32, timeout: Duration, r: &mut Report) -> Result<f64> {
-    let wd = paths.bench().join(format!("peer-{n}"));
+fn boot_peer(paths: &Paths, boot: Boot, n: u32, accel: Accel, timeout: Duration, r: &mut Report) -> Result<f64> {
+    let kind = if matches!(boot, Boot::Uefi { .. }) {
+        "uefi"
+    } else {
+        "direct"
+    };
+    let wd = paths.bench().join(format!("peer-{kind}-{n}"));
     let vm = Vm::start(&VmSpec {
-        boot: Boot::Direct {
-            disk: peer.join("root.ext4"),
-            kernel: peer.join("vmlinuz"),
-            initrd: peer.join("initrd.img"),
-            append: "root=/dev/vda rw console=ttyS0,115200".into(),
-        },
+        boot,
         workdir: wd.clone(),
         console_log: wd.join("console.log"),
         memory_mib: 2048,
@@ -212,7 +106,7 @@ fn boot_peer(paths: &Paths, peer: &Path, accel: Accel, n: u32, timeout: Duration
         .console
         .wait_for("login:", 0, timeout)
         .map_err(|e| node::with_tail(e.context("The peer did not reach its login prompt"), &vm))?;
-    if n == 0 {
+    if n == 0 && kind == "direct" {
         let rss = SerialGuest::login(&vm.console, "root", "peer", Duration::from_secs(120)).and_then(|mut g| {
             g.exec(
                 "printf 'peer-systemd '; grep VmRSS /proc/1/status",
@@ -297,18 +191,36 @@ pub fn boot(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &BootA
     }
 
     if !a.skip_peer {
-        let (peer, built) = peer_image(paths)?;
-        r.peer_build_s = built;
+        let t = Instant::now();
+        let (dir, built) = peer::peer_image(paths)?;
+        let uefi = peer::peer_uefi_disk(&dir);
+        r.peer_build_s = built.map(|_| t.elapsed().as_secs_f64());
+        let timeout = Duration::from_secs(a.boot_timeout);
         for n in 0..a.runs.max(1) {
-            let t = boot_peer(paths, &peer, accel, n, Duration::from_secs(a.boot_timeout), &mut r)?;
+            let direct = Boot::Direct {
+                disk: dir.join("root.ext4"),
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initrd.img"),
+                append: "root=/dev/vda rw console=ttyS0,115200".into(),
+            };
+            let t = boot_peer(paths, direct, n, accel, timeout, &mut r)?;
             r.peer_direct_login_s.push(t);
+            match &uefi {
+                Ok(disk) => match boot_peer(paths, Boot::Uefi { disk: disk.clone() }, n, accel, timeout, &mut r) {
+                    Ok(t) => r.peer_uefi_login_s.push(t),
+                    Err(e) => r.notes.push(format!("peer through OVMF failed: {e:#}")),
+                },
+                Err(e) if n == 0 => r.notes.push(format!("peer UEFI disk not built: {e:#}")),
+                Err(_) => {}
+            }
         }
-        r.notes
-            .push("peer through OVMF+GRUB not measured; FACTS.md puts that path about 8 s above -kernel".into());
     }
     let console = median(&r.node_runs.iter().map(|x| x.console_s).collect::<Vec<_>>());
     if let (Some(c), Some(p)) = (console, median(&r.peer_direct_login_s)) {
         r.ratio_console_to_peer_direct = Some(c / p);
+    }
+    if let (Some(c), Some(p)) = (console, median(&r.peer_uefi_login_s)) {
+        r.ratio_console_to_peer_uefi = Some(c / p);
     }
     let json = out.join("boot.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
@@ -358,8 +270,20 @@ fn print_table(r: &Report) {
     for (i, t) in r.peer_direct_login_s.iter().enumerate() {
         println!("  {:<38} {t:.1} s", format!("run {i}: peer login: (-kernel)"));
     }
+    for (i, t) in r.peer_uefi_login_s.iter().enumerate() {
+        println!("  {:<38} {t:.1} s", format!("run {i}: peer login: (OVMF+GRUB)"));
+    }
     if let Some(ratio) = r.ratio_console_to_peer_direct {
-        println!("  {:<38} {ratio:.2} (target <= 1.5)", "console ready / peer login");
+        println!(
+            "  {:<38} {ratio:.2} (target <= 1.5)",
+            "console answers / peer login (-kernel)"
+        );
+    }
+    if let Some(ratio) = r.ratio_console_to_peer_uefi {
+        println!(
+            "  {:<38} {ratio:.2} (like with like)",
+            "console answers / peer login (OVMF)"
+        );
     }
     for n in &r.notes {
         println!("  note: {n}");
@@ -369,23 +293,6 @@ fn print_table(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirrors_parse_from_both_formats() {
-        let one = "# c\ndeb [arch=amd64] http://m.example/debian bookworm main\n".to_string();
-        let deb822 = "Types: deb\nURIs: http://x.example/debian-security\nSuites: bookworm-security\n\n\
-                      Types: deb deb-src\nURIs: http://y.example/debian\nSuites: bookworm bookworm-updates\n"
-            .to_string();
-        assert_eq!(
-            mirror_from_sources(std::slice::from_ref(&one), "bookworm").as_deref(),
-            Some("http://m.example/debian")
-        );
-        assert_eq!(
-            mirror_from_sources(&[String::new(), deb822], "bookworm").as_deref(),
-            Some("http://y.example/debian")
-        );
-        assert_eq!(mirror_from_sources(&[one], "trixie"), None);
-    }
 
     #[test]
     fn rss_lines_parse() {

@@ -4,6 +4,7 @@
 mod bench;
 mod lab;
 mod node;
+mod peer;
 mod probes;
 mod qemu;
 mod serial;
