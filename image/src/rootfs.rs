@@ -329,6 +329,11 @@ pub fn configure(recipe: &Recipe, root: &Path) -> Result<(), RootfsError> {
             recipe.image.name
         ),
     )?;
+    // mmdebstrap leaves the build host's resolver configuration behind.
+    write(
+        &root.join("etc/resolv.conf"),
+        "# Filled in at run time from the network configuration.\n",
+    )?;
     // Empty machine-id: systemd generates one on first boot (ConditionFirstBoot).
     write(&root.join("etc/machine-id"), "")?;
     let dbus_id = root.join("var/lib/dbus/machine-id");
