@@ -17,10 +17,11 @@ use debvisor_api::paths::CONSOLE_MARKER;
 /// marks each one. Stages that an image does not print are simply not seen.
 pub const BOOT_STAGES: &[(&str, &str)] = &[
     ("firmware", "BdsDxe"),
-    ("grub", "GRUB"),
+    ("grub", "Welcome to GRUB"),
     ("kernel", "Linux version"),
-    ("initramfs", "Run /init"),
-    ("systemd", "systemd["),
+    // The DebVisor initramfs script's summary line.
+    ("initramfs", "debvisor: root "),
+    ("systemd", "Welcome to Debian"),
     ("fingerprint", "DEBVISOR: tls-fingerprint"),
     ("login", "login:"),
     ("ready", "DEBVISOR: ready"),
