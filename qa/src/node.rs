@@ -186,9 +186,23 @@ impl Drop for Progress {
 }
 
 /// Formats a failed boot: the error chain, then the last 40 console lines.
+/// QEMU's own messages, when it printed any, are added too.
 pub fn with_tail(e: anyhow::Error, vm: &Vm) -> anyhow::Error {
+    let qemu_log: String = std::fs::read_to_string(vm.workdir.join("qemu.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("QEMU waiting for connection"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut qemu = String::new();
+    if !qemu_log.trim().is_empty() {
+        qemu = format!("\nQEMU said: {}", qemu_log.trim());
+        if qemu_log.contains("host forwarding") {
+            qemu.push_str("\nA forwarded port is taken: pick other --console-port/--agent-port, or omit them");
+        }
+    }
     anyhow::anyhow!(
-        "{e:#}\nLast 40 console lines:\n{}\n(the whole log is under {})",
+        "{e:#}{qemu}\nLast 40 console lines:\n{}\n(the whole log is under {})",
         vm.console.tail(40),
         vm.workdir.display()
     )

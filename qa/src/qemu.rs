@@ -336,7 +336,12 @@ impl Vm {
             if let Ok(Some(status)) = child.try_wait() {
                 unregister(pid);
                 let log = std::fs::read_to_string(wd.join("qemu.log")).unwrap_or_default();
-                bail!("QEMU exited at start ({status}): {}", log.trim());
+                let hint = if log.contains("host forwarding") {
+                    "\nA forwarded port is taken: pick other --console-port/--agent-port, or omit them"
+                } else {
+                    ""
+                };
+                bail!("QEMU exited at start ({status}): {}{hint}", log.trim());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
