@@ -68,7 +68,14 @@ struct Report {
 fn median(v: &[f64]) -> Option<f64> {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| v[v.len() / 2])
+    let n = v.len();
+    (n > 0).then(|| {
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    })
 }
 
 /// Parses `name VmRSS:   1234 kB` lines.
@@ -299,5 +306,7 @@ mod tests {
         let out = "debvisor-init VmRSS:\t    5120 kB\ndebvisor-agent grep: /proc//status: No such file\n";
         assert_eq!(parse_rss(out), vec![("debvisor-init".to_string(), 5120)]);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
     }
 }
