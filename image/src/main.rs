@@ -4,24 +4,14 @@
 //! -> `slot.img` (xz squashfs) -> `disk.img` (GPT: esp | root_a | root_b |
 //! data) and `manifest.json`.
 
-mod cmd;
-mod disk;
-mod grubenv;
-mod initrd;
-mod manifest;
-mod mirror;
-mod progress;
-mod recipe;
-mod rootfs;
-mod slot;
-
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::progress::Progress;
-use crate::recipe::Recipe;
+use debvisor_image::progress::Progress;
+use debvisor_image::recipe::Recipe;
+use debvisor_image::{cmd, disk, grubenv, initrd, manifest, mirror, rootfs, slot};
 
 /// Builds DebVisor images.
 #[derive(Debug, Parser)]
@@ -92,10 +82,7 @@ fn build(args: &BuildArgs) -> Result<()> {
     // 1. Recipe and mirror.
     let step = progress.step("Reading recipe");
     let recipe = Recipe::from_file(&args.recipe)?;
-    let mirror = match &args.mirror {
-        Some(url) => mirror::check_url(url)?,
-        None => mirror::from_host(Path::new("/etc/apt"), &recipe.debian.suite)?,
-    };
+    let mirror = mirror::resolve(args.mirror.as_deref(), &recipe.debian.suite)?;
     let cache = args.cache.clone().unwrap_or_else(|| ws.join("target/debvisor-cache"));
     std::fs::create_dir_all(&args.out).with_context(|| format!("Creating {}", args.out.display()))?;
     let out = args.out.canonicalize()?;

@@ -47,6 +47,15 @@ pub fn check_url(url: &str) -> Result<String, MirrorError> {
     }
 }
 
+/// The mirror to use: `explicit` (a flag or `DEBVISOR_MIRROR`) when given,
+/// else the host's apt configuration for `suite`.
+pub fn resolve(explicit: Option<&str>, suite: &str) -> Result<String, MirrorError> {
+    match explicit {
+        Some(url) => check_url(url),
+        None => from_host(Path::new("/etc/apt"), suite),
+    }
+}
+
 /// Finds the mirror for `suite` in the apt configuration under `etc_apt`
 /// (normally `/etc/apt`).
 pub fn from_host(etc_apt: &Path, suite: &str) -> Result<String, MirrorError> {

@@ -13,54 +13,11 @@ use anyhow::{Context, Result, bail};
 use crate::node::Paths;
 use crate::qemu::require_tools;
 
-/// The first mirror URI for `suite` in apt's sources (one-line and deb822).
-pub fn mirror_from_sources(texts: &[String], suite: &str) -> Option<String> {
-    for text in texts {
-        for line in text.lines().map(str::trim) {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if w.first() == Some(&"deb") {
-                let rest: Vec<&str> = w[1..].iter().copied().filter(|x| !x.starts_with('[')).collect();
-                if rest.len() >= 2 && rest[1] == suite {
-                    return Some(rest[0].to_string());
-                }
-            }
-        }
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-                    .unwrap_or_default()
-            };
-            let types = field("Types:");
-            if types.split_whitespace().any(|t| t == "deb")
-                && field("Suites:").split_whitespace().any(|s| s == suite)
-                && let Some(uri) = field("URIs:").split_whitespace().next()
-            {
-                return Some(uri.to_string());
-            }
-        }
-    }
-    None
-}
-
+/// The peer's mirror: `DEBVISOR_MIRROR`, else the host's apt sources (the
+/// image builder's own lookup, so node and peer come from the same place).
 fn host_mirror() -> Result<String> {
-    if let Ok(m) = std::env::var("DEBVISOR_MIRROR") {
-        return Ok(m);
-    }
-    let mut texts = vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
-    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        files.sort();
-        for f in files {
-            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if ext == "list" || ext == "sources" {
-                texts.push(std::fs::read_to_string(&f).unwrap_or_default());
-            }
-        }
-    }
-    mirror_from_sources(&texts, "bookworm")
-        .context("No bookworm mirror in /etc/apt/sources.list(.d): set DEBVISOR_MIRROR=http://.../debian")
+    let explicit = std::env::var("DEBVISOR_MIRROR").ok();
+    Ok(debvisor_image::mirror::resolve(explicit.as_deref(), "bookworm")?)
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -210,26 +167,4 @@ pub fn peer_uefi_disk(dir: &Path) -> Result<PathBuf> {
     std::fs::rename(&out, &disk)?;
     std::fs::remove_dir_all(&tmp)?;
     Ok(disk)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mirrors_parse_from_both_formats() {
-        let one = "# c\ndeb [arch=amd64] http://m.example/debian bookworm main\n".to_string();
-        let deb822 = "Types: deb\nURIs: http://x.example/debian-security\nSuites: bookworm-security\n\n\
-                      Types: deb deb-src\nURIs: http://y.example/debian\nSuites: bookworm bookworm-updates\n"
-            .to_string();
-        assert_eq!(
-            mirror_from_sources(std::slice::from_ref(&one), "bookworm").as_deref(),
-            Some("http://m.example/debian")
-        );
-        assert_eq!(
-            mirror_from_sources(&[String::new(), deb822], "bookworm").as_deref(),
-            Some("http://y.example/debian")
-        );
-        assert_eq!(mirror_from_sources(&[one], "trixie"), None);
-    }
 }

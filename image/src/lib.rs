@@ -1,0 +1,14 @@
+//! The DebVisor image builder as a library: recipe parsing, the host's apt
+//! mirror, rootfs, initrd, slot and disk steps. The `debvisor-image` binary
+//! drives them; `debvisor-qa` reuses the mirror lookup for its peer system.
+
+pub mod cmd;
+pub mod disk;
+pub mod grubenv;
+pub mod initrd;
+pub mod manifest;
+pub mod mirror;
+pub mod progress;
+pub mod recipe;
+pub mod rootfs;
+pub mod slot;
