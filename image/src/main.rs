@@ -1,7 +1,7 @@
 //! `debvisor-image`: builds DebVisor images from a recipe.
 //!
 //! recipe -> base rootfs (mmdebstrap, cached) -> customised root with initrd
-//! -> `slot.img` (xz squashfs) -> `disk.img` (GPT: esp | root_a | root_b |
+//! -> `slot.img` (squashfs: gzip, xz or lzo) -> `disk.img` (GPT: esp | root_a | root_b |
 //! data) and `manifest.json`.
 
 use std::path::{Path, PathBuf};
@@ -139,9 +139,12 @@ fn build(args: &BuildArgs) -> Result<()> {
     step.finish(&format!("kernel {kver}, initrd {}", human(initrd_len)));
 
     // 7. Slot.
-    let step = progress.step("Compressing slot.img (squashfs, xz)");
+    let step = progress.step(&format!(
+        "Compressing slot.img (squashfs, {})",
+        recipe.slot.compression.as_str()
+    ));
     let slot_path = out.join("slot.img");
-    let slot_len = slot::build(&root, &slot_path, &step)?;
+    let slot_len = slot::build(&root, &slot_path, recipe.slot.compression, &step)?;
     step.finish(&human(slot_len));
 
     // 8. Boot files and ESP.

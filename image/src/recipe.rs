@@ -77,6 +77,9 @@ pub struct Recipe {
     /// Disk image geometry.
     #[serde(default)]
     pub disk: DiskSection,
+    /// How the slot image is made.
+    #[serde(default)]
+    pub slot: SlotSection,
     /// Directory holding the recipe (overlay paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -147,6 +150,45 @@ pub struct SystemdSection {
     /// Units enabled with `systemctl --root enable`.
     #[serde(default)]
     pub enable: Vec<String>,
+    /// Units masked with `systemctl --root mask` (jobs that make no sense on
+    /// an immutable root, such as apt's timers).
+    #[serde(default)]
+    pub mask: Vec<String>,
+}
+
+/// Squashfs compressors that GRUB 2.06 can read (it loads the kernel and
+/// initrd from inside the slot): no zstd, no lz4.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Fast to decompress, about 25% larger than xz; the default because
+    /// every file the node reads from its root is decompressed on the way.
+    #[default]
+    Gzip,
+    /// Smallest, slowest to decompress (costs seconds of boot under TCG).
+    Xz,
+    /// Fastest to decompress, largest.
+    Lzo,
+}
+
+impl Compression {
+    /// The name mksquashfs takes after `-comp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Lzo => "lzo",
+        }
+    }
+}
+
+/// `[slot]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotSection {
+    /// The squashfs compressor.
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 /// `[kernel]`
@@ -326,13 +368,18 @@ impl Recipe {
         for b in &self.binaries.names {
             check("binaries.names", b, is_ident, "use [A-Za-z0-9._-]")?;
         }
-        for u in &self.systemd.enable {
-            check(
-                "systemd.enable",
-                u,
-                is_unit_name,
-                "not a systemd unit name (name.service, name.timer, ...)",
-            )?;
+        for (field, units) in [
+            ("systemd.enable", &self.systemd.enable),
+            ("systemd.mask", &self.systemd.mask),
+        ] {
+            for u in units {
+                check(
+                    field,
+                    u,
+                    is_unit_name,
+                    "not a systemd unit name (name.service, name.timer, ...)",
+                )?;
+            }
         }
         for a in &self.kernel.cmdline {
             check(
@@ -457,6 +504,22 @@ packages = ["systemd", "linux-image-amd64"]
         assert_eq!(r.debian.components, ["main"]);
         assert_eq!(r.disk.root_mib, 768);
         assert_eq!(r.base_dir, Path::new("/r"));
+    }
+
+    #[test]
+    fn slot_compression_is_one_grub_reads() {
+        assert_eq!(parse(MINIMAL).unwrap().slot.compression, Compression::Gzip);
+        let xz = parse(&format!("{MINIMAL}\n[slot]\ncompression = \"xz\"\n")).unwrap();
+        assert_eq!(xz.slot.compression.as_str(), "xz");
+        let err = parse(&format!("{MINIMAL}\n[slot]\ncompression = \"zstd\"\n")).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("zstd") && chain.contains("gzip"), "{chain}");
+    }
+
+    #[test]
+    fn masked_units_are_checked() {
+        let err = parse(&format!("{MINIMAL}\n[systemd]\nmask = [\"../x\"]\n")).unwrap_err();
+        assert!(err.to_string().contains("systemd.mask"), "{err}");
     }
 
     #[test]

@@ -341,13 +341,15 @@ pub fn configure(recipe: &Recipe, root: &Path) -> Result<(), RootfsError> {
         std::fs::remove_file(&dbus_id).map_err(io("Removing", &dbus_id))?;
     }
 
-    if !recipe.systemd.enable.is_empty() {
+    for (verb, units) in [("enable", &recipe.systemd.enable), ("mask", &recipe.systemd.mask)] {
+        if units.is_empty() {
+            continue;
+        }
         let mut root_arg = std::ffi::OsString::from("--root=");
         root_arg.push(root);
-        let mut args = vec![root_arg, "enable".into()];
-        args.extend(recipe.systemd.enable.iter().map(Into::into));
-        cmd::run(&mut command("systemctl", &args))
-            .map_err(tool(format!("Enabling units {}", recipe.systemd.enable.join(" "))))?;
+        let mut args = vec![root_arg, verb.into()];
+        args.extend(units.iter().map(Into::into));
+        cmd::run(&mut command("systemctl", &args)).map_err(tool(format!("systemctl {verb} {}", units.join(" "))))?;
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! The slot image: the whole root as an xz squashfs (GRUB 2.06 reads xz and
-//! gzip squashfs, not zstd, and it loads the kernel and initrd from inside).
+//! The slot image: the whole root as a squashfs compressed with one of the
+//! compressors GRUB 2.06 reads (gzip, xz, lzo; not zstd), since GRUB loads
+//! the kernel and initrd from inside the slot.
 
 use std::path::{Path, PathBuf};
 
 use crate::cmd::{self, CmdError, command};
 use crate::progress::Step;
+use crate::recipe::Compression;
 
 /// The slot could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +20,7 @@ pub struct SlotError {
 
 /// Builds `out` from `root`. mksquashfs takes `SOURCE_DATE_EPOCH` from the
 /// environment (file system time, and file times clamped to it).
-pub fn build(root: &Path, out: &Path, step: &Step) -> Result<u64, SlotError> {
+pub fn build(root: &Path, out: &Path, compression: Compression, step: &Step) -> Result<u64, SlotError> {
     let err = |source| SlotError {
         root: root.to_owned(),
         out: out.to_owned(),
@@ -33,7 +35,7 @@ pub fn build(root: &Path, out: &Path, step: &Step) -> Result<u64, SlotError> {
             out.as_os_str(),
             "-noappend".as_ref(),
             "-comp".as_ref(),
-            "xz".as_ref(),
+            compression.as_str().as_ref(),
             "-processors".as_ref(),
             processors.as_ref(),
             "-no-progress".as_ref(),
