@@ -2,7 +2,46 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// A build step that failed: a tool, or a file operation, with what was
+/// being done. The step modules (rootfs, initrd, disk) wrap it.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A tool failed.
+    #[error("{what}")]
+    Tool {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: CmdError,
+    },
+    /// A file operation failed.
+    #[error("{what}: {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// File involved.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Maps an I/O error on `path` while doing `what` to a [`StepError`].
+pub fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepError {
+    let path = path.to_owned();
+    move |source| StepError::Io { what, path, source }
+}
+
+/// Maps a tool failure while doing `what` to a [`StepError`].
+pub fn tool(what: impl Into<String>) -> impl FnOnce(CmdError) -> StepError {
+    let what = what.into();
+    move |source| StepError::Tool { what, source }
+}
 
 /// A tool failed to start or exited unsuccessfully.
 #[derive(Debug, thiserror::Error)]

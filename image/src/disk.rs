@@ -4,11 +4,11 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::cmd::{self, CmdError, command};
+use crate::cmd::{self, StepError, command, io, tool};
 use crate::progress::Progress;
 use crate::recipe::DiskSection;
 
@@ -21,26 +21,9 @@ const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 /// Errors while making the disk image.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    /// A tool failed.
-    #[error("{what}")]
-    Tool {
-        /// What was being done.
-        what: String,
-        /// The failure.
-        #[source]
-        source: CmdError,
-    },
-    /// A file operation failed.
-    #[error("{what}: {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A tool or a file operation failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
     /// The slot does not fit in its partition.
     #[error("Slot image is {slot} bytes but [disk] root_mib gives only {part} bytes; raise root_mib")]
     SlotTooBig {
@@ -49,16 +32,6 @@ pub enum DiskError {
         /// Partition size.
         part: u64,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
-    let path = path.to_owned();
-    move |source| DiskError::Io { what, path, source }
-}
-
-fn tool(what: impl Into<String>) -> impl FnOnce(CmdError) -> DiskError {
-    let what = what.into();
-    move |source| DiskError::Tool { what, source }
 }
 
 /// One partition, in bytes.

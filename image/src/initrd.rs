@@ -3,31 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cmd::{self, CmdError, command};
+use crate::cmd::{self, StepError, command, io};
 
 /// Errors while making the initrd.
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
-    /// A tool failed.
-    #[error("{what}")]
-    Tool {
-        /// What was being done.
-        what: String,
-        /// The failure.
-        #[source]
-        source: CmdError,
-    },
-    /// A file operation failed.
-    #[error("{what}: {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A tool or a file operation failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
     /// The root has no kernel, or more than one.
     #[error("Expected exactly one kernel in {dir}, found {found:?}")]
     Kernel {
@@ -36,11 +19,6 @@ pub enum InitrdError {
         /// Versions found.
         found: Vec<String>,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InitrdError {
-    let path = path.to_owned();
-    move |source| InitrdError::Io { what, path, source }
 }
 
 /// Finds the one kernel version installed in `root`.
@@ -83,7 +61,7 @@ pub fn install_config(firmware: &Path, extra_modules: &[String], root: &Path) ->
                 to.as_os_str(),
             ],
         ))
-        .map_err(|source| InitrdError::Tool {
+        .map_err(|source| StepError::Tool {
             what: format!("Copying {}", from.display()),
             source,
         })?;
@@ -98,7 +76,7 @@ pub fn install_config(firmware: &Path, extra_modules: &[String], root: &Path) ->
         modules.push('\n');
     }
     let out = dst.join("modules");
-    std::fs::write(&out, modules).map_err(io("Writing", &out))
+    Ok(std::fs::write(&out, modules).map_err(io("Writing", &out))?)
 }
 
 /// Mounts of /proc, /sys and /dev inside a root, undone on drop (also when
@@ -121,7 +99,7 @@ impl ChrootMounts {
             let target = root.join(dir);
             let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
             argv.push(target.as_os_str());
-            cmd::run(&mut command("mount", argv)).map_err(|source| InitrdError::Tool {
+            cmd::run(&mut command("mount", argv)).map_err(|source| StepError::Tool {
                 what: format!("Mounting {}", target.display()),
                 source,
             })?;
@@ -162,7 +140,7 @@ pub fn build(root: &Path, kver: &str) -> Result<u64, InitrdError> {
             ],
         );
         c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LC_ALL", "C.UTF-8");
-        cmd::run(&mut c).map_err(|source| InitrdError::Tool {
+        cmd::run(&mut c).map_err(|source| StepError::Tool {
             what: format!("Running mkinitramfs for kernel {kver}"),
             source,
         })?;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cmd::{self, CmdError, command};
+use crate::cmd::{self, CmdError, StepError, command, io, tool};
 use crate::progress::Step;
 use crate::recipe::Recipe;
 
@@ -33,42 +33,15 @@ pub enum RootfsError {
         /// Mirror searched.
         mirror: String,
     },
-    /// A tool failed.
-    #[error("{what}")]
-    Tool {
-        /// What was being done.
-        what: String,
-        /// The failure.
-        #[source]
-        source: CmdError,
-    },
-    /// A file operation failed.
-    #[error("{what}: {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A tool or a file operation failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
     /// A workspace binary named by the recipe was not built.
     #[error("Binary {path} is missing (build it, or pass --binaries-dir)")]
     MissingBinary {
         /// Expected path.
         path: PathBuf,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
-    let path = path.to_owned();
-    move |source| RootfsError::Io { what, path, source }
-}
-
-fn tool(what: impl Into<String>) -> impl FnOnce(CmdError) -> RootfsError {
-    let what = what.into();
-    move |source| RootfsError::Tool { what, source }
 }
 
 /// Everything that determines the base tarball.
@@ -201,10 +174,11 @@ pub fn base_tarball(
                 mirror: key.mirror.clone(),
             });
         }
-        return Err(RootfsError::Tool {
+        return Err(StepError::Tool {
             what: "mmdebstrap failed".into(),
             source: err,
-        });
+        }
+        .into());
     }
     std::fs::rename(&tmp, &tar).map_err(io("Renaming", &tmp))?;
     let meta = CacheMeta {
@@ -359,7 +333,7 @@ pub fn write(path: &Path, text: &str) -> Result<(), RootfsError> {
     if path.is_symlink() {
         std::fs::remove_file(path).map_err(io("Removing symlink", path))?;
     }
-    std::fs::write(path, text).map_err(io("Writing", path))
+    Ok(std::fs::write(path, text).map_err(io("Writing", path))?)
 }
 
 /// Lists installed packages with versions from the root's dpkg database.
