@@ -5,7 +5,11 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/debvisor/node/v1/node.proto"];
+    let protos = [
+        "proto/debvisor/node/v1/node.proto",
+        "proto/debvisor/units/v1/units.proto",
+        "proto/debvisor/audit/v1/audit.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -15,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Clients print answers as JSON (`debvisorctl --json`).
+        .type_attribute(".debvisor", "#[derive(serde::Serialize)]")
+        .type_attribute(".debvisor", "#[serde(rename_all = \"snake_case\")]")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -79,6 +79,7 @@ impl FixedNode {
             kernel: "6.1.0-test-amd64".into(),
             agent_version: "0.1.0".into(),
             simulated: true,
+            sampled_at_unix_ms: 0,
         }))
     }
 }
