@@ -19,9 +19,31 @@ pub mod node {
     }
 }
 
+/// `debvisor.units.v1`: systemd units and the journal.
+pub mod units {
+    /// Version 1 of the units service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.units.v1");
+    }
+}
+
+/// `debvisor.audit.v1`: the hash-chained audit log.
+pub mod audit {
+    /// Version 1 of the audit service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.audit.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every DebVisor protobuf, for
 /// `tonic-reflection`.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/debvisor_descriptor.bin"));
 
 /// The API versions this build serves, named in UNIMPLEMENTED answers.
-pub const SUPPORTED_SERVICES: &[&str] = &["debvisor.node.v1.NodeService"];
+pub const SUPPORTED_SERVICES: &[&str] = &[
+    "debvisor.node.v1.NodeService",
+    "debvisor.units.v1.UnitService",
+    "debvisor.audit.v1.AuditService",
+];
