@@ -59,8 +59,23 @@ impl AgentError {
 
 /// Something that can tell the console the node's status.
 pub trait NodeSource: Send + Sync + 'static {
-    /// Fetches the current status of the node.
-    fn status(&self) -> BoxFuture<'_, Result<GetStatusResponse, AgentError>>;
+    /// Fetches the current status of the node, on behalf of the signed-in
+    /// `user` (None for the console's own requests).
+    fn status<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<GetStatusResponse, AgentError>>;
+}
+
+/// Metadata key naming the console user a request is made for. The agent
+/// trusts it only from the console's own uid on its Unix socket and records
+/// it in the audit log as `console:USER`.
+pub const ON_BEHALF_OF: &str = "x-debvisor-user";
+
+/// Wraps `msg` in a request that names the console user it is made for.
+pub fn on_behalf_of<T>(msg: T, user: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(v) = user.and_then(|u| tonic::metadata::MetadataValue::try_from(u).ok()) {
+        req.metadata_mut().insert(ON_BEHALF_OF, v);
+    }
+    req
 }
 
 /// The production [`NodeSource`]: `debvisor.node.v1.NodeService/GetStatus`
@@ -76,17 +91,20 @@ impl GrpcNodeSource {
         Self { socket: socket.into() }
     }
 
-    async fn fetch(&self) -> Result<GetStatusResponse, AgentError> {
+    async fn fetch(&self, user: Option<&str>) -> Result<GetStatusResponse, AgentError> {
         let channel = connect_unix(&self.socket).await?;
         let mut client = NodeServiceClient::new(channel);
-        Ok(client.get_status(GetStatusRequest {}).await?.into_inner())
+        Ok(client
+            .get_status(on_behalf_of(GetStatusRequest {}, user))
+            .await?
+            .into_inner())
     }
 }
 
 impl NodeSource for GrpcNodeSource {
-    fn status(&self) -> BoxFuture<'_, Result<GetStatusResponse, AgentError>> {
+    fn status<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<GetStatusResponse, AgentError>> {
         Box::pin(async move {
-            let result = tokio::time::timeout(AGENT_TIMEOUT, self.fetch())
+            let result = tokio::time::timeout(AGENT_TIMEOUT, self.fetch(user))
                 .await
                 .unwrap_or(Err(AgentError::Timeout));
             if let Err(e) = &result {
@@ -104,7 +122,7 @@ mod tests {
     #[tokio::test]
     async fn missing_socket_is_reported_with_its_reason() {
         let source = GrpcNodeSource::new("/nonexistent/debvisor-test/agent.sock");
-        let err = source.status().await.unwrap_err();
+        let err = source.status(None).await.unwrap_err();
         let summary = err.summary();
         assert!(summary.contains("/nonexistent/debvisor-test/agent.sock"), "{summary}");
         assert!(summary.contains("No such file or directory"), "{summary}");

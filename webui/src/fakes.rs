@@ -85,7 +85,7 @@ impl FixedNode {
 }
 
 impl NodeSource for FixedNode {
-    fn status(&self) -> BoxFuture<'_, Result<GetStatusResponse, AgentError>> {
+    fn status<'a>(&'a self, _user: Option<&'a str>) -> BoxFuture<'a, Result<GetStatusResponse, AgentError>> {
         let answer = self.0.clone().ok_or(AgentError::Timeout);
         Box::pin(async move { answer })
     }

@@ -109,9 +109,10 @@ impl AppState {
         *last = Some((self.0.clock.now(), answer.or(keep)));
     }
 
-    /// Asks the agent for the node's status and remembers the header facts.
-    async fn status(&self) -> Result<GetStatusResponse, AgentError> {
-        let result = self.0.node.status().await;
+    /// Asks the agent for the node's status, for `user` (None: the
+    /// console's own request), and remembers the header facts.
+    async fn status(&self, user: Option<&str>) -> Result<GetStatusResponse, AgentError> {
+        let result = self.0.node.status(user).await;
         self.remember(result.as_ref().ok().map(|s| HeaderFacts {
             hostname: s.hostname.clone(),
             simulated: s.simulated,
@@ -133,7 +134,7 @@ impl AppState {
         let answer = match fresh {
             Some(answer) => answer,
             None => {
-                let _ = tokio::time::timeout(CHROME_TIMEOUT, self.status()).await;
+                let _ = tokio::time::timeout(CHROME_TIMEOUT, self.status(None)).await;
                 let last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
                 last.as_ref().and_then(|(_, a)| a.clone())
             }
@@ -412,7 +413,7 @@ async fn logout(
 }
 
 async fn status(State(state): State<AppState>, RequireSession(session): RequireSession) -> Result<Response, AppError> {
-    let result = state.status().await;
+    let result = state.status(Some(&session.user)).await;
     let chrome = state.chrome(Some(nav_for(&session))).await;
     let (code, node) = match &result {
         Ok(s) => (StatusCode::OK, Ok(NodeView::from(s))),

@@ -76,7 +76,31 @@ impl NodeService for FixedAgent {
             kernel: "6.1.0-27-amd64".into(),
             agent_version: "0.1.0-test".into(),
             simulated: self.simulated,
+            sampled_at_unix_ms: 1_764_150_000_000,
         }))
+    }
+
+    type WatchStatusStream = tokio_stream::Empty<Result<debvisor_api::node::v1::StatusDelta, tonic::Status>>;
+
+    async fn watch_status(
+        &self,
+        _: tonic::Request<debvisor_api::node::v1::WatchStatusRequest>,
+    ) -> Result<tonic::Response<Self::WatchStatusStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used by the console yet"))
+    }
+
+    async fn reboot(
+        &self,
+        _: tonic::Request<debvisor_api::node::v1::PowerRequest>,
+    ) -> Result<tonic::Response<debvisor_api::node::v1::PowerResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used by the console yet"))
+    }
+
+    async fn shutdown(
+        &self,
+        _: tonic::Request<debvisor_api::node::v1::PowerRequest>,
+    ) -> Result<tonic::Response<debvisor_api::node::v1::PowerResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used by the console yet"))
     }
 }
 
