@@ -315,6 +315,13 @@ pub fn configure(recipe: &Recipe, root: &Path) -> Result<(), RootfsError> {
         std::fs::remove_file(&dbus_id).map_err(io("Removing", &dbus_id))?;
     }
 
+    // Users and groups from sysusers.d (the overlay's debvisor group and the
+    // console's user) exist in the image itself, not only after a boot-time
+    // systemd-sysusers run.
+    let mut root_arg = std::ffi::OsString::from("--root=");
+    root_arg.push(root);
+    cmd::run(&mut command("systemd-sysusers", &[root_arg])).map_err(tool("systemd-sysusers".to_string()))?;
+
     for (verb, units) in [("enable", &recipe.systemd.enable), ("mask", &recipe.systemd.mask)] {
         if units.is_empty() {
             continue;

@@ -7,8 +7,16 @@ use tracing_subscriber::prelude::*;
 /// Logs to the journal when stderr is connected to it (`JOURNAL_STREAM`),
 /// else to stderr. `RUST_LOG` filters; the default is `info`.
 pub fn init_logging() {
+    init_logging_with(None::<tracing_subscriber::layer::Identity>);
+}
+
+/// [`init_logging`] plus one more layer, such as an OpenTelemetry exporter.
+pub fn init_logging_with<L>(extra: Option<L>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(extra).with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {
