@@ -7,8 +7,10 @@
 //! or over TLS. Every other crate depends on this one, never the reverse.
 
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod paths;
+pub mod tls;
 
 /// `debvisor.node.v1`: node identity, image, slot and resource figures.
 pub mod node {
