@@ -11,6 +11,8 @@ packages=(
   qemu-system-x86 qemu-utils ovmf util-linux
   # build of the workspace
   build-essential pkg-config
+  # the Python gRPC client of the agent_sim_clients test
+  python3-venv
 )
 
 missing=()
@@ -28,3 +30,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "setup-host: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
+
+# The third-party gRPC client (grpcio + reflection) of the agent_sim_clients
+# system test, pinned by version and sha256 in qa/python/requirements.txt.
+# pip uses the host's own configuration (index, certificates).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+req="$root/qa/python/requirements.txt"
+venv="$root/target/debvisor-cache/pyvenv"
+stamp="$venv/requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup-host: creating the Python client venv in $venv"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --require-hashes --only-binary :all: -r "$req"
+  echo "$want" > "$stamp"
+fi

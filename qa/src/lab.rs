@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use debvisor_api::config::ClientConfig;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -121,8 +122,12 @@ pub fn up(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &UpArgs)
         n.status.hostname, n.status.image_version
     );
     println!("  console      https://127.0.0.1:{}/", n.vm.console_port);
-    println!("  agent        127.0.0.1:{} (gRPC over TLS)", n.vm.agent_port);
-    println!("  fingerprint  {}", n.fingerprint);
+    println!("  agent        127.0.0.1:{} (gRPC over mutual TLS)", n.vm.agent_port);
+    println!("  fingerprint  {}   (the console's certificate)", n.fingerprint);
+    println!(
+        "  client       {}   (the node's admin bundle, pointed at the forwarded port)",
+        n.config.display()
+    );
     println!(
         "  credentials  {user} / {}   (also root's password on the serial console)",
         password.as_deref().unwrap_or("(not printed: not a first boot)")
@@ -140,6 +145,10 @@ pub fn up(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &UpArgs)
         n.console_at.as_secs_f64()
     );
     println!("  console log  {}", lab.join("console.log").display());
+    println!(
+        "Try: DEBVISORCONFIG={} target/release/debvisorctl status",
+        n.config.display()
+    );
     if a.detach {
         let st = LabState {
             pid: n.vm.pid,
@@ -200,6 +209,8 @@ pub fn down(paths: &Paths) -> Result<()> {
     }
     std::fs::remove_file(&path)?;
     let _ = std::fs::remove_file(st.workdir.join("overlay.qcow2"));
+    // The node's PKI went with the overlay.
+    let _ = std::fs::remove_file(st.workdir.join("debvisorconfig.toml"));
     println!("Lab stopped.");
     Ok(())
 }
@@ -219,6 +230,8 @@ pub fn status(paths: &Paths, rt: &tokio::runtime::Runtime) -> Result<()> {
     println!("Lab running: QEMU pid {}", st.pid);
     println!("  console      https://127.0.0.1:{}/", st.console_port);
     println!("  agent        127.0.0.1:{}", st.agent_port);
+    let config = paths.lab().join("debvisorconfig.toml");
+    println!("  client       {}", config.display());
     println!("  fingerprint  {}", st.fingerprint);
     println!(
         "  credentials  {} / {}",
@@ -226,10 +239,11 @@ pub fn status(paths: &Paths, rt: &tokio::runtime::Runtime) -> Result<()> {
         st.admin_password.as_deref().unwrap_or("(unknown)")
     );
     let (agent, console) = rt.block_on(async {
-        tokio::join!(
-            probes::agent_status(st.agent_port, &st.fingerprint),
-            probes::console_healthz(st.console_port, &st.fingerprint)
-        )
+        let agent = async {
+            let cfg = ClientConfig::load(&config)?;
+            probes::agent_status(cfg.current()?).await
+        };
+        tokio::join!(agent, probes::console_healthz(st.console_port, &st.fingerprint))
     });
     match agent {
         Ok(s) => println!(

@@ -2,6 +2,8 @@
 //! DebVisor images, all in QEMU.
 
 mod bench;
+mod bench_agent;
+mod host_agent;
 mod lab;
 mod node;
 mod peer;
@@ -61,6 +63,9 @@ enum LabCmd {
 enum BenchCmd {
     /// Build and boot times against a plain Debian peer.
     Boot(bench::BootArgs),
+    /// GetStatus throughput, latency, memory and CPU of the agent over mTLS
+    /// on this host.
+    Agent(bench_agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +89,9 @@ fn main() -> ExitCode {
         Cmd::Lab { cmd: LabCmd::Status } => lab::status(&paths, &rt).map(|()| true),
         Cmd::Test(a) => tests::run(&paths, &rt, cli.accel, a),
         Cmd::Bench { cmd: BenchCmd::Boot(a) } => bench::boot(&paths, &rt, cli.accel, a).map(|()| true),
+        Cmd::Bench {
+            cmd: BenchCmd::Agent(a),
+        } => bench_agent::agent(&paths, &rt, a).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
+use debvisor_api::config::{ADMIN_BUNDLE, ClientConfig, Context};
 use debvisor_api::node::v1::GetStatusResponse;
 
 use crate::probes;
 use crate::qemu::{Accel, Boot, Vm, VmSpec};
-use crate::serial::BootInfo;
+use crate::serial::{BootInfo, SerialGuest};
 
 /// Locations of the workspace and the harness's output.
 #[derive(Debug, Clone)]
@@ -134,11 +135,27 @@ pub struct Node {
     pub fingerprint: String,
     /// Admin user and password from the first boot.
     pub admin: Option<(String, String)>,
-    /// When the agent first answered GetStatus over TLS, since QEMU start.
+    /// The node's admin client bundle, its endpoint rewritten to the
+    /// forwarded agent port: mTLS as "admin".
+    pub client: Context,
+    /// Where that bundle was saved (a `debvisorctl --config` file).
+    pub config: PathBuf,
+    /// When the agent first answered GetStatus over mTLS, since QEMU start.
     pub agent_at: Duration,
     /// When the console first answered /healthz over HTTPS.
     pub console_at: Duration,
     pub status: GetStatusResponse,
+}
+
+impl Node {
+    /// The first boot's admin password, which is also root's on the serial
+    /// console.
+    pub fn password(&self) -> Result<String> {
+        self.admin
+            .as_ref()
+            .map(|(_, pw)| pw.clone())
+            .context("The first boot printed no `DEBVISOR: admin-password` line")
+    }
 }
 
 /// Shows the latest boot stage on one line while a boot is awaited.
@@ -232,26 +249,83 @@ pub fn boot(rt: &tokio::runtime::Runtime, o: &NodeOpts) -> Result<Node> {
         let con = vm.console.stages_handle();
         Progress::start("Booting".into(), con)
     });
-    let res = wait_node(rt, &vm, 0, o.boot_timeout);
+    let config = o.workdir.join("debvisorconfig.toml");
+    let res = wait_node(rt, &vm, 0, o.boot_timeout, None, &config);
     drop(progress);
     match res {
-        Ok((boot, fingerprint, agent_at, console_at, status)) => Ok(Node {
-            admin: boot.admin.clone(),
+        Ok(w) => Ok(Node {
+            admin: w.boot.admin.clone(),
             vm,
-            boot,
-            fingerprint,
-            agent_at,
-            console_at,
-            status,
+            boot: w.boot,
+            fingerprint: w.fingerprint,
+            client: w.client,
+            config,
+            agent_at: w.agent_at,
+            console_at: w.console_at,
+            status: w.status,
         }),
         Err(e) => Err(with_tail(e, &vm)),
     }
 }
 
-type Waited = (BootInfo, String, Duration, Duration, GetStatusResponse);
+/// What one boot showed once the node answered.
+pub struct Waited {
+    pub boot: BootInfo,
+    pub fingerprint: String,
+    /// The admin bundle pointed at the forwarded agent port.
+    pub client: Context,
+    pub agent_at: Duration,
+    pub console_at: Duration,
+    pub status: GetStatusResponse,
+}
 
-/// Waits for ready from console offset `from`, then probes both services.
-pub fn wait_node(rt: &tokio::runtime::Runtime, vm: &Vm, from: usize, timeout: Duration) -> Result<Waited> {
+/// Fetches the node's admin client bundle over the serial shell (as root,
+/// whose password is the admin password), points it at the forwarded agent
+/// port and saves it to `save_to` (mode 0600).
+pub fn fetch_client_config(vm: &Vm, password: &str, save_to: &Path) -> Result<Context> {
+    let mut g = SerialGuest::login(&vm.console, "root", password, Duration::from_secs(120))?;
+    // Hex survives the serial line and the terminal untouched.
+    let (rc, out) = g.exec(&format!("od -An -v -tx1 {ADMIN_BUNDLE}"), Duration::from_secs(60))?;
+    g.logout()?;
+    if rc != 0 {
+        bail!("Cannot read {ADMIN_BUNDLE} on the node: {}", out.trim());
+    }
+    let mut cfg = parse_bundle_hex(&out)?;
+    let endpoint = format!("127.0.0.1:{}", vm.agent_port);
+    let name = cfg.context.clone();
+    let ctx = cfg
+        .contexts
+        .get_mut(&name)
+        .with_context(|| format!("{ADMIN_BUNDLE} names a context {name:?} it does not define"))?;
+    ctx.endpoints = vec![endpoint];
+    let ctx = ctx.clone();
+    cfg.save(save_to)?;
+    Ok(ctx)
+}
+
+/// Parses the `od -An -v -tx1` dump of a client bundle.
+pub fn parse_bundle_hex(dump: &str) -> Result<ClientConfig> {
+    let digits: String = dump.split_whitespace().collect();
+    let raw = hex::decode(&digits).context("The bundle dump is not hex: the serial console mangled it")?;
+    let text = String::from_utf8(raw).context("The admin bundle is not UTF-8")?;
+    let cfg: ClientConfig = toml::from_str(&text).with_context(|| format!("{ADMIN_BUNDLE} is not a client bundle"))?;
+    cfg.validate()
+        .with_context(|| format!("{ADMIN_BUNDLE} is not usable"))?;
+    Ok(cfg)
+}
+
+/// Waits for ready from console offset `from`, fetches the admin bundle
+/// over the serial shell (saved to `config`), then probes the agent over
+/// mTLS and the console over HTTPS with the pinned fingerprint. `password`
+/// is root's; the first boot prints it, later boots need it given.
+pub fn wait_node(
+    rt: &tokio::runtime::Runtime,
+    vm: &Vm,
+    from: usize,
+    timeout: Duration,
+    password: Option<&str>,
+    config: &Path,
+) -> Result<Waited> {
     let t0 = Instant::now();
     let info = vm.console.wait_ready(from, timeout)?;
     let fp = info
@@ -259,16 +333,32 @@ pub fn wait_node(rt: &tokio::runtime::Runtime, vm: &Vm, from: usize, timeout: Du
         .clone()
         .context("The guest printed ready without a `DEBVISOR: tls-fingerprint` line")?;
     let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(60));
-    let (agent, console) = rt.block_on(async {
-        let a = probes::retry("The agent (GetStatus over TLS)", vm.started, left, || {
-            probes::agent_status(vm.agent_port, &fp)
-        });
-        let c = probes::retry("The console (/healthz over HTTPS)", vm.started, left, || {
-            probes::console_healthz(vm.console_port, &fp)
-        });
-        tokio::join!(a, c)
+    let (started, port, pin) = (vm.started, vm.console_port, fp.clone());
+    let console = rt.spawn(async move {
+        probes::retry("The console (/healthz over HTTPS)", started, left, || {
+            probes::console_healthz(port, &pin)
+        })
+        .await
     });
-    let (status, agent_at) = agent?;
-    let ((), console_at) = console?;
-    Ok((info, fp, agent_at, console_at, status))
+    let password = match (password, &info.admin) {
+        (Some(p), _) => p.to_string(),
+        (None, Some((_, p))) => p.clone(),
+        (None, None) => bail!("No admin password: the boot printed none and none was given"),
+    };
+    let client = fetch_client_config(vm, &password, config).context("Fetching the admin client bundle failed")?;
+    let (status, agent_at) = rt.block_on(probes::retry(
+        "The agent (GetStatus over mTLS)",
+        vm.started,
+        left,
+        || probes::agent_status(&client),
+    ))?;
+    let ((), console_at) = rt.block_on(console)??;
+    Ok(Waited {
+        boot: info,
+        fingerprint: fp,
+        client,
+        agent_at,
+        console_at,
+        status,
+    })
 }

@@ -1,17 +1,20 @@
 //! Checks made from the host through the forwarded ports: a small HTTP/1.1
 //! client over rustls with the node certificate pinned (console), and the
-//! agent's GetStatus over TLS.
+//! agent's GetStatus over mutual TLS with the node's admin bundle.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use debvisor_api::client::{connect_tls_pinned, parse_fingerprint, pinned_client_config};
+use anyhow::{Context as _, Result, bail};
+use debvisor_api::client::{parse_fingerprint, pinned_client_config};
+use debvisor_api::config::Context;
 use debvisor_api::node::v1::node_service_client::NodeServiceClient;
 use debvisor_api::node::v1::{GetStatusRequest, GetStatusResponse};
+use debvisor_api::tls::connect_mtls;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
 
 /// A parsed HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,18 +305,21 @@ pub async fn console_login(port: u16, pin: &str, user: &str, password: &str) -> 
     Ok(status.text())
 }
 
-/// GetStatus over TLS from the host.
-pub async fn agent_status(port: u16, pin: &str) -> Result<GetStatusResponse> {
-    let pin = parse_fingerprint(pin)?;
-    let addr = format!("127.0.0.1:{port}");
-    let channel = tokio::time::timeout(Duration::from_secs(20), connect_tls_pinned(&addr, pin))
-        .await
-        .context("Connecting to the agent timed out")??;
+/// GetStatus over mTLS from the host with a client bundle's context.
+pub async fn agent_status(ctx: &Context) -> Result<GetStatusResponse> {
+    let channel = connect(ctx).await?;
     let mut client = NodeServiceClient::new(channel);
     let resp = tokio::time::timeout(Duration::from_secs(20), client.get_status(GetStatusRequest {}))
         .await
         .context("GetStatus timed out")??;
     Ok(resp.into_inner())
+}
+
+/// An mTLS channel to the agent of `ctx`, within 20 s.
+pub async fn connect(ctx: &Context) -> Result<Channel> {
+    Ok(tokio::time::timeout(Duration::from_secs(20), connect_mtls(ctx))
+        .await
+        .context("Connecting to the agent timed out")??)
 }
 
 /// Retries `f` every half second until it succeeds or `timeout` passes;

@@ -374,6 +374,17 @@ impl<'a> SerialGuest<'a> {
         Ok((status, out.strip_suffix('\n').unwrap_or(&out).to_string()))
     }
 
+    /// Logs out and waits for the getty's next `login:` prompt, so that a
+    /// later [`SerialGuest::login`] finds it.
+    pub fn logout(self) -> Result<()> {
+        let from = self.con.offset();
+        self.con.send("exit\n")?;
+        self.con
+            .wait_for("login:", from, Duration::from_secs(60))
+            .context("No `login:` prompt after logging out")?;
+        Ok(())
+    }
+
     /// Types a command without waiting for it (for `systemctl reboot`).
     pub fn send_line(&mut self, cmd: &str) -> Result<()> {
         self.con.send(&format!("{cmd}\n"))

@@ -1,0 +1,270 @@
+//! A `debvisor-agent` run on the host for benchmarks and host-side tests: a
+//! throwaway PKI made with debvisor-init's library (node CA, server
+//! certificate, client certificates), an agent config, the process on
+//! 127.0.0.1 with mTLS (killed on drop), and client contexts for it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use debvisor_api::config::{ClientConfig, Context};
+use debvisor_init::pki::Pki;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::node::Paths;
+use crate::qemu::free_port;
+
+/// Days a test client certificate is valid.
+const CLIENT_DAYS: u32 = 2;
+
+/// Builds release binaries of the given packages with cargo (a no-op when
+/// they are up to date).
+pub fn build_binaries(paths: &Paths, packages: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    eprintln!("Building {}", packages.join(", "));
+    let status = cmd
+        .current_dir(&paths.root)
+        .status()
+        .context("Cannot run cargo: install Rust (rustup) or put cargo on PATH")?;
+    if !status.success() {
+        bail!("cargo build --release -p {} failed", packages.join(" -p "));
+    }
+    Ok(())
+}
+
+/// The path of a release binary, which must exist.
+pub fn release_binary(paths: &Paths, name: &str, package: &str) -> Result<PathBuf> {
+    let p = paths.root.join("target/release").join(name);
+    if !p.is_file() {
+        bail!("{} not found: run cargo build --release -p {package}", p.display());
+    }
+    Ok(p)
+}
+
+/// A node PKI in a directory: CA, server certificate, client bundles.
+pub struct TestPki {
+    pki: Pki,
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    /// Creates the CA, the server certificate and the admin bundle in
+    /// `dir`, as a node's first boot does.
+    pub fn create(dir: &Path) -> Result<TestPki> {
+        let pki = Pki::new(dir);
+        pki.ensure_with("qa-host", &[IpAddr::from([127, 0, 0, 1])])
+            .with_context(|| format!("Cannot create a PKI in {}", dir.display()))?;
+        Ok(TestPki {
+            pki,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// Issues a client certificate whose common name is `name` and returns
+    /// a context for `endpoint` that presents it.
+    pub fn client(&self, name: &str, endpoint: SocketAddr) -> Result<Context> {
+        let bundle = self
+            .pki
+            .issue_client(name, CLIENT_DAYS)
+            .with_context(|| format!("Cannot issue a client certificate for {name}"))?;
+        at_endpoint(bundle, endpoint)
+    }
+
+    /// The admin bundle the PKI wrote (`clients/admin.toml`), pointed at
+    /// `endpoint`.
+    pub fn admin(&self, endpoint: SocketAddr) -> Result<Context> {
+        let bundle = ClientConfig::load(self.pki.admin_bundle_path())?;
+        at_endpoint(bundle, endpoint)
+    }
+}
+
+fn at_endpoint(mut bundle: ClientConfig, endpoint: SocketAddr) -> Result<Context> {
+    let ctx = bundle
+        .contexts
+        .remove(&bundle.context)
+        .context("The client bundle has no current context")?;
+    Ok(Context {
+        endpoints: vec![endpoint.to_string()],
+        ..ctx
+    })
+}
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct AgentOpts {
+    /// `--sim`: a fake host, fake units and journal.
+    pub sim: bool,
+    /// Requests per second and burst per client identity.
+    pub rate_limit: (f64, u32),
+}
+
+/// A running agent; killed when dropped.
+pub struct HostAgent {
+    child: Option<Child>,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub pki: TestPki,
+}
+
+impl HostAgent {
+    /// Creates a PKI and config in `dir` and starts `agent` on a free port
+    /// of 127.0.0.1. Call [`HostAgent::wait_healthy`] before using it.
+    pub fn start(agent: &Path, dir: &Path, o: &AgentOpts) -> Result<HostAgent> {
+        std::fs::create_dir_all(dir).with_context(|| format!("Cannot create {}", dir.display()))?;
+        let pki = TestPki::create(&dir.join("pki"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let audit_db = dir.join("audit.db");
+        let socket = dir.join("agent.sock");
+        let log = dir.join("agent.log");
+        let config = dir.join("agent.toml");
+        let (per_second, burst) = o.rate_limit;
+        std::fs::write(
+            &config,
+            format!(
+                "[rate_limit]\nper_second = {per_second:.1}\nburst = {burst}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[audit]\npath = \"{}\"\n",
+                audit_db.display()
+            ),
+        )?;
+        let _ = std::fs::remove_file(&socket);
+        let logf = std::fs::File::create(&log).with_context(|| format!("Cannot create {}", log.display()))?;
+        let mut cmd = Command::new("setpriv");
+        // The agent dies with this process even if it is killed outright.
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(agent);
+        cmd.arg("--config").arg(&config);
+        cmd.arg("--socket").arg(&socket);
+        cmd.arg("--listen").arg(addr.to_string());
+        cmd.arg("--tls-cert").arg(pki.server_cert());
+        cmd.arg("--tls-key").arg(pki.server_key());
+        cmd.arg("--tls-client-ca").arg(pki.ca());
+        cmd.arg("--audit-db").arg(&audit_db);
+        if o.sim {
+            cmd.arg("--sim");
+        }
+        cmd.env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("Cannot start {} (setpriv comes with util-linux)", agent.display()))?;
+        Ok(HostAgent {
+            pid: child.id(),
+            child: Some(child),
+            addr,
+            log,
+            pki,
+        })
+    }
+
+    /// A client context with its own certificate, common name `name`.
+    pub fn client(&self, name: &str) -> Result<Context> {
+        self.pki.client(name, self.addr)
+    }
+
+    /// The admin bundle's context (common name "admin").
+    pub fn admin(&self) -> Result<Context> {
+        self.pki.admin(self.addr)
+    }
+
+    /// The last `n` lines the agent logged.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Fails with the agent's log when it has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(c) = &mut self.child
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            bail!(
+                "debvisor-agent exited ({status}); its log ({}):\n{}",
+                self.log.display(),
+                self.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until grpc.health.v1 reports SERVING over mTLS with `ctx`.
+    pub async fn wait_healthy(&mut self, ctx: &Context, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let err = match health(ctx).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(err.context(format!(
+                    "debvisor-agent did not answer health within {} s; its log:\n{}",
+                    timeout.as_secs(),
+                    self.log_tail(30)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after 5 s) and reaps it.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One health check (service "") over mTLS.
+pub async fn health(ctx: &Context) -> Result<()> {
+    let ch = tokio::time::timeout(Duration::from_secs(5), debvisor_api::tls::connect_mtls(ctx))
+        .await
+        .context("Connecting timed out")??;
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }),
+    )
+    .await
+    .context("Health check timed out")??;
+    let status = r.into_inner().status;
+    if status != ServingStatus::Serving as i32 {
+        bail!("Health answered {:?}", ServingStatus::try_from(status));
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! System tests of the boot itself: markers, the console login, GetStatus,
+//! the read-only root and persistence across a reboot.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+
+use debvisor_api::client::{connect_tls_pinned, parse_fingerprint};
+use debvisor_api::node::v1::GetStatusRequest;
+use debvisor_api::node::v1::node_service_client::NodeServiceClient;
+
+use super::{CMD, Ctx};
+use crate::node::{self, Node};
+use crate::probes;
+use crate::serial::SerialGuest;
+
+fn admin(n: &Node) -> Result<(String, String)> {
+    n.admin
+        .clone()
+        .context("The first boot printed no `DEBVISOR: admin-password` line")
+}
+
+pub(super) fn boots_to_ready(ctx: &Ctx) -> Result<()> {
+    let n = ctx.boot()?;
+    let (user, pw) = admin(&n)?;
+    ensure!(user == "admin", "The admin user is {user:?}, expected \"admin\"");
+    ensure!(!pw.is_empty(), "The admin password is empty");
+    ensure!(n.fingerprint.len() == 64, "Bad fingerprint {}", n.fingerprint);
+    Ok(())
+}
+
+pub(super) fn console_login_https(ctx: &Ctx) -> Result<()> {
+    let n = ctx.boot()?;
+    let (user, pw) = admin(&n)?;
+    let page = ctx
+        .rt
+        .block_on(probes::console_login(n.vm.console_port, &n.fingerprint, &user, &pw))?;
+    ensure!(
+        page.contains(&n.status.hostname),
+        "The status page does not show the hostname {:?} that GetStatus reports",
+        n.status.hostname
+    );
+    // A wrong password must not log in.
+    let bad = ctx.rt.block_on(probes::console_login(
+        n.vm.console_port,
+        &n.fingerprint,
+        &user,
+        "wrong-password",
+    ));
+    ensure!(bad.is_err(), "The console accepted a wrong password");
+    Ok(())
+}
+
+pub(super) fn agent_status_mtls(ctx: &Ctx) -> Result<()> {
+    let n = ctx.boot()?;
+    let s = &n.status;
+    ensure!(!s.hostname.is_empty(), "Empty hostname");
+    ensure!(
+        s.image_version == ctx.version,
+        "image_version {:?} differs from manifest.json's {:?}",
+        s.image_version,
+        ctx.version
+    );
+    ensure!(
+        s.booted_slot == "A",
+        "booted_slot is {:?}, expected \"A\"",
+        s.booted_slot
+    );
+    ensure!(s.uptime_seconds > 0.0, "uptime_seconds is {}", s.uptime_seconds);
+    let mem = s.memory.as_ref().map(|m| m.total_bytes).unwrap_or(0);
+    ensure!(mem > 0, "memory.total_bytes is 0");
+    ensure!(!s.simulated, "The agent runs in simulation mode");
+    let root = s
+        .disks
+        .iter()
+        .find(|d| d.name == "root")
+        .with_context(|| format!("No root disk in {:?}", s.disks))?;
+    ensure!(root.read_only, "The root disk is not reported read-only: {root:?}");
+    ensure!(
+        s.disks.iter().any(|d| d.name == "data" && d.total_bytes > 0),
+        "No data disk in {:?}",
+        s.disks
+    );
+    // Without a client certificate (the server pinned, as before mTLS) the
+    // agent must refuse.
+    let addr = format!("127.0.0.1:{}", n.vm.agent_port);
+    let anonymous = ctx.rt.block_on(async {
+        let pin = parse_fingerprint(&n.fingerprint)?;
+        let ch = connect_tls_pinned(&addr, pin).await?;
+        let r = NodeServiceClient::new(ch).get_status(GetStatusRequest {}).await?;
+        anyhow::Ok(r.into_inner())
+    });
+    ensure!(
+        anonymous.is_err(),
+        "The agent answered GetStatus to a client without a certificate"
+    );
+    Ok(())
+}
+
+pub(super) fn root_read_only(ctx: &Ctx) -> Result<()> {
+    let n = ctx.boot()?;
+    let (_, pw) = admin(&n)?;
+    let mut g = SerialGuest::login(&n.vm.console, "root", &pw, Duration::from_secs(120))?;
+    let (rc, out) = g.exec("touch /usr/x 2>&1", CMD)?;
+    ensure!(rc != 0, "touch /usr/x succeeded on the root file system");
+    ensure!(
+        out.contains("Read-only file system"),
+        "touch /usr/x failed without \"Read-only file system\": {out}"
+    );
+    let (_, opts) = g.exec("findmnt -n -o OPTIONS /", CMD)?;
+    ensure!(opts.trim().split(',').any(|o| o == "ro"), "/ is not mounted ro: {opts}");
+    Ok(())
+}
+
+fn token() -> String {
+    let mut b = [0u8; 8];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if filled.is_err() {
+        b = (std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64).to_le_bytes();
+    }
+    hex::encode(b)
+}
+
+pub(super) fn persistence_across_reboot(ctx: &Ctx) -> Result<()> {
+    let n = ctx.boot()?;
+    let (_, pw) = admin(&n)?;
+    let tok = token();
+    let con = &n.vm.console;
+    let machine_id = {
+        let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))?;
+        let (rc, out) = g.exec(
+            &format!("echo {tok} > /etc/qa-token && echo {tok} > /var/lib/qa-token && sync"),
+            CMD,
+        )?;
+        ensure!(rc == 0, "Writing the token files failed: {out}");
+        let (_, id) = g.exec("cat /etc/machine-id", CMD)?;
+        let from = con.offset();
+        g.send_line("systemctl reboot")?;
+        (id.trim().to_string(), from)
+    };
+    let (id_before, from) = machine_id;
+    let second = node::wait_node(ctx.rt, &n.vm, from, ctx.boot_timeout, Some(&pw), &n.config)
+        .map_err(|e| node::with_tail(e.context("The node did not come back after reboot"), &n.vm))?;
+    ensure!(
+        second.boot.admin.is_none(),
+        "The second boot printed the admin password again (it must only appear at first boot)"
+    );
+    let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))
+        .context("Logging in after the reboot with the first boot's password failed")?;
+    for f in ["/etc/qa-token", "/var/lib/qa-token"] {
+        let (rc, out) = g.exec(&format!("cat {f}"), CMD)?;
+        ensure!(rc == 0 && out.trim() == tok, "{f} lost its token {tok}: {out}");
+    }
+    let (_, id_after) = g.exec("cat /etc/machine-id", CMD)?;
+    ensure!(
+        id_after.trim() == id_before,
+        "/etc/machine-id changed across the reboot: {id_before} -> {}",
+        id_after.trim()
+    );
+    Ok(())
+}

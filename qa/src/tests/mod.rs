@@ -1,0 +1,241 @@
+//! `debvisor-qa test`: system tests. A VM test boots its own fresh overlay
+//! of the image, acts like a user, and asserts what it sees; a host test
+//! runs the release binaries on this machine (no VM). Logs are kept under
+//! target/qa/artifacts/<test>/.
+
+mod api;
+mod boot;
+mod host;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::host_agent;
+use crate::node::{self, Node, NodeOpts, Paths};
+use crate::qemu::Accel;
+
+/// What every test gets.
+pub struct Ctx<'a> {
+    pub rt: &'a tokio::runtime::Runtime,
+    pub paths: &'a Paths,
+    /// The image (VM tests only).
+    pub image: PathBuf,
+    /// Its manifest version (VM tests only).
+    pub version: String,
+    /// This test's artifacts directory.
+    pub dir: PathBuf,
+    pub accel: Accel,
+    pub boot_timeout: Duration,
+    pub memory_mib: u32,
+}
+
+impl Ctx<'_> {
+    /// Boots a fresh node for this test.
+    fn boot(&self) -> Result<Node> {
+        node::boot(
+            self.rt,
+            &NodeOpts {
+                image: self.image.clone(),
+                workdir: self.dir.clone(),
+                console_log: self.dir.join("console.log"),
+                memory_mib: self.memory_mib,
+                accel: self.accel,
+                console_port: None,
+                agent_port: None,
+                detach: false,
+                boot_timeout: self.boot_timeout,
+                progress: false,
+            },
+        )
+    }
+}
+
+/// Timeout of one serial shell command.
+pub const CMD: Duration = Duration::from_secs(60);
+
+/// Where a test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Boots the image in QEMU.
+    Vm,
+    /// Runs release binaries on this host; needs no image.
+    Host,
+}
+
+/// The packages whose release binaries the host tests run.
+const HOST_BINARIES: &[&str] = &["debvisor-agent", "debvisorctl"];
+
+type TestFn = fn(&Ctx) -> Result<()>;
+
+/// One system test.
+pub struct Test {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub kind: Kind,
+    pub run: TestFn,
+}
+
+/// Every system test, host tests first (they take seconds, a boot ~40 s).
+pub const TESTS: &[Test] = &[
+    Test {
+        name: "agent_sim_clients",
+        what: "a simulated agent over mTLS: Python grpcio by reflection, debvisorctl, a foreign CA refused",
+        kind: Kind::Host,
+        run: host::agent_sim_clients,
+    },
+    Test {
+        name: "boots_to_ready",
+        what: "the node prints its fingerprint, admin password and ready",
+        kind: Kind::Vm,
+        run: boot::boots_to_ready,
+    },
+    Test {
+        name: "console_login_https",
+        what: "admin logs in to the console over HTTPS",
+        kind: Kind::Vm,
+        run: boot::console_login_https,
+    },
+    Test {
+        name: "agent_status_mtls",
+        what: "GetStatus over mTLS with the node's admin bundle reports the image truthfully",
+        kind: Kind::Vm,
+        run: boot::agent_status_mtls,
+    },
+    Test {
+        name: "root_read_only",
+        what: "the root file system is read-only",
+        kind: Kind::Vm,
+        run: boot::root_read_only,
+    },
+    Test {
+        name: "persistence_across_reboot",
+        what: "/etc and /var survive a reboot",
+        kind: Kind::Vm,
+        run: boot::persistence_across_reboot,
+    },
+    Test {
+        name: "units_via_api",
+        what: "start, restart, logs and enable of a unit over mTLS, audited as admin",
+        kind: Kind::Vm,
+        run: api::units_via_api,
+    },
+    Test {
+        name: "reboot_via_api",
+        what: "node.Reboot over mTLS reboots the node and is in the audit log",
+        kind: Kind::Vm,
+        run: api::reboot_via_api,
+    },
+];
+
+/// Options of `test`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestArgs {
+    /// Tests to run (all when none is given).
+    pub names: Vec<String>,
+    /// Use this image directory instead of building target/qa/image.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Build nothing: use target/qa/image and the release binaries as they
+    /// are.
+    #[arg(long)]
+    pub no_build: bool,
+    /// List the tests and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Seconds each boot may take to reach ready.
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
+}
+
+/// Runs the selected tests; returns true when none failed.
+pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestArgs) -> Result<bool> {
+    if a.list {
+        for t in TESTS {
+            let kind = match t.kind {
+                Kind::Vm => "vm",
+                Kind::Host => "host",
+            };
+            println!("{:<28} {kind:<5} {}", t.name, t.what);
+        }
+        return Ok(true);
+    }
+    for name in &a.names {
+        if !TESTS.iter().any(|t| t.name == name) {
+            bail!("No test called {name:?}: see `debvisor-qa test --list`");
+        }
+    }
+    let selected: Vec<&Test> = TESTS
+        .iter()
+        .filter(|t| a.names.is_empty() || a.names.iter().any(|x| x == t.name))
+        .collect();
+    let has_vm = selected.iter().any(|t| t.kind == Kind::Vm);
+    let has_host = selected.iter().any(|t| t.kind == Kind::Host);
+    let image = a.image.clone().unwrap_or_else(|| paths.image());
+    let mut version = String::new();
+    if has_vm {
+        if a.image.is_none() && !a.no_build {
+            // The image build also builds the release binaries.
+            node::build_image(paths, &image, None)?;
+        }
+        version = node::manifest_version(&image)?;
+    }
+    if has_host && !a.no_build && (a.image.is_some() || !has_vm) {
+        host_agent::build_binaries(paths, HOST_BINARIES)?;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for test in selected {
+        let name = test.name;
+        let dir = paths.artifacts().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let ctx = Ctx {
+            rt,
+            paths,
+            image: image.clone(),
+            version: version.clone(),
+            dir: dir.clone(),
+            accel,
+            boot_timeout: Duration::from_secs(a.boot_timeout),
+            memory_mib: a.memory,
+        };
+        let f = test.run;
+        eprintln!("RUN  {name}");
+        let t = Instant::now();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx)));
+        let secs = t.elapsed().as_secs_f64();
+        let outcome = match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(p) => Err(format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        };
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {name} ({secs:.1} s)");
+                let _ = std::fs::write(dir.join("result.txt"), format!("PASS {secs:.1} s\n"));
+            }
+            Err(msg) => {
+                failed += 1;
+                let log = match test.kind {
+                    Kind::Vm => format!("console log: {}", dir.join("console.log").display()),
+                    Kind::Host => format!("logs: {}", dir.display()),
+                };
+                println!("FAIL {name} ({secs:.1} s)\n{msg}\n  {log}");
+                let _ = std::fs::write(dir.join("result.txt"), format!("FAIL {secs:.1} s\n{msg}\n"));
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
