@@ -64,6 +64,7 @@ impl HostFacts for FakeHost {
             kernel: "sim".to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: true,
+            sampled_at_unix_ms: crate::host::now_unix_ms(),
         })
     }
 }

@@ -26,6 +26,9 @@ pub enum HostError {
         /// What was wrong.
         what: String,
     },
+    /// The blocking task that reads the host did not finish.
+    #[error("Status sampling task failed: {0}")]
+    Task(String),
 }
 
 /// The facts a node reports about itself. One production implementation
@@ -116,8 +119,18 @@ impl HostFacts for ProcHost {
             kernel: self.read("/proc/sys/kernel/osrelease")?.trim().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: false,
+            sampled_at_unix_ms: now_unix_ms(),
         })
     }
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 if the clock is
+/// before 1970).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn is_mount_point(mounts: &str, mp: &Path) -> bool {

@@ -4,20 +4,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
+use debvisor_agent::config::{self, AgentConfig};
 use debvisor_agent::fakes::FakeHost;
-use debvisor_agent::host::{HostFacts, ProcHost};
-use debvisor_agent::server::{self, ServeConfig, TlsListen};
+use debvisor_agent::host::ProcHost;
+use debvisor_agent::server::{self, Backends, ServeConfig, TlsListen};
 use debvisor_api::paths;
+use debvisor_audit::AuditLog;
+use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
+use debvisor_systemd::{JournalCtl, SystemdUnits};
+use debvisor_telemetry::Metrics;
 
 /// The DebVisor node agent.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Agent configuration (TOML); a missing file means the defaults.
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
     /// Unix socket for the local API.
     #[arg(long, default_value = paths::AGENT_SOCKET)]
     socket: PathBuf,
-    /// TCP address for gRPC over TLS.
+    /// TCP address for gRPC over mutual TLS.
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], paths::AGENT_TLS_PORT)))]
     listen: SocketAddr,
     /// Server certificate (PEM).
@@ -26,41 +35,109 @@ struct Args {
     /// Server key (PEM).
     #[arg(long, default_value = paths::SERVER_KEY)]
     tls_key: PathBuf,
+    /// The CA that client certificates must chain to (PEM).
+    #[arg(long, default_value = paths::CA_CERT)]
+    tls_client_ca: PathBuf,
     /// Serve only the Unix socket.
     #[arg(long)]
     no_tcp: bool,
-    /// Simulation mode: a fake host, labelled as such in every answer.
+    /// The audit database, overriding the config's `[audit] path`. In
+    /// simulation mode the log is kept in memory unless this is given.
+    #[arg(long)]
+    audit_db: Option<PathBuf>,
+    /// Simulation mode: a fake host, units and journal, labelled as such in
+    /// every status answer.
     #[arg(long)]
     sim: bool,
 }
 
 #[tokio::main]
 async fn main() {
-    debvisor_api::daemon::init_logging();
-    if let Err(e) = run(Args::parse()).await {
+    let args = Args::parse();
+    let cfg = match AgentConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("debvisor-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Traces go to an OTLP collector only when the config names one.
+    let (otel, _otel_guard) = match debvisor_telemetry::otel_layer::<tracing_subscriber::Registry>(&cfg.otel) {
+        Ok(Some((layer, guard))) => (Some(layer), Some(guard)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("debvisor-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    debvisor_api::daemon::init_logging_with(otel);
+    if let Err(e) = run(args, cfg).await {
         tracing::error!("{e:#}");
         eprintln!("debvisor-agent: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let host: Arc<dyn HostFacts> = if args.sim {
-        tracing::warn!("SIMULATION MODE: answers come from a fake host");
-        Arc::new(FakeHost::new("sim-node"))
+async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
+    let audit = match (&args.audit_db, args.sim) {
+        (Some(path), _) => AuditLog::open(path).await,
+        (None, true) => AuditLog::open_in_memory().await,
+        (None, false) => AuditLog::open(&cfg.audit.path).await,
+    }
+    .context("Cannot open the audit log")?;
+    match audit.verify().await {
+        Ok(r) => match &r.problem {
+            None => tracing::info!(records = r.records, head = r.head_seq, "audit chain intact"),
+            Some(p) => tracing::error!(records = r.records, "AUDIT CHAIN BROKEN: {p}; the log is kept as it is"),
+        },
+        Err(e) => tracing::error!("Cannot verify the audit chain: {e}"),
+    }
+
+    let backends = if args.sim {
+        tracing::warn!("SIMULATION MODE: answers come from a fake host, fake units and a fake journal");
+        let journal = Arc::new(FakeJournal::new());
+        Backends {
+            host: Arc::new(FakeHost::new("sim-node")),
+            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
+            journal,
+            audit,
+        }
     } else {
-        Arc::new(ProcHost::new("/"))
+        Backends {
+            host: Arc::new(ProcHost::new("/")),
+            units: Arc::new(
+                SystemdUnits::connect()
+                    .await
+                    .context("Cannot reach systemd over D-Bus")?,
+            ),
+            journal: Arc::new(JournalCtl::new()),
+            audit,
+        }
     };
-    let cfg = ServeConfig {
+    let serve_cfg = ServeConfig {
         socket: args.socket.clone(),
         tls: (!args.no_tcp).then_some(TlsListen {
             addr: args.listen,
             cert: args.tls_cert,
             key: args.tls_key,
+            client_ca: args.tls_client_ca,
         }),
+        metrics: cfg.metrics.listen,
     };
-    let bound = server::bind(&cfg).await?;
-    tracing::info!(socket = %args.socket.display(), tcp = ?bound.tcp_addr(), "agent listening");
+    let bound = server::bind(&serve_cfg).await?;
+    tracing::info!(
+        socket = %args.socket.display(),
+        tcp = ?bound.tcp_addr(),
+        metrics = ?bound.metrics_addr(),
+        "agent listening"
+    );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    server::serve(bound, host, debvisor_api::daemon::shutdown_signal()).await
+    server::serve(
+        bound,
+        backends,
+        cfg,
+        Metrics::new(),
+        debvisor_api::daemon::shutdown_signal(),
+    )
+    .await
 }

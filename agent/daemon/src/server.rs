@@ -1,31 +1,47 @@
-//! The agent's transports: the Unix socket and TCP with TLS, both serving
-//! the same services (node API, grpc.health.v1, reflection).
+//! The agent's transports: the Unix socket (peer credentials) and TCP with
+//! mutual TLS, both serving the same services (node, units, audit,
+//! grpc.health.v1 and reflection) behind the same middleware: tracing,
+//! metrics, caller identity, per-client rate limiting and an UNIMPLEMENTED
+//! answer that names the supported versions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use debvisor_api::audit::v1::audit_service_server::AuditServiceServer;
 use debvisor_api::node::v1::node_service_server::NodeServiceServer;
+use debvisor_api::units::v1::unit_service_server::UnitServiceServer;
+use debvisor_audit::AuditLog;
+use debvisor_systemd::{Journal, Units};
+use debvisor_telemetry::{Metrics, RateLimitLayer, TraceLayer};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::service::InterceptorLayer;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::codec::CompressionEncoding;
+use tonic::service::{InterceptorLayer, Routes};
+use tonic::transport::{Server, ServerTlsConfig};
 
-use crate::auth::PeerPolicy;
+use crate::audit_service::{AuditApi, Auditor};
+use crate::auth::{self, PeerPolicy};
+use crate::config::AgentConfig;
 use crate::host::HostFacts;
+use crate::routing::{KnownMethods, UnknownMethodLayer};
 use crate::service::NodeApi;
+use crate::status::{MAX_AGE, StatusCache};
+use crate::units_service::UnitsApi;
 
 /// Where and how the agent serves.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Unix socket path (local API).
     pub socket: PathBuf,
-    /// TCP address for TLS, with the certificate and key PEM files; `None`
+    /// TCP address for mutual TLS, with the certificate files; `None`
     /// disables TCP.
     pub tls: Option<TlsListen>,
+    /// Plain-HTTP address of `/metrics`; `None` disables it.
+    pub metrics: Option<SocketAddr>,
 }
 
-/// The TLS listener settings.
+/// The mutual-TLS listener settings.
 #[derive(Debug, Clone)]
 pub struct TlsListen {
     /// Address to bind.
@@ -34,13 +50,29 @@ pub struct TlsListen {
     pub cert: PathBuf,
     /// Server key (PEM).
     pub key: PathBuf,
+    /// The CA that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+}
+
+/// The host facilities the services work on, real or fake.
+#[derive(Clone)]
+pub struct Backends {
+    /// Node facts.
+    pub host: Arc<dyn HostFacts>,
+    /// systemd units.
+    pub units: Arc<dyn Units>,
+    /// The journal.
+    pub journal: Arc<dyn Journal>,
+    /// The audit log.
+    pub audit: AuditLog,
 }
 
 /// Listeners bound and ready to serve; binding first lets the caller report
 /// readiness to systemd only once clients can connect.
 pub struct Bound {
     unix: tokio::net::UnixListener,
-    tcp: Option<(tokio::net::TcpListener, Identity)>,
+    tcp: Option<(tokio::net::TcpListener, ServerTlsConfig)>,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl Bound {
@@ -48,24 +80,44 @@ impl Bound {
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
+
+    /// The metrics address actually bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
-/// Binds the socket (replacing a stale one) and the TLS port.
+/// Binds the socket (replacing a stale one), the mTLS port and the metrics
+/// port.
 pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Bound> {
     let unix = bind_unix(&cfg.socket)?;
     let tcp = match &cfg.tls {
         Some(t) => {
-            let cert =
-                std::fs::read(&t.cert).with_context(|| format!("Cannot read TLS certificate {}", t.cert.display()))?;
-            let key = std::fs::read(&t.key).with_context(|| format!("Cannot read TLS key {}", t.key.display()))?;
+            let read = |p: &Path, what: &str| {
+                std::fs::read(p).with_context(|| format!("Cannot read the {what} {}", p.display()))
+            };
+            let tls = debvisor_api::tls::server_tls(
+                &read(&t.cert, "TLS certificate")?,
+                &read(&t.key, "TLS key")?,
+                &read(&t.client_ca, "client CA certificate")?,
+            )
+            .context("Bad TLS material")?;
             let l = tokio::net::TcpListener::bind(t.addr)
                 .await
                 .with_context(|| format!("Cannot listen on {}", t.addr))?;
-            Some((l, Identity::from_pem(cert, key)))
+            Some((l, tls))
         }
         None => None,
     };
-    Ok(Bound { unix, tcp })
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("Cannot listen on {addr} for /metrics"))?,
+        ),
+        None => None,
+    };
+    Ok(Bound { unix, tcp, metrics })
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
@@ -86,20 +138,69 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
-/// Serves every service on both transports until `shutdown` resolves.
+/// Applies the message size limit and both compressions to a generated
+/// server.
+macro_rules! tuned {
+    ($server:expr, $max:expr) => {
+        $server
+            .max_decoding_message_size($max)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+    };
+}
+
+/// Every service, routed by path; shared by both transports.
+async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
+    let auditor = Auditor::new(b.audit.clone());
+    let status = Arc::new(StatusCache::new(b.host.clone(), MAX_AGE));
+    let max = cfg.max_message_bytes;
+    let node = tuned!(
+        NodeServiceServer::new(NodeApi::new(status, b.units.clone(), auditor.clone())),
+        max
+    );
+    let units = tuned!(
+        UnitServiceServer::new(UnitsApi::new(b.units.clone(), b.journal.clone(), auditor)),
+        max
+    );
+    let audit = tuned!(AuditServiceServer::new(AuditApi::new(b.audit.clone())), max);
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
+    reporter.set_serving::<UnitServiceServer<UnitsApi>>().await;
+    reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
+    fn reflection() -> tonic_reflection::server::Builder<'static> {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(debvisor_api::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    }
+    let reflection_v1 = reflection().build_v1().context("Cannot build the reflection service")?;
+    // grpcio's reflection client (Python) still speaks v1alpha.
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("Cannot build the v1alpha reflection service")?;
+
+    Ok(Routes::new(node)
+        .add_service(units)
+        .add_service(audit)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}
+
+/// Serves every service on both transports, and `/metrics`, until
+/// `shutdown` resolves.
 pub async fn serve(
     bound: Bound,
-    host: Arc<dyn HostFacts>,
+    backends: Backends,
+    cfg: AgentConfig,
+    metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let node = NodeApi::new(host);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(debvisor_api::DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("Cannot build the reflection service")?;
+    let routes = routes(&backends, &cfg).await?;
+    let known = KnownMethods::agent();
+    let limit = RateLimitLayer::new(cfg.rate_limit).context("Bad rate limit")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -110,29 +211,64 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let policy = PeerPolicy::from_host();
+    let policy = PeerPolicy::from_host(&cfg.console_user);
     let unix = Server::builder()
+        .layer(TraceLayer::new())
+        .layer(metrics.layer("unix"))
         .layer(InterceptorLayer::new(move |req| policy.check(req)))
-        .add_service(NodeServiceServer::new(node.clone()))
-        .add_service(health.clone())
-        .add_service(reflection.clone())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(bound.unix), stopped(stop_rx.clone()));
+        .layer(limit.clone())
+        .layer(UnknownMethodLayer::new(known.clone()))
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(
+            metrics.count_connections("unix", UnixListenerStream::new(bound.unix)),
+            stopped(stop_rx.clone()),
+        );
 
     let tcp = async {
-        let Some((listener, identity)) = bound.tcp else {
+        let Some((listener, tls)) = bound.tcp else {
             return Ok(());
         };
         Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(identity))
+            .tls_config(tls)
             .context("Bad TLS configuration")?
-            .add_service(NodeServiceServer::new(node))
-            .add_service(health)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()))
+            .layer(TraceLayer::new())
+            .layer(metrics.layer("tcp"))
+            .layer(InterceptorLayer::new(auth::identify_tls))
+            .layer(limit)
+            .layer(UnknownMethodLayer::new(known))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                metrics.count_connections("tcp", TcpListenerStream::new(listener)),
+                stopped(stop_rx.clone()),
+            )
             .await
-            .context("TLS server failed")
+            .context("mTLS server failed")
     };
-    let (u, t) = tokio::join!(unix, tcp);
-    u.context("Unix socket server failed")?;
-    t
+    let http = async {
+        let Some(listener) = bound.metrics else {
+            return Ok(());
+        };
+        debvisor_telemetry::serve_metrics(listener, metrics.clone(), stopped(stop_rx.clone()))
+            .await
+            .context("Metrics server failed")
+    };
+    // Graceful shutdown waits for open calls, but streams (WatchStatus,
+    // StreamLogs with follow) stay open until their clients leave: give them
+    // a moment, then close them so that a stop or reboot is not held up.
+    let grace = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::info!("closing the streams still open after {} s", SHUTDOWN_GRACE.as_secs());
+    };
+    tokio::select! {
+        (u, t, h) = async { tokio::join!(unix, tcp, http) } => {
+            u.context("Unix socket server failed")?;
+            t?;
+            h
+        }
+        () = grace => Ok(()),
+    }
 }
+
+/// How long calls still open at shutdown may run on.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
