@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod paths;
 pub mod tls;
+pub mod validate;
 
 /// `debvisor.node.v1`: node identity, image, slot and resource figures.
 pub mod node {
