@@ -1,135 +1,147 @@
-//! `debvisorctl`: talk to a DebVisor node agent from a shell.
+//! `debvisorctl`: the command-line client of the DebVisor node agent.
 //!
-//! Locally it uses the agent's Unix socket; remotely `--endpoint HOST:PORT`
-//! with `--fingerprint` (the node's certificate fingerprint, printed on its
-//! serial console at first boot).
+//! It reaches the agent over mutual TLS with a client config bundle, over the
+//! local Unix socket on a node, or over TLS pinned by `--fingerprint` for
+//! first contact (see [`connect`]). Each service of the v1 API has its
+//! module of commands; [`output`] draws tables and JSON.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage (bad arguments), 3 broken audit
+//! chain (`audit verify`).
 
-use clap::{Parser, Subcommand};
-use debvisor_api::node::v1::node_service_client::NodeServiceClient;
-use debvisor_api::node::v1::{GetStatusRequest, GetStatusResponse};
-use debvisor_api::{client, paths};
-use tonic::transport::Channel;
+mod audit;
+mod cli;
+mod connect;
+mod diagnose;
+mod logs;
+mod node;
+mod output;
+mod rpc;
+mod timefmt;
+mod units;
 
-/// Manage a DebVisor node.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// The agent's Unix socket (local use).
-    #[arg(long, default_value = paths::AGENT_SOCKET, global = true)]
-    socket: String,
-    /// Remote agent HOST:PORT (TLS); needs --fingerprint.
-    #[arg(long, env = "DEBVISOR_ENDPOINT", global = true, requires = "fingerprint")]
-    endpoint: Option<String>,
-    /// SHA-256 fingerprint of the node's server certificate.
-    #[arg(long, env = "DEBVISOR_FINGERPRINT", global = true)]
-    fingerprint: Option<String>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Show the node's identity, slot and resource figures.
-    Status,
-}
+use clap::Parser;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+use crate::cli::{Cli, Cmd};
+use crate::node::Power;
+use crate::rpc::{Ctx, RpcError};
+
+/// An invalid command line found after parsing; exits with 2 like clap's own
+/// usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    // Before any thread exists (see `init_local_offset`).
+    timefmt::init_local_offset();
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("debvisorctl: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-async fn channel(cli: &Cli) -> anyhow::Result<Channel> {
-    Ok(match (&cli.endpoint, &cli.fingerprint) {
-        (Some(ep), Some(fp)) => client::connect_tls_pinned(ep, client::parse_fingerprint(fp)?).await?,
-        _ => client::connect_unix(&cli.socket).await?,
-    })
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ch = channel(&cli).await?;
-    match cli.cmd {
-        Cmd::Status => {
-            let s = NodeServiceClient::new(ch)
-                .get_status(GetStatusRequest {})
-                .await?
-                .into_inner();
-            print!("{}", render_status(&s));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("debvisorctl: Cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", render_error(&e));
+            if e.chain().any(|c| c.is::<UsageError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
-    Ok(())
 }
 
-fn gib(b: u64) -> String {
-    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let timeout = Duration::from_secs(cli.timeout);
+    let plan = connect::plan(&cli.conn)?;
+    let channel = connect::connect(&plan, timeout).await?;
+    let ctx = Ctx {
+        channel,
+        via: plan.via(),
+        json: cli.json,
+        timeout,
+    };
+    match &cli.cmd {
+        Cmd::Status(args) => node::status(&ctx, args).await?,
+        Cmd::Units(cmd) => units::run(&ctx, cmd).await?,
+        Cmd::Logs(args) => logs::run(&ctx, args).await?,
+        Cmd::Audit(cmd) => return audit::run(&ctx, cmd).await,
+        Cmd::Reboot(args) => node::power(&ctx, Power::Reboot, args).await?,
+        Cmd::Shutdown(args) => node::power(&ctx, Power::Shutdown, args).await?,
+    }
+    Ok(0)
 }
 
-fn render_status(s: &GetStatusResponse) -> String {
-    let mut out = String::new();
-    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14} {v}\n"));
-    if s.simulated {
-        line("MODE", "SIMULATION (fake host)".into());
+/// True when stdout was closed by its reader (`debvisorctl logs | head`):
+/// not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// The error chain, once: the message, each cause on its own line, and the
+/// next step when one is known.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = format!("debvisorctl: {e}\n");
+    let mut last = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        // Transparent wrappers repeat their source's message.
+        if text != last {
+            out.push_str(&format!("  caused by: {text}\n"));
+        }
+        last = text;
     }
-    line("HOSTNAME", s.hostname.clone());
-    line("IMAGE", format!("{} {}", s.image_id, s.image_version));
-    line(
-        "BOOTED SLOT",
-        if s.booted_slot.is_empty() {
-            "-".into()
-        } else {
-            s.booted_slot.clone()
-        },
-    );
-    line("KERNEL", s.kernel.clone());
-    let up = s.uptime_seconds as u64;
-    line(
-        "UPTIME",
-        format!("{}d {}h {}m {}s", up / 86400, up / 3600 % 24, up / 60 % 60, up % 60),
-    );
-    if let Some(l) = &s.load {
-        line("LOAD", format!("{:.2} {:.2} {:.2}", l.one, l.five, l.fifteen));
+    if let Some(next) = next_step(e) {
+        out.push_str(&format!("  next: {next}\n"));
     }
-    if let Some(m) = &s.memory {
-        line(
-            "MEMORY",
-            format!("{} used of {}", gib(m.used_bytes), gib(m.total_bytes)),
-        );
-    }
-    for d in &s.disks {
-        let ro = if d.read_only { " (read-only)" } else { "" };
-        line(
-            &format!("DISK {}", d.name.to_uppercase()),
-            format!(
-                "{} used of {} on {}{ro}",
-                gib(d.used_bytes),
-                gib(d.total_bytes),
-                d.mount_point
-            ),
-        );
-    }
-    line("AGENT", s.agent_version.clone());
     out
+}
+
+/// The first next step that an error of the chain knows.
+fn next_step(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|c| {
+        if let Some(r) = c.downcast_ref::<RpcError>() {
+            Some(r.diagnosis().next)
+        } else {
+            c.downcast_ref::<connect::ConnectError>().and_then(|ce| ce.hint())
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnose::Via;
 
     #[test]
-    fn status_table_names_every_figure() {
-        let s = GetStatusResponse {
-            hostname: "n1".into(),
-            booted_slot: "A".into(),
-            uptime_seconds: 90061.0,
-            simulated: true,
-            ..Default::default()
+    fn errors_print_the_chain_once_with_the_next_step() {
+        let rpc = RpcError {
+            status: tonic::Status::not_found("unit nope.service is not loaded"),
+            via: Via::Socket("/run/debvisor/agent.sock".into()),
         };
-        let t = render_status(&s);
-        assert!(t.contains("SIMULATION"));
-        assert!(t.contains("HOSTNAME       n1"));
-        assert!(t.contains("1d 1h 1m 1s"), "{t}");
+        let e = anyhow::Error::new(rpc).context("Cannot restart nope.service");
+        assert_eq!(
+            render_error(&e),
+            "debvisorctl: Cannot restart nope.service\n  \
+             caused by: not found: unit nope.service is not loaded\n  \
+             next: Check the name; `debvisorctl units list --all` lists the units the node knows.\n"
+        );
+    }
+
+    #[test]
+    fn broken_pipes_are_not_errors() {
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
     }
 }

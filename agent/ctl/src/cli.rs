@@ -1,0 +1,335 @@
+//! The command line: global connection and output flags, and one subcommand
+//! per agent call. Arguments that are cheap to check (unit names, patterns,
+//! states, priorities, times, reasons) are validated here, so that a typo is a
+//! usage error (exit 2) naming the value before anything is sent.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use debvisor_api::validate::{JournalPriority, SingleLineString, UnitName, UnitPattern, UnitState, UnitType};
+use time::OffsetDateTime;
+
+use crate::timefmt::parse_time_arg;
+
+/// The reason of a reboot or shutdown: one line, at most 200 characters.
+pub type Reason = SingleLineString<200>;
+
+/// Manage a DebVisor node through its agent.
+///
+/// Remote nodes are reached over mutual TLS with the client config bundle
+/// (see --config); on a node, the agent's local socket is used when there is
+/// no config file.
+#[derive(Debug, Parser)]
+#[command(name = "debvisorctl", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    /// How to reach the agent.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Print JSON instead of tables: one object, or one object per line
+    /// (JSON Lines) for streams.
+    #[arg(long, global = true, help_heading = "Output")]
+    pub json: bool,
+    /// Seconds to wait for the connection and for each answer; follow
+    /// streams (logs -f, status --watch) wait for ever.
+    #[arg(long, value_name = "SECS", default_value_t = 30, global = true, help_heading = "Output",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The connection flags, global to every command.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnArgs {
+    /// Client config file (the node's client bundle) [default: $XDG_CONFIG_HOME/debvisor/config.toml,
+    /// else ~/.config/debvisor/config.toml]
+    #[arg(long, env = "DEBVISORCONFIG", value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// Context of the client config to use instead of its current one.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
+    /// Agent address, replacing the context's endpoints (port 7443 when
+    /// omitted).
+    #[arg(long, env = "DEBVISOR_ENDPOINT", value_name = "HOST:PORT", global = true)]
+    pub endpoint: Option<String>,
+    /// Use the agent's local Unix socket at PATH instead of TLS [the default on a node without a config
+    /// file: /run/debvisor/agent.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// First contact without a bundle: trust exactly the server certificate with this SHA-256 (printed on
+    /// the node's serial console); needs --endpoint.
+    #[arg(long, env = "DEBVISOR_FINGERPRINT", value_name = "SHA256", global = true)]
+    pub fingerprint: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Show the node's identity, image, boot slot and resource figures.
+    Status(StatusArgs),
+    /// List, inspect and control systemd units.
+    #[command(subcommand)]
+    Units(UnitsCmd),
+    /// Print the journal (like journalctl -o short-iso).
+    Logs(LogsArgs),
+    /// Query, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Reboot the node.
+    Reboot(PowerArgs),
+    /// Power the node off.
+    Shutdown(PowerArgs),
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Keep watching: redraw on every change until Ctrl-C.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// With --watch: minimum milliseconds between updates (agent default 1000, at least 250).
+    #[arg(long, value_name = "MS", default_value_t = 0, requires = "watch")]
+    pub interval: u32,
+}
+
+/// `units ...`.
+#[derive(Debug, Subcommand)]
+pub enum UnitsCmd {
+    /// List units, sorted by name.
+    List(ListArgs),
+    /// Show one unit's details.
+    Show(UnitArg),
+    /// Start a unit and wait for the job.
+    Start(UnitArg),
+    /// Stop a unit and wait for the job.
+    Stop(UnitArg),
+    /// Restart a unit (start it when stopped) and wait for the job.
+    Restart(UnitArg),
+    /// Enable a unit file (create its [Install] symlinks).
+    Enable(UnitArg),
+    /// Disable a unit file (remove its [Install] symlinks).
+    Disable(UnitArg),
+}
+
+/// `units list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only units in this state (active, failed, running, ...); repeat for several.
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<UnitState>,
+    /// Only units of this type (service, timer, ...); repeat for several.
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub types: Vec<UnitType>,
+    /// Also list installed unit files that systemd has not loaded.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Glob patterns on the unit name, e.g. 'debvisor-*'.
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<UnitPattern>,
+}
+
+/// One unit name.
+#[derive(Debug, Args)]
+pub struct UnitArg {
+    /// The unit, with its type suffix, e.g. ssh.service.
+    #[arg(value_name = "NAME", value_parser = parse_unit_name)]
+    pub name: UnitName,
+}
+
+/// `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only entries of this unit.
+    #[arg(short, long, value_name = "UNIT", value_parser = parse_unit_name)]
+    pub unit: Option<UnitName>,
+    /// Only entries of this priority or more important: emerg, alert, crit, err, warning, notice, info,
+    /// debug, or 0-7.
+    #[arg(short, long, value_name = "PRIORITY")]
+    pub priority: Option<JournalPriority>,
+    /// Only entries at or after TIME: RFC 3339, a date, or relative (10m, 2h, 1d).
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+    pub since: Option<OffsetDateTime>,
+    /// Show the last N entries [agent default: 100 without --since].
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub lines: Option<u32>,
+    /// Keep printing new entries until Ctrl-C.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List records, newest first.
+    Query(QueryArgs),
+    /// Write every matching record, oldest first, as JSON Lines or CSV.
+    Export(ExportArgs),
+    /// Check the hash chain; exit 3 when it is broken.
+    Verify,
+}
+
+/// Filters shared by `audit query` and `audit export`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditFilter {
+    /// Only records of this actor, e.g. admin, uid:0, console:alice.
+    #[arg(long, value_name = "ACTOR")]
+    pub actor: Option<String>,
+    /// Only records of this action, e.g. units.Restart; a trailing * matches a prefix (units.*).
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// Only records about this target, e.g. ssh.service.
+    #[arg(long, value_name = "TARGET")]
+    pub target: Option<String>,
+    /// Only successful or failed calls.
+    #[arg(long, value_name = "RESULT")]
+    pub result: Option<Outcome>,
+    /// Only records at or after TIME: RFC 3339, a date, or relative (10m, 2h, 1d).
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+    pub since: Option<OffsetDateTime>,
+    /// Only records before TIME.
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+    pub until: Option<OffsetDateTime>,
+}
+
+/// The outcome filter of audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Outcome {
+    /// Calls that succeeded.
+    Ok,
+    /// Calls that failed.
+    Error,
+}
+
+/// `audit query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The filters.
+    #[command(flatten)]
+    pub filter: AuditFilter,
+    /// Records per page (1-1000) [agent default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Fetch every page, not only the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The filters.
+    #[command(flatten)]
+    pub filter: AuditFilter,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    pub format: ExportFormat,
+    /// Write to FILE (complete or not at all) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// `reboot` and `shutdown`.
+#[derive(Debug, Args)]
+pub struct PowerArgs {
+    /// Why, recorded in the audit log (one line, at most 200 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<Reason>,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+/// Parses a unit name, suggesting `NAME.service` when the suffix is missing
+/// (systemctl would add it; the agent does not, so neither do we).
+pub fn parse_unit_name(s: &str) -> Result<UnitName, String> {
+    UnitName::try_from(s).map_err(|e| {
+        let guess = format!("{s}.service");
+        if UnitType::of_name(s).is_none() && UnitName::try_from(guess.as_str()).is_ok() {
+            format!("{e}. Did you mean {guess}?")
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn unit_names_need_a_suffix_and_get_a_suggestion() {
+        assert_eq!(parse_unit_name("ssh.service").unwrap().as_str(), "ssh.service");
+        let e = parse_unit_name("ssh").unwrap_err();
+        assert!(e.contains("\"ssh\"") && e.contains("Did you mean ssh.service?"), "{e}");
+        let e = parse_unit_name("-rf.service").unwrap_err();
+        assert!(e.contains("-rf.service") && !e.contains("Did you mean"), "{e}");
+    }
+
+    #[test]
+    fn priorities_take_names_and_numbers() {
+        let p = |s: &str| {
+            Cli::try_parse_from(["debvisorctl", "logs", "-p", s]).map(|c| match c.cmd {
+                Cmd::Logs(l) => l.priority.unwrap().value(),
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(p("err").unwrap(), 3);
+        assert_eq!(p("warning").unwrap(), 4);
+        assert_eq!(p("debug").unwrap(), 7);
+        assert_eq!(p("0").unwrap(), 0);
+        assert_eq!(p("6").unwrap(), 6);
+        let e = p("8").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("\"8\""), "{e}");
+        assert!(p("loud").is_err());
+    }
+
+    #[test]
+    fn bad_unit_names_are_usage_errors_naming_the_value() {
+        let e = Cli::try_parse_from(["debvisorctl", "units", "restart", "x"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("\"x\""), "{e}");
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let c = Cli::try_parse_from([
+            "debvisorctl",
+            "units",
+            "list",
+            "--json",
+            "--socket",
+            "/s",
+            "--state",
+            "failed",
+        ])
+        .unwrap();
+        assert!(c.json);
+        assert_eq!(c.conn.socket.as_deref(), Some(std::path::Path::new("/s")));
+        assert_eq!(c.timeout, 30);
+    }
+
+    #[test]
+    fn reasons_are_single_lines() {
+        assert!(Cli::try_parse_from(["debvisorctl", "reboot", "--reason", "kernel update"]).is_ok());
+        assert!(Cli::try_parse_from(["debvisorctl", "reboot", "--reason", "a\nb"]).is_err());
+        assert!(Cli::try_parse_from(["debvisorctl", "reboot", "--reason", &"x".repeat(201)]).is_err());
+    }
+}
