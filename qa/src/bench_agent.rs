@@ -10,7 +10,7 @@ use debvisor_api::node::v1::GetStatusRequest;
 use debvisor_api::node::v1::node_service_client::NodeServiceClient;
 use serde_json::json;
 
-use crate::host_agent::{self, AgentOpts, HostAgent};
+use crate::host_agent::{self, AgentOpts, HostAgent, UserManager};
 use crate::node::Paths;
 
 /// The targets the figures are compared with.
@@ -252,6 +252,12 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
         host_agent::build_binaries(paths, &["debvisor-agent"])?;
     }
     let bin = host_agent::release_binary(paths, "debvisor-agent", "debvisor-agent")?;
+    // The real agent needs systemd on D-Bus, which a container lacks.
+    let manager = if UserManager::needed() {
+        Some(rt.block_on(UserManager::start())?)
+    } else {
+        None
+    };
     let tmp = tempfile::Builder::new()
         .prefix("debvisor-bench-agent-")
         .tempdir()
@@ -262,6 +268,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
         &AgentOpts {
             sim: false,
             rate_limit: RATE_LIMIT,
+            system_bus: manager.as_ref().map(UserManager::bus_address),
         },
     )?;
     let max = a.levels.iter().copied().max().unwrap_or(1);
@@ -274,6 +281,12 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
     std::thread::sleep(IDLE);
     let idle_kb = read_kb(agent.pid, "VmRSS").context("Cannot read the agent's VmRSS")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load1: f64 = load
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0.0);
 
     println!(
         "debvisor-agent GetStatus over mTLS at {} (real host, /proc)",
@@ -281,6 +294,19 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
     );
     println!("  The load generator (this process, 2 tokio workers) shares the machine's {cores} cores with the agent:");
     println!("  the figures are what both together reach, a lower bound for the agent alone.");
+    println!(
+        "  Load average (1 min) before the run: {load1:.2}{}",
+        if load1 >= 0.5 {
+            "; other work on the machine lowers these figures"
+        } else {
+            ""
+        }
+    );
+    if manager.is_some() {
+        println!(
+            "  This host's PID 1 is not systemd: the agent talks to a `systemd --user` on its own bus (GetStatus does not use it)."
+        );
+    }
     println!(
         "  Rate limit: {:.0}/s, burst {} per client identity, so that it never binds.",
         RATE_LIMIT.0, RATE_LIMIT.1
@@ -291,10 +317,9 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
     );
     println!();
     println!(
-        "{:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10}  target",
-        "clients", "requests", "qps", "p50 ms", "p99 ms", "max ms", "errors", "agent CPU", "loadgen"
+        "{:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>13} {:>15}  target",
+        "clients", "requests", "qps", "p50 ms", "p99 ms", "max ms", "errors", "agent CPU/req", "loadgen CPU/req"
     );
-    println!("{:>76}", "us/req     us/req");
     let mut levels = Vec::new();
     for &n in &a.levels {
         agent.check_running()?;
@@ -312,7 +337,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
             String::new()
         };
         println!(
-            "{:>7} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>6} {:>10.1} {:>10.1}  {target}",
+            "{:>7} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>6} {:>10.1} us {:>12.1} us  {target}",
             n,
             l.requests,
             l.qps(),
@@ -347,6 +372,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
         "CPU       agent and load generator per request, from utime+stime in /proc/PID/stat over each measured window"
     );
     agent.stop();
+    drop(manager);
 
     let out = paths.bench().join("agent.json");
     std::fs::create_dir_all(paths.bench())?;
@@ -354,6 +380,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
         "benchmark": "agent GetStatus over mTLS",
         "host": "real (/proc)",
         "cores": cores,
+        "load_average_1min_before": load1,
         "shared_cores": "the load generator runs on the same cores as the agent",
         "rate_limit": {"per_second": RATE_LIMIT.0, "burst": RATE_LIMIT.1, "binds": false},
         "warmup_seconds": a.warmup,

@@ -114,6 +114,122 @@ pub struct AgentOpts {
     pub sim: bool,
     /// Requests per second and burst per client identity.
     pub rate_limit: (f64, u32),
+    /// The D-Bus address given to the agent as the system bus (a
+    /// [`UserManager`]'s) instead of the host's.
+    pub system_bus: Option<String>,
+}
+
+/// Runs the user manager in a private mount namespace whose /run/systemd
+/// says "this system runs systemd"; dbus.socket gives it a bus in
+/// $XDG_RUNTIME_DIR/bus.
+const USER_MANAGER: &str = "mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system \
+                            && exec /lib/systemd/systemd --user --log-target=console";
+
+/// A systemd manager for the agent on a host whose PID 1 is not systemd
+/// (a container, this development machine): `systemd --user` on its own bus,
+/// with no units of its own, in a private mount namespace, so the real
+/// (non-simulated) agent can start. Stopped (SIGTERM) on drop.
+pub struct UserManager {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl UserManager {
+    /// True when the host does not run systemd as its system manager.
+    pub fn needed() -> bool {
+        !Path::new("/run/systemd/system").is_dir()
+    }
+
+    /// Starts the manager and waits until it answers on its bus.
+    pub async fn start() -> Result<UserManager> {
+        for (tool, package) in [("unshare", "util-linux"), ("dbus-daemon", "dbus")] {
+            if crate::qemu::which(tool).is_none() {
+                bail!("{tool} not found: run apt-get install {package}");
+            }
+        }
+        if !Path::new("/lib/systemd/systemd").exists() {
+            bail!("/lib/systemd/systemd not found: run apt-get install systemd dbus-user-session");
+        }
+        std::fs::create_dir_all("/run/systemd").context("Cannot create /run/systemd to mount over")?;
+        let dir = tempfile::Builder::new().prefix("debvisor-qa-systemd-").tempdir()?;
+        std::fs::create_dir_all(dir.path().join("run"))?;
+        std::fs::create_dir_all(dir.path().join("config"))?;
+        let log = std::fs::File::create(dir.path().join("manager.log"))?;
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "unshare", "-m", "--propagation", "private"])
+            .args(["/bin/sh", "-c", USER_MANAGER])
+            .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("HOME", dir.path())
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("Cannot start systemd --user (setpriv and unshare come with util-linux)")?;
+        let mut m = UserManager {
+            child: Some(child),
+            dir,
+        };
+        let address = m.bus_address();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = &mut m.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(m.dir.path().join("manager.log")).unwrap_or_default();
+                bail!("systemd --user exited ({status}): {}", log.trim());
+            }
+            if ping_systemd(&address).await.is_ok() {
+                return Ok(m);
+            }
+            if Instant::now() >= deadline {
+                bail!("systemd --user did not answer on {address} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The manager's bus, as a D-Bus address.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path={}", self.dir.path().join("run/bus").display())
+    }
+}
+
+async fn ping_systemd(address: &str) -> Result<()> {
+    let conn = zbus::connection::Builder::address(address).build().await?;
+    conn.call_method(
+        Some("org.freedesktop.systemd1"),
+        "/org/freedesktop/systemd1",
+        Some("org.freedesktop.DBus.Peer"),
+        "Ping",
+        &(),
+    )
+    .await?;
+    Ok(())
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop_child(c);
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s; reaps the child.
+fn stop_child(mut c: Child) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// A running agent; killed when dropped.
@@ -159,6 +275,9 @@ impl HostAgent {
         cmd.arg("--audit-db").arg(&audit_db);
         if o.sim {
             cmd.arg("--sim");
+        }
+        if let Some(bus) = &o.system_bus {
+            cmd.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
         }
         cmd.env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
@@ -230,18 +349,9 @@ impl HostAgent {
 
     /// Stops the agent (SIGTERM, then SIGKILL after 5 s) and reaps it.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(c) = self.child.take() {
+            stop_child(c);
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }
 

@@ -362,3 +362,25 @@ pub fn wait_node(
         status,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_dump_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = debvisor_init::pki::Pki::new(dir.path());
+        pki.ensure_with("n1", &["192.0.2.7".parse().unwrap()]).unwrap();
+        let raw = std::fs::read(pki.admin_bundle_path()).unwrap();
+        // As `od -An -v -tx1` prints it: 16 bytes a line, a leading space each.
+        let dump: String = raw
+            .chunks(16)
+            .map(|c| c.iter().map(|b| format!(" {b:02x}")).collect::<String>() + "\n")
+            .collect();
+        let cfg = parse_bundle_hex(&dump).unwrap();
+        assert_eq!(cfg.current().unwrap().endpoints, ["192.0.2.7:7443"]);
+        assert!(parse_bundle_hex(" 7a 7a\n").is_err());
+        assert!(parse_bundle_hex("login: oops").is_err());
+    }
+}

@@ -103,6 +103,7 @@ pub(super) fn agent_sim_clients(ctx: &Ctx) -> Result<()> {
         &AgentOpts {
             sim: true,
             rate_limit: RATE_LIMIT,
+            system_bus: None,
         },
     )?;
     let admin = agent.admin()?;
@@ -110,7 +111,7 @@ pub(super) fn agent_sim_clients(ctx: &Ctx) -> Result<()> {
 
     let res = python_client(ctx, &agent, &python)
         .context("The Python grpcio client (qa/python/reflect_client.py)")
-        .and_then(|()| debvisorctl(ctx, &admin, &ctl).context("debvisorctl"))
+        .and_then(|unit| debvisorctl(ctx, &admin, &ctl, &unit).context("debvisorctl"))
         .and_then(|()| foreign_ca(ctx, &agent).context("A client of another CA"));
     agent.check_running()?;
     res.map_err(|e| anyhow::anyhow!("{e:#}\nagent log ({}):\n{}", agent.log.display(), agent.log_tail(20)))
@@ -118,8 +119,8 @@ pub(super) fn agent_sim_clients(ctx: &Ctx) -> Result<()> {
 
 /// (a) Python grpcio, knowing nothing but the bundle: reflection, calls
 /// with message classes built from the reflected descriptors, health per
-/// service, an unknown API version.
-fn python_client(ctx: &Ctx, agent: &HostAgent, python: &Path) -> Result<()> {
+/// service, an unknown API version. Returns the unit it restarted.
+fn python_client(ctx: &Ctx, agent: &HostAgent, python: &Path) -> Result<String> {
     let bundle = ctx.dir.join("python-client.toml");
     ClientConfig::single("sim", agent.client("qa-python")?).save(&bundle)?;
     let script = ctx.paths.root.join("qa/python/reflect_client.py");
@@ -131,7 +132,8 @@ fn python_client(ctx: &Ctx, agent: &HostAgent, python: &Path) -> Result<()> {
     .ok("reflect_client.py")?;
     let v: Value = serde_json::from_str(out.stdout.trim())
         .with_context(|| format!("reflect_client.py printed no JSON object: {}", out.stdout.trim()))?;
-    check_python(&v)
+    check_python(&v)?;
+    Ok(v["restart"]["unit"].as_str().unwrap_or_default().to_string())
 }
 
 /// The assertions on reflect_client.py's JSON object.
@@ -210,8 +212,17 @@ fn audit_records(stdout: &str) -> Result<Vec<Value>> {
         .collect()
 }
 
-/// (b) debvisorctl with a config file, as admin.
-fn debvisorctl(ctx: &Ctx, admin: &Context, ctl: &Path) -> Result<()> {
+/// True when `records` has a successful Restart of `unit` by `actor`.
+fn restarted_by(records: &[Value], unit: &str, actor: &str) -> bool {
+    records
+        .iter()
+        .any(|r| r["action"] == "units.Restart" && r["target"] == unit && r["actor"] == actor && r["ok"] == true)
+}
+
+/// (b) debvisorctl with a config file, as admin. The audit log must also
+/// name the Python client by its own certificate ("qa-python") for the
+/// restart of `python_unit`.
+fn debvisorctl(ctx: &Ctx, admin: &Context, ctl: &Path, python_unit: &str) -> Result<()> {
     let config = ctx.dir.join("debvisorconfig.toml");
     ClientConfig::single("sim", admin.clone()).save(&config)?;
     let ctl_run = |label: &str, args: &[&str]| -> Result<Output> {
@@ -230,15 +241,14 @@ fn debvisorctl(ctx: &Ctx, admin: &Context, ctl: &Path) -> Result<()> {
 
     let q = ctl_run("ctl-audit-query", &["audit", "query", "--json"])?;
     let records = audit_records(&q.stdout)?;
-    let found = records.iter().any(|r| {
-        r["action"].as_str().is_some_and(|a| a.ends_with("Restart"))
-            && r["target"].as_str().is_some_and(|t| t.contains(UNIT))
-            && r["actor"] == "admin"
-            && r["ok"] == true
-    });
     ensure!(
-        found,
-        "audit query shows no successful Restart of {UNIT} by actor \"admin\": {}",
+        restarted_by(&records, UNIT, "admin"),
+        "audit query shows no successful units.Restart of {UNIT} by actor \"admin\": {}",
+        q.stdout.trim()
+    );
+    ensure!(
+        restarted_by(&records, python_unit, "qa-python"),
+        "audit query shows no successful units.Restart of {python_unit} by the Python client's identity \"qa-python\": {}",
         q.stdout.trim()
     );
     ctl_run("ctl-audit-verify", &["audit", "verify"])?;
@@ -258,6 +268,13 @@ fn foreign_ca(ctx: &Ctx, agent: &HostAgent) -> Result<()> {
         let r = NodeServiceClient::new(ch).get_status(GetStatusRequest {}).await;
         Ok::<_, MtlsError>(r.map(|_| ()))
     });
+    let _ = std::fs::write(
+        ctx.dir.join("foreign-ca.txt"),
+        match &res {
+            Err(e) => format!("connect_mtls: {e} ({e:?})\n"),
+            Ok(r) => format!("GetStatus: {r:?}\n"),
+        },
+    );
     match res {
         Err(MtlsError::ClientRefused { .. }) => Ok(()),
         Err(e) => bail!("Expected the agent to refuse the client certificate, got: {e}"),
