@@ -297,21 +297,23 @@ pub fn fetch_client_config(vm: &Vm, password: &str, save_to: &Path) -> Result<Co
         .contexts
         .get_mut(&name)
         .with_context(|| format!("{ADMIN_BUNDLE} names a context {name:?} it does not define"))?;
+    // The node lists its own addresses, or none when it had no address yet
+    // at first boot; from the host only the forwarded port reaches it.
     ctx.endpoints = vec![endpoint];
     let ctx = ctx.clone();
+    cfg.validate()
+        .with_context(|| format!("{ADMIN_BUNDLE} is not usable"))?;
     cfg.save(save_to)?;
     Ok(ctx)
 }
 
-/// Parses the `od -An -v -tx1` dump of a client bundle.
+/// Parses the `od -An -v -tx1` dump of a client bundle (not validated: its
+/// endpoints are replaced first).
 pub fn parse_bundle_hex(dump: &str) -> Result<ClientConfig> {
     let digits: String = dump.split_whitespace().collect();
     let raw = hex::decode(&digits).context("The bundle dump is not hex: the serial console mangled it")?;
     let text = String::from_utf8(raw).context("The admin bundle is not UTF-8")?;
-    let cfg: ClientConfig = toml::from_str(&text).with_context(|| format!("{ADMIN_BUNDLE} is not a client bundle"))?;
-    cfg.validate()
-        .with_context(|| format!("{ADMIN_BUNDLE} is not usable"))?;
-    Ok(cfg)
+    toml::from_str(&text).with_context(|| format!("{ADMIN_BUNDLE} is not a client bundle"))
 }
 
 /// Waits for ready from console offset `from`, fetches the admin bundle
