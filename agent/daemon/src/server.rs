@@ -211,9 +211,12 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // One span per call only when traces are exported: without a collector
+    // nobody reads them.
+    let trace = TraceLayer::enabled(cfg.otel.endpoint.is_some());
     let policy = PeerPolicy::from_host(&cfg.console_user);
     let unix = Server::builder()
-        .layer(TraceLayer::new())
+        .layer(trace.clone())
         .layer(metrics.layer("unix"))
         .layer(InterceptorLayer::new(move |req| policy.check(req)))
         .layer(limit.clone())
@@ -231,7 +234,7 @@ pub async fn serve(
         Server::builder()
             .tls_config(tls)
             .context("Bad TLS configuration")?
-            .layer(TraceLayer::new())
+            .layer(trace)
             .layer(metrics.layer("tcp"))
             .layer(InterceptorLayer::new(auth::identify_tls))
             .layer(limit)

@@ -24,9 +24,15 @@ use crate::grpc::{self, Outcome};
 ///
 /// Spans reach an OpenTelemetry collector through [`otel_layer`](crate::otel_layer);
 /// without it they are ordinary `tracing` spans.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TraceLayer {
-    _private: (),
+    enabled: bool,
+}
+
+impl Default for TraceLayer {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 impl TraceLayer {
@@ -34,13 +40,22 @@ impl TraceLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The layer, opening spans only when `on`: without a collector nobody
+    /// reads them, and a span costs microseconds on every call.
+    pub fn enabled(on: bool) -> Self {
+        Self { enabled: on }
+    }
 }
 
 impl<S> Layer<S> for TraceLayer {
     type Service = TraceService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceService { inner }
+        TraceService {
+            inner,
+            enabled: self.enabled,
+        }
     }
 }
 
@@ -48,6 +63,7 @@ impl<S> Layer<S> for TraceLayer {
 #[derive(Clone, Debug)]
 pub struct TraceService<S> {
     inner: S,
+    enabled: bool,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for TraceService<S>
@@ -63,6 +79,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !self.enabled {
+            return TraceFuture {
+                inner: self.inner.call(request),
+                span: None,
+            };
+        }
         let span = call_span(&request);
         let inner = span.in_scope(|| self.inner.call(request));
         TraceFuture {
