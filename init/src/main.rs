@@ -82,6 +82,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ok(_) => {
             console::marker("ready", "");
             status("Ready: agent and console answer");
+            tokio::spawn(fill_bundle_endpoints(hostname));
         }
         Err(e) => {
             console::marker("boot-failed", &format!("{e:#}"));
@@ -90,6 +91,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     supervise(&systemd, &args.units).await
+}
+
+/// The admin bundle is written before the network is up on a first boot, so
+/// it may list no endpoint: add the node's addresses once it has some.
+async fn fill_bundle_endpoints(hostname: String) {
+    for _ in 0..60 {
+        if !pki::local_addresses().is_empty() {
+            match pki::Pki::new(paths::PKI_DIR).ensure(&hostname) {
+                Ok(_) => tracing::info!("admin client bundle lists the node's addresses"),
+                Err(e) => tracing::warn!("Cannot update the admin client bundle: {e:#}"),
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tracing::warn!("the node has no address after 2 minutes; the admin client bundle lists no endpoint");
 }
 
 /// Starts again any supervised unit that stops, from systemd's signals.
