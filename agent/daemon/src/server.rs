@@ -241,7 +241,7 @@ pub async fn serve(
             .layer(UnknownMethodLayer::new(known))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                metrics.count_connections("tcp", TcpListenerStream::new(listener)),
+                metrics.count_connections("tcp", nodelay(TcpListenerStream::new(listener))),
                 stopped(stop_rx.clone()),
             )
             .await
@@ -271,6 +271,20 @@ pub async fn serve(
         }
         () = grace => Ok(()),
     }
+}
+
+/// Turns off Nagle's algorithm on accepted connections, as tonic does for
+/// the listeners it binds itself: a small gRPC answer must not wait for the
+/// client's delayed ACK.
+fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|accepted| {
+        accepted.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!("Cannot set TCP_NODELAY: {e}");
+            }
+        })
+    })
 }
 
 /// How long calls still open at shutdown may run on.
