@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/debvisor/node/v1/node.proto",
         "proto/debvisor/units/v1/units.proto",
         "proto/debvisor/audit/v1/audit.proto",
+        "proto/debvisor/health/v1/health.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

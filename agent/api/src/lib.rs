@@ -40,6 +40,15 @@ pub mod audit {
     }
 }
 
+/// `debvisor.health.v1`: health checks, remediation and the boot gate.
+pub mod health {
+    /// Version 1 of the health service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.health.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every DebVisor protobuf, for
 /// `tonic-reflection`.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/debvisor_descriptor.bin"));
@@ -49,4 +58,5 @@ pub const SUPPORTED_SERVICES: &[&str] = &[
     "debvisor.node.v1.NodeService",
     "debvisor.units.v1.UnitService",
     "debvisor.audit.v1.AuditService",
+    "debvisor.health.v1.NodeHealthService",
 ];

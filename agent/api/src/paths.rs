@@ -5,6 +5,18 @@
 
 /// The agent's Unix socket (local API, authorised by peer credentials).
 pub const AGENT_SOCKET: &str = "/run/debvisor/agent.sock";
+/// debvisor-init's Unix socket (serves `debvisor.health.v1`; root only).
+/// The agent forwards health calls there.
+pub const INIT_SOCKET: &str = "/run/debvisor/init.sock";
+/// Local address of debvisor-init's Prometheus endpoint (health metrics).
+pub const INIT_METRICS: &str = "127.0.0.1:9465";
+/// The machine config in effect, on the data partition.
+pub const MACHINE_CONFIG: &str = "/var/lib/debvisor/machine.toml";
+/// The last machine config that was valid and applied.
+pub const MACHINE_CONFIG_LAST_GOOD: &str = "/var/lib/debvisor/machine.last-good.toml";
+/// Filesystem label of a config medium (a USB stick or a second disk)
+/// carrying `machine.toml` at its root.
+pub const CONFIG_MEDIUM_LABEL: &str = "DEBVISOR-CFG";
 /// TCP port of the agent's TLS gRPC endpoint.
 pub const AGENT_TLS_PORT: u16 = 7443;
 /// TCP port of the console's HTTPS endpoint.
