@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use debvisor_api::client::{ConnectError, connect_unix};
+use debvisor_api::health::v1::node_health_service_client::NodeHealthServiceClient;
+use debvisor_api::health::v1::{ListRequest, NodeHealth};
 use debvisor_api::node::v1::node_service_client::NodeServiceClient;
 use debvisor_api::node::v1::{GetStatusRequest, GetStatusResponse};
 
@@ -62,6 +64,10 @@ pub trait NodeSource: Send + Sync + 'static {
     /// Fetches the current status of the node, on behalf of the signed-in
     /// `user` (None for the console's own requests).
     fn status<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<GetStatusResponse, AgentError>>;
+
+    /// Fetches the node's health (checks, boot gate, machine config state)
+    /// on behalf of `user`.
+    fn health<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<NodeHealth, AgentError>>;
 }
 
 /// Metadata key naming the console user a request is made for. The agent
@@ -99,19 +105,36 @@ impl GrpcNodeSource {
             .await?
             .into_inner())
     }
+
+    async fn fetch_health(&self, user: Option<&str>) -> Result<NodeHealth, AgentError> {
+        let channel = connect_unix(&self.socket).await?;
+        let mut client = NodeHealthServiceClient::new(channel);
+        let request = ListRequest {
+            include_history: false,
+            kind: String::new(),
+        };
+        Ok(client.list(on_behalf_of(request, user)).await?.into_inner())
+    }
+}
+
+/// Runs `call` with the console's agent timeout and logs a failure.
+async fn bounded<T>(what: &str, call: impl Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
+    let result = tokio::time::timeout(AGENT_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(AgentError::Timeout));
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, cause = ?e.source().map(ToString::to_string), "agent {what} request failed");
+    }
+    result
 }
 
 impl NodeSource for GrpcNodeSource {
     fn status<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<GetStatusResponse, AgentError>> {
-        Box::pin(async move {
-            let result = tokio::time::timeout(AGENT_TIMEOUT, self.fetch(user))
-                .await
-                .unwrap_or(Err(AgentError::Timeout));
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, cause = ?e.source().map(ToString::to_string), "agent status request failed");
-            }
-            result
-        })
+        Box::pin(bounded("status", self.fetch(user)))
+    }
+
+    fn health<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<NodeHealth, AgentError>> {
+        Box::pin(bounded("health", self.fetch_health(user)))
     }
 }
 

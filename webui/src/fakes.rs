@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use debvisor_api::health::v1::{BootGate, Check, CheckResult, CheckStatus, GateState, NodeHealth, NodeState};
 use debvisor_api::node::v1::{Disk, GetStatusResponse, LoadAverage, Memory};
 
 use crate::agent::{AgentError, BoxFuture, NodeSource};
@@ -84,9 +85,67 @@ impl FixedNode {
     }
 }
 
+/// A healthy node's health: boot declared good, three passing checks and
+/// one warning.
+pub fn sample_health() -> NodeHealth {
+    let check = |name: &str, kind: &str, required: bool, status: CheckStatus, message: &str| Check {
+        name: name.into(),
+        kind: kind.into(),
+        required,
+        interval_ms: 10_000,
+        timeout_ms: 5_000,
+        last: Some(CheckResult {
+            status: status as i32,
+            message: message.into(),
+            started_unix_ms: 0,
+            duration_ms: 3,
+        }),
+        consecutive_failures: 0,
+        unit: String::new(),
+        history: Vec::new(),
+    };
+    NodeHealth {
+        state: NodeState::Healthy as i32,
+        degraded_reason: String::new(),
+        gate: Some(BootGate {
+            state: GateState::Good as i32,
+            deadline_unix_ms: 0,
+            decided_unix_ms: 0,
+            reason: "all required units active and required checks passing".into(),
+            slot: "A".into(),
+        }),
+        checks: vec![
+            check(
+                "service/debvisor-agent",
+                "service",
+                true,
+                CheckStatus::Pass,
+                "active, gRPC SERVING",
+            ),
+            check("storage/data", "storage", true, CheckStatus::Pass, "/data is 12% full"),
+            check("dns", "dns", false, CheckStatus::Warn, "no resolver answered"),
+            check(
+                "certificate/server",
+                "certificate",
+                true,
+                CheckStatus::Pass,
+                "valid for 3649 days",
+            ),
+        ],
+        alerts: Vec::new(),
+        config_error: String::new(),
+        config_digest: "0123abcd".into(),
+    }
+}
+
 impl NodeSource for FixedNode {
     fn status<'a>(&'a self, _user: Option<&'a str>) -> BoxFuture<'a, Result<GetStatusResponse, AgentError>> {
         let answer = self.0.clone().ok_or(AgentError::Timeout);
+        Box::pin(async move { answer })
+    }
+
+    fn health<'a>(&'a self, _user: Option<&'a str>) -> BoxFuture<'a, Result<NodeHealth, AgentError>> {
+        let answer = self.0.as_ref().map(|_| sample_health()).ok_or(AgentError::Timeout);
         Box::pin(async move { answer })
     }
 }

@@ -5,8 +5,8 @@
 //! | `GET /` | to `/status` when signed in, else to `/login` |
 //! | `GET /login`, `POST /login` | sign-in form (double-submit CSRF cookie), throttled |
 //! | `POST /logout` | sign-out (session CSRF token) |
-//! | `GET /status` | the node's figures from the agent (signed in) |
-//! | `GET /healthz` | `ok`, for the supervisor |
+//! | `GET /status` | the node's figures and health (checks, boot gate, refused machine config) from the agent (signed in) |
+//! | `GET /healthz` | `ok` for the supervisor (503 while the fault switch file exists) |
 //! | `GET /static/app.css` | the style sheet |
 //!
 //! Every response gets the security headers; every error response becomes
@@ -36,7 +36,7 @@ use crate::auth::{
 };
 use crate::auth::{random_token, tokens_match};
 use crate::error::{AppError, ErrorInfo};
-use crate::views::{Chrome, ErrorPage, LoginPage, Nav, NodeView, StatusPage};
+use crate::views::{Chrome, ErrorPage, HealthView, LoginPage, Nav, NodeView, StatusPage};
 
 /// The session cookie. The `__Host-` prefix makes browsers insist on
 /// `Secure`, `Path=/` and no `Domain`.
@@ -57,6 +57,10 @@ const CHROME_TIMEOUT: Duration = Duration::from_secs(2);
 /// Forms are tiny; anything bigger is refused.
 const MAX_BODY: usize = 16 * 1024;
 
+/// The console's fault switch: root creates this file to make `/healthz`
+/// fail (only root can write under /run/debvisor).
+pub const HEALTHZ_FAULT_FILE: &str = "/run/debvisor/faults/console-healthz";
+
 /// Shared state of the console: the agent, the credential, sessions and
 /// throttling.
 #[derive(Clone)]
@@ -68,6 +72,9 @@ struct Inner {
     sessions: SessionStore,
     throttle: Throttle,
     credential: AdminCredential,
+    /// While this file exists, `/healthz` answers 503 (fault injection for
+    /// the supervisor's tests).
+    healthz_fault: std::sync::OnceLock<PathBuf>,
     /// When the agent was last asked, and what it said the last time it
     /// answered.
     last_seen: Mutex<Option<(Instant, Option<HeaderFacts>)>>,
@@ -94,8 +101,16 @@ impl AppState {
             throttle: Throttle::new(clock.clone()),
             credential: AdminCredential::new(admin_hash),
             clock,
+            healthz_fault: std::sync::OnceLock::new(),
             last_seen: Mutex::new(None),
         }))
+    }
+
+    /// Makes `/healthz` answer 503 while `file` exists.
+    /// Set once; a second call keeps the first file.
+    pub fn with_healthz_fault_file(self, file: impl Into<PathBuf>) -> Self {
+        let _ = self.0.healthz_fault.set(file.into());
+        self
     }
 
     /// The session store.
@@ -239,8 +254,21 @@ async fn index(MaybeSession(session): MaybeSession) -> Redirect {
     Redirect::to(if session.is_some() { "/status" } else { "/login" })
 }
 
-async fn healthz() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
+/// The supervisor's probe of the console. While the fault switch file
+/// exists (root creates it; see [`HEALTHZ_FAULT_FILE`]) it answers 503, so
+/// that system tests can make the console fail its health check without
+/// stopping it.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    match state.0.healthz_fault.get() {
+        Some(file) if file.exists() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            format!("fault injected: {} exists", file.display()),
+        )
+            .into_response(),
+        _ => (plain, "ok").into_response(),
+    }
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -413,13 +441,17 @@ async fn logout(
 }
 
 async fn status(State(state): State<AppState>, RequireSession(session): RequireSession) -> Result<Response, AppError> {
-    let result = state.status(Some(&session.user)).await;
+    let (result, health) = tokio::join!(
+        state.status(Some(&session.user)),
+        state.0.node.health(Some(&session.user))
+    );
+    let health = health.as_ref().map(HealthView::from).map_err(AgentError::summary);
     let chrome = state.chrome(Some(nav_for(&session))).await;
     let (code, node) = match &result {
         Ok(s) => (StatusCode::OK, Ok(NodeView::from(s))),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Err(e.summary())),
     };
-    let html = StatusPage { chrome, node }.render()?;
+    let html = StatusPage { chrome, node, health }.render()?;
     Ok((code, Html(html)).into_response())
 }
 

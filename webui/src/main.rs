@@ -39,6 +39,10 @@ struct Cli {
     /// sign-in attempt.
     #[arg(long, default_value = paths::ADMIN_PASSWORD_HASH)]
     admin_hash: PathBuf,
+    /// Fault switch: while this file exists, /healthz answers 503 and the
+    /// supervisor sees the console as failing (for tests of remediation).
+    #[arg(long, default_value = debvisor_webui::handlers::HEALTHZ_FAULT_FILE)]
+    healthz_fault_file: PathBuf,
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,7 +56,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let https_addr = https.local_addr().context("Cannot read the HTTPS listener's address")?;
     let http_addr = http.local_addr().context("Cannot read the HTTP listener's address")?;
 
-    let state = AppState::new(Arc::new(GrpcNodeSource::new(&cli.agent_socket)), &cli.admin_hash);
+    let state = AppState::new(Arc::new(GrpcNodeSource::new(&cli.agent_socket)), &cli.admin_hash)
+        .with_healthz_fault_file(&cli.healthz_fault_file);
     let app = router(state);
     let redirector = axum::serve(http, redirect_router(https_addr.port()));
 

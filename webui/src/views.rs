@@ -5,6 +5,7 @@
 //! loops and conditionals.
 
 use askama::Template;
+use debvisor_api::health::v1::{CheckStatus, GateState, NodeHealth, NodeState};
 use debvisor_api::node::v1::GetStatusResponse;
 
 /// What every page shows around its content.
@@ -51,6 +52,94 @@ pub struct StatusPage {
     pub chrome: Chrome,
     /// The figures, or why the agent could not give them.
     pub node: Result<NodeView, String>,
+    /// The node's health, or why it could not be read.
+    pub health: Result<HealthView, String>,
+}
+
+/// One check that is not passing, for the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckRow {
+    /// "service/debvisor-webui".
+    pub name: String,
+    /// "warn" or "fail" (also the CSS class).
+    pub status: &'static str,
+    /// Required for a good boot.
+    pub required: bool,
+    /// What the check found.
+    pub message: String,
+}
+
+/// The node's health, formatted for the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthView {
+    /// "Healthy", "Degraded" or "Starting".
+    pub state: &'static str,
+    /// "ok", "warn" or "crit".
+    pub level: &'static str,
+    /// Why the node is degraded (empty otherwise).
+    pub degraded_reason: String,
+    /// "Good", "Bad" or "Pending".
+    pub gate: &'static str,
+    /// The gate's reason.
+    pub gate_reason: String,
+    /// The machine config that was refused, if any.
+    pub config_error: Option<String>,
+    /// Passing checks.
+    pub passing: usize,
+    /// Every check.
+    pub total: usize,
+    /// Checks that warn or fail, failing and required first.
+    pub problems: Vec<CheckRow>,
+}
+
+impl From<&NodeHealth> for HealthView {
+    fn from(h: &NodeHealth) -> Self {
+        let (state, level) = match NodeState::try_from(h.state).unwrap_or_default() {
+            NodeState::Healthy => ("Healthy", "ok"),
+            NodeState::Degraded => ("Degraded", "crit"),
+            _ => ("Starting", "warn"),
+        };
+        let gate = h.gate.clone().unwrap_or_default();
+        let status_of = |c: &debvisor_api::health::v1::Check| {
+            c.last
+                .as_ref()
+                .and_then(|r| CheckStatus::try_from(r.status).ok())
+                .unwrap_or_default()
+        };
+        let mut problems: Vec<CheckRow> = h
+            .checks
+            .iter()
+            .filter_map(|c| {
+                let status = match status_of(c) {
+                    CheckStatus::Warn => "warn",
+                    CheckStatus::Fail => "fail",
+                    _ => return None,
+                };
+                Some(CheckRow {
+                    name: c.name.clone(),
+                    status,
+                    required: c.required,
+                    message: c.last.as_ref().map(|r| r.message.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        problems.sort_by_key(|r| (r.status != "fail", !r.required));
+        HealthView {
+            state,
+            level,
+            degraded_reason: h.degraded_reason.clone(),
+            gate: match GateState::try_from(gate.state).unwrap_or_default() {
+                GateState::Good => "Good",
+                GateState::Bad => "Bad",
+                _ => "Pending",
+            },
+            gate_reason: gate.reason,
+            config_error: Some(h.config_error.clone()).filter(|e| !e.is_empty()),
+            passing: h.checks.iter().filter(|c| status_of(c) == CheckStatus::Pass).count(),
+            total: h.checks.len(),
+            problems,
+        }
+    }
 }
 
 /// A friendly error page.
@@ -304,6 +393,7 @@ mod tests {
                 }),
             },
             node: Ok(NodeView::from(&status)),
+            health: Ok(HealthView::from(&crate::fakes::sample_health())),
         };
         let html = page.render().unwrap();
         assert!(
@@ -316,6 +406,33 @@ mod tests {
         assert!(html.contains("read-only"));
         assert!(html.contains("t0k3n"));
         assert!(!html.contains("style="), "CSP forbids inline styles");
+        assert!(html.contains("Healthy"), "{html}");
+        assert!(html.contains("3 of 4 checks pass"), "{html}");
+        assert!(html.contains("no resolver answered"), "{html}");
+    }
+
+    #[test]
+    fn refused_machine_config_and_degraded_state_show() {
+        let mut health = crate::fakes::sample_health();
+        health.state = NodeState::Degraded as i32;
+        health.degraded_reason = "service/debvisor-webui failed after 3 restarts".into();
+        health.config_error = "network.vlans[0].id = 5000: a VLAN id is 1-4094".into();
+        health.checks[1].last.as_mut().unwrap().status = CheckStatus::Fail as i32;
+        let view = HealthView::from(&health);
+        assert_eq!((view.state, view.level), ("Degraded", "crit"));
+        assert_eq!(
+            view.problems[0].name, "storage/data",
+            "failing required checks come first"
+        );
+        let page = StatusPage {
+            chrome: Chrome::default(),
+            node: Ok(NodeView::from(&FixedNode::sample("n").0.unwrap())),
+            health: Ok(view),
+        };
+        let html = page.render().unwrap();
+        assert!(html.contains("Machine config refused"), "{html}");
+        assert!(html.contains("network.vlans[0].id = 5000"), "{html}");
+        assert!(html.contains("failed after 3 restarts"), "{html}");
     }
 
     #[test]
@@ -323,6 +440,7 @@ mod tests {
         let page = StatusPage {
             chrome: Chrome::default(),
             node: Err("Cannot connect to the agent socket /run/x.sock".into()),
+            health: Err("Cannot connect to the agent socket /run/x.sock".into()),
         };
         let html = page.render().unwrap();
         assert!(html.contains("Agent unreachable"));

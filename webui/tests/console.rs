@@ -15,6 +15,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use debvisor_api::health::v1::node_health_service_server::{NodeHealthService, NodeHealthServiceServer};
+use debvisor_api::health::v1::{ListRequest, NodeHealth, NodeState, WatchRequest};
 use debvisor_api::node::v1::node_service_server::{NodeService, NodeServiceServer};
 use debvisor_api::node::v1::{Disk, GetStatusRequest, GetStatusResponse, LoadAverage, Memory};
 use debvisor_webui::agent::GrpcNodeSource;
@@ -104,6 +106,31 @@ impl NodeService for FixedAgent {
     }
 }
 
+/// The node's health as debvisor-init would report it through the agent:
+/// degraded, with a refused machine config.
+struct FixedHealth;
+
+#[tonic::async_trait]
+impl NodeHealthService for FixedHealth {
+    async fn list(&self, _: tonic::Request<ListRequest>) -> Result<tonic::Response<NodeHealth>, tonic::Status> {
+        let mut health = debvisor_webui::fakes::sample_health();
+        health.state = NodeState::Degraded as i32;
+        health.degraded_reason = "service/debvisor-webui kept failing after 3 restarts".into();
+        health.config_error =
+            "machine config from DEBVISOR-CFG: network.vlans[0].id = 5000: a VLAN id is 1-4094".into();
+        Ok(tonic::Response::new(health))
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<NodeHealth, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<WatchRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used by the console"))
+    }
+}
+
 struct Console {
     app: Router,
     clock: Arc<ManualClock>,
@@ -146,13 +173,15 @@ async fn console(agent: Option<FixedAgent>) -> Console {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(NodeServiceServer::new(agent))
+                .add_service(NodeHealthServiceServer::new(FixedHealth))
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
         );
     }
     let hash_path = dir.join("admin.argon2");
     std::fs::write(&hash_path, hash(PASSWORD)).unwrap();
     let clock = Arc::new(ManualClock::new());
-    let state = AppState::with_clock(Arc::new(GrpcNodeSource::new(socket)), hash_path, clock.clone());
+    let state = AppState::with_clock(Arc::new(GrpcNodeSource::new(socket)), hash_path, clock.clone())
+        .with_healthz_fault_file(dir.join("fault"));
     Console {
         app: router(state),
         clock,
@@ -300,6 +329,11 @@ async fn right_password_gives_a_strict_session_cookie_and_the_status_page() {
         "read-only",
         "read-write",
         "/data",
+        "Degraded",
+        "kept failing after 3 restarts",
+        "Machine config refused",
+        "network.vlans[0].id = 5000",
+        "no resolver answered",
     ] {
         assert!(page.body.contains(text), "{text:?} missing from the status page");
     }
@@ -410,6 +444,19 @@ async fn friendly_pages_for_health_404_and_wrong_methods() {
     let c = console(Some(FixedAgent { simulated: false })).await;
     let health = get(&c.app, "/healthz", "").await;
     assert_eq!((health.status, health.body.as_str()), (StatusCode::OK, "ok"));
+    std::fs::write(c.dir.join("fault"), "").unwrap();
+    let faulty = get(&c.app, "/healthz", "").await;
+    assert_eq!(
+        faulty.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the fault switch fails /healthz"
+    );
+    assert!(
+        !faulty.body.contains(c.dir.to_str().unwrap()),
+        "error pages never show internals"
+    );
+    std::fs::remove_file(c.dir.join("fault")).unwrap();
+    assert_eq!(get(&c.app, "/healthz", "").await.status, StatusCode::OK);
     let missing = get(&c.app, "/nope", "").await;
     assert!(missing.header(header::CONTENT_TYPE).starts_with("text/html"));
     assert!(missing.body.contains("Page not found"));
