@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod machine;
 pub mod paths;
 pub mod tls;
 pub mod validate;
