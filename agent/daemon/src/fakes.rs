@@ -3,9 +3,15 @@
 
 use std::time::Instant;
 
+use debvisor_api::health::v1::{
+    Alert, BootGate, Check, CheckResult, CheckStatus, GateState, ListRequest, NodeHealth, NodeState, Severity,
+    WatchRequest,
+};
 use debvisor_api::node::v1::{Disk, GetStatusResponse, LoadAverage, Memory};
+use tokio_stream::StreamExt;
 
-use crate::host::{HostError, HostFacts};
+use crate::health_service::{HealthError, HealthSource, HealthStream};
+use crate::host::{HostError, HostFacts, now_unix_ms};
 
 /// A simulated node: fixed identity, uptime counting from creation.
 #[derive(Debug)]
@@ -66,5 +72,203 @@ impl HostFacts for FakeHost {
             simulated: true,
             sampled_at_unix_ms: crate::host::now_unix_ms(),
         })
+    }
+}
+
+/// The simulated node's health, for `--sim` only: a fixed set of checks of
+/// every kind with plausible results (one certificate close to expiry), a
+/// boot gate declared good 40 s after start and the alert that said so.
+/// Every message ends in "(simulated)". List honours the kind filter and the
+/// history flag like debvisor-init; Watch sends the state once and stays open
+/// until the client leaves, as nothing changes on a simulated node.
+#[derive(Debug)]
+pub struct SimHealth {
+    started_unix_ms: i64,
+}
+
+/// One simulated check.
+struct SimCheck {
+    name: &'static str,
+    kind: &'static str,
+    required: bool,
+    unit: &'static str,
+    interval_s: u32,
+    status: CheckStatus,
+    message: &'static str,
+}
+
+/// The simulated checks, one or two of each kind.
+const SIM_CHECKS: &[SimCheck] = &[
+    SimCheck {
+        name: "service/debvisor-agent",
+        kind: "service",
+        required: true,
+        unit: "debvisor-agent.service",
+        interval_s: 10,
+        status: CheckStatus::Pass,
+        message: "active; gRPC health SERVING in 2 ms",
+    },
+    SimCheck {
+        name: "service/debvisor-webui",
+        kind: "service",
+        required: true,
+        unit: "debvisor-webui.service",
+        interval_s: 10,
+        status: CheckStatus::Pass,
+        message: "active; HTTPS answered 200 in 9 ms",
+    },
+    SimCheck {
+        name: "network/gateway",
+        kind: "network",
+        required: true,
+        unit: "",
+        interval_s: 30,
+        status: CheckStatus::Pass,
+        message: "gateway 10.0.2.2 answered in 1 ms",
+    },
+    SimCheck {
+        name: "dns",
+        kind: "dns",
+        required: false,
+        unit: "",
+        interval_s: 60,
+        status: CheckStatus::Pass,
+        message: "deb.debian.org resolved in 12 ms",
+    },
+    SimCheck {
+        name: "storage/data",
+        kind: "storage",
+        required: true,
+        unit: "",
+        interval_s: 60,
+        status: CheckStatus::Pass,
+        message: "/data is 10% full (limit 90%), mounted read-write",
+    },
+    SimCheck {
+        name: "resources/memory",
+        kind: "resources",
+        required: false,
+        unit: "",
+        interval_s: 30,
+        status: CheckStatus::Pass,
+        message: "25% of 8.0 GiB used (limit 90%)",
+    },
+    SimCheck {
+        name: "certificate/server",
+        kind: "certificate",
+        required: false,
+        unit: "",
+        interval_s: 3600,
+        status: CheckStatus::Warn,
+        message: "node certificate expires in 21 days (renewal under 30 days)",
+    },
+];
+
+/// Earlier results kept per check in the simulated history.
+const SIM_HISTORY: i64 = 3;
+
+impl SimHealth {
+    /// A simulated node whose boot started now.
+    pub fn new() -> Self {
+        Self {
+            started_unix_ms: now_unix_ms(),
+        }
+    }
+
+    /// The state at `now_unix_ms`.
+    pub fn health(&self, now_unix_ms: i64, include_history: bool, kind: &str) -> NodeHealth {
+        let up_ms = now_unix_ms - self.started_unix_ms;
+        let checks = SIM_CHECKS
+            .iter()
+            .filter(|c| kind.is_empty() || c.kind == kind)
+            .map(|c| {
+                let interval_ms = i64::from(c.interval_s) * 1000;
+                let result = |runs_ago: i64| CheckResult {
+                    status: c.status as i32,
+                    message: format!("{} (simulated)", c.message),
+                    started_unix_ms: now_unix_ms - (up_ms % interval_ms) - runs_ago * interval_ms,
+                    duration_ms: 3,
+                };
+                Check {
+                    name: c.name.into(),
+                    kind: c.kind.into(),
+                    required: c.required,
+                    interval_ms: c.interval_s * 1000,
+                    timeout_ms: 5000,
+                    last: Some(result(0)),
+                    consecutive_failures: 0,
+                    unit: c.unit.into(),
+                    history: if include_history {
+                        (1..=SIM_HISTORY.min(up_ms / interval_ms)).map(result).collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        let decided = self.started_unix_ms + 40_000;
+        NodeHealth {
+            state: NodeState::Healthy as i32,
+            degraded_reason: String::new(),
+            gate: Some(BootGate {
+                state: GateState::Good as i32,
+                deadline_unix_ms: self.started_unix_ms + 300_000,
+                decided_unix_ms: decided,
+                reason: "all required units active and required checks passing (simulated)".into(),
+                slot: "A".into(),
+            }),
+            checks,
+            alerts: vec![Alert {
+                time_unix_ms: decided,
+                severity: Severity::Info as i32,
+                check: String::new(),
+                action: "boot-good".into(),
+                message: "slot A declared good (simulated)".into(),
+            }],
+            config_error: String::new(),
+            config_digest: "5153c0ffee42".into(),
+        }
+    }
+}
+
+impl Default for SimHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[tonic::async_trait]
+impl HealthSource for SimHealth {
+    async fn list(&self, req: ListRequest) -> Result<NodeHealth, HealthError> {
+        Ok(self.health(now_unix_ms(), req.include_history, &req.kind))
+    }
+
+    async fn watch(&self, req: WatchRequest) -> Result<HealthStream, HealthError> {
+        let first = self.health(now_unix_ms(), req.include_history, "");
+        Ok(Box::pin(tokio_stream::once(Ok(first)).chain(tokio_stream::pending())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_health_filters_by_kind_and_keeps_history_on_request() {
+        let sim = SimHealth::new();
+        let later = sim.started_unix_ms + 600_000;
+        let all = sim.health(later, false, "");
+        assert_eq!(all.checks.len(), SIM_CHECKS.len());
+        assert_eq!(all.state, NodeState::Healthy as i32);
+        assert!(all.checks.iter().all(|c| c.history.is_empty()));
+        assert!(all.checks.iter().any(|c| c.required));
+
+        let services = sim.health(later, true, "service");
+        assert_eq!(services.checks.len(), 2);
+        assert!(services.checks.iter().all(|c| c.kind == "service"));
+        let h = &services.checks[0].history;
+        assert_eq!(h.len(), 3);
+        assert!(h[0].started_unix_ms > h[1].started_unix_ms, "most recent first");
+        assert!(sim.health(later, false, "nothing").checks.is_empty());
     }
 }

@@ -1,16 +1,18 @@
 //! The DebVisor node agent: the one door to a node.
 //!
-//! Serves the `debvisor.*.v1` gRPC services (node, units, audit) over a Unix
-//! socket (authorised by peer credentials) and over TCP with mutual TLS. Host
-//! facilities sit behind traits ([`host::HostFacts`], and the systemd units
-//! and journal of `debvisor-systemd`) with a production implementation and
-//! fakes for tests and `--sim`. Every mutating call lands in the hash-chained
-//! audit log of `debvisor-audit`.
+//! Serves the `debvisor.*.v1` gRPC services (node, units, audit, and health,
+//! which it forwards to debvisor-init) over a Unix socket (authorised by peer
+//! credentials) and over TCP with mutual TLS. Host facilities sit behind
+//! traits ([`host::HostFacts`], [`health_service::HealthSource`], and the
+//! systemd units and journal of `debvisor-systemd`) with a production
+//! implementation and fakes for tests and `--sim`. Every mutating call lands
+//! in the hash-chained audit log of `debvisor-audit`.
 
 pub mod audit_service;
 pub mod auth;
 pub mod config;
 pub mod fakes;
+pub mod health_service;
 pub mod host;
 pub mod routing;
 pub mod server;

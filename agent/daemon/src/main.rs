@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use debvisor_agent::config::{self, AgentConfig};
-use debvisor_agent::fakes::FakeHost;
+use debvisor_agent::fakes::{FakeHost, SimHealth};
+use debvisor_agent::health_service::InitForwarder;
 use debvisor_agent::host::ProcHost;
 use debvisor_agent::server::{self, Backends, ServeConfig, TlsListen};
 use debvisor_api::paths;
@@ -38,6 +39,10 @@ struct Args {
     /// The CA that client certificates must chain to (PEM).
     #[arg(long, default_value = paths::CA_CERT)]
     tls_client_ca: PathBuf,
+    /// debvisor-init's socket, where the node's health checks are read
+    /// (ignored with --sim).
+    #[arg(long, default_value = paths::INIT_SOCKET)]
+    init_socket: PathBuf,
     /// Serve only the Unix socket.
     #[arg(long)]
     no_tcp: bool,
@@ -45,8 +50,8 @@ struct Args {
     /// simulation mode the log is kept in memory unless this is given.
     #[arg(long)]
     audit_db: Option<PathBuf>,
-    /// Simulation mode: a fake host, units and journal, labelled as such in
-    /// every status answer.
+    /// Simulation mode: a fake host, units, journal and health checks,
+    /// labelled as such in every status answer and check result.
     #[arg(long)]
     sim: bool,
 }
@@ -94,13 +99,14 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     let backends = if args.sim {
-        tracing::warn!("SIMULATION MODE: answers come from a fake host, fake units and a fake journal");
+        tracing::warn!("SIMULATION MODE: answers come from a fake host, units, journal and health checks");
         let journal = Arc::new(FakeJournal::new());
         Backends {
             host: Arc::new(FakeHost::new("sim-node")),
             units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
             journal,
             audit,
+            health: Arc::new(SimHealth::new()),
         }
     } else {
         Backends {
@@ -112,6 +118,7 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
             ),
             journal: Arc::new(JournalCtl::new()),
             audit,
+            health: Arc::new(InitForwarder::new(&args.init_socket)),
         }
     };
     let serve_cfg = ServeConfig {

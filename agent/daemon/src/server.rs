@@ -1,6 +1,6 @@
 //! The agent's transports: the Unix socket (peer credentials) and TCP with
-//! mutual TLS, both serving the same services (node, units, audit,
-//! grpc.health.v1 and reflection) behind the same middleware: tracing,
+//! mutual TLS, both serving the same services (node, units, audit, node
+//! health, grpc.health.v1 and reflection) behind the same middleware: tracing,
 //! metrics, caller identity, per-client rate limiting and an UNIMPLEMENTED
 //! answer that names the supported versions.
 
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use debvisor_api::audit::v1::audit_service_server::AuditServiceServer;
+use debvisor_api::health::v1::node_health_service_server::NodeHealthServiceServer;
 use debvisor_api::node::v1::node_service_server::NodeServiceServer;
 use debvisor_api::units::v1::unit_service_server::UnitServiceServer;
 use debvisor_audit::AuditLog;
@@ -23,6 +24,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use crate::audit_service::{AuditApi, Auditor};
 use crate::auth::{self, PeerPolicy};
 use crate::config::AgentConfig;
+use crate::health_service::{HealthApi, HealthSource};
 use crate::host::HostFacts;
 use crate::routing::{KnownMethods, UnknownMethodLayer};
 use crate::service::NodeApi;
@@ -65,6 +67,8 @@ pub struct Backends {
     pub journal: Arc<dyn Journal>,
     /// The audit log.
     pub audit: AuditLog,
+    /// The node's health: debvisor-init's socket, or a simulation.
+    pub health: Arc<dyn HealthSource>,
 }
 
 /// Listeners bound and ready to serve; binding first lets the caller report
@@ -165,11 +169,13 @@ async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
         max
     );
     let audit = tuned!(AuditServiceServer::new(AuditApi::new(b.audit.clone())), max);
+    let node_health = tuned!(NodeHealthServiceServer::new(HealthApi::new(b.health.clone())), max);
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
     reporter.set_serving::<UnitServiceServer<UnitsApi>>().await;
     reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
+    reporter.set_serving::<NodeHealthServiceServer<HealthApi>>().await;
     fn reflection() -> tonic_reflection::server::Builder<'static> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(debvisor_api::DESCRIPTOR_SET)
@@ -184,6 +190,7 @@ async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
     Ok(Routes::new(node)
         .add_service(units)
         .add_service(audit)
+        .add_service(node_health)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))

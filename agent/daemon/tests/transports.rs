@@ -105,6 +105,7 @@ impl Agent {
             units: units.clone(),
             journal,
             audit: AuditLog::open(&d.join("audit.db")).await.unwrap(),
+            health: Arc::new(debvisor_agent::health_service::InitForwarder::new(d.join("init.sock"))),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(bound, backends, cfg, Metrics::new(), async {
