@@ -1,51 +1,146 @@
 //! `debvisor-init`: the supervisor beside PID 1.
 //!
 //! On every boot it makes sure the node's PKI and admin credential exist
-//! (creating them on first boot), starts the agent and the console through
-//! systemd's D-Bus API, waits until both answer, reports readiness on the
-//! serial console, and keeps them running.
+//! (creating them on first boot), starts the supervised units through
+//! systemd's D-Bus API and keeps them started from its signals, runs the
+//! health checks with remediation, decides the boot gate, serves
+//! `debvisor.health.v1` on its socket and metrics on 127.0.0.1:9465, and
+//! reports readiness on the serial console. `debvisor-init check` runs the
+//! checks once and prints a table.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use debvisor_api::paths;
-use debvisor_init::systemd::{self, Systemd};
-use debvisor_init::{console, credentials, pki, probe};
-use tokio_stream::StreamExt;
+use debvisor_init::health::checks::node_checks;
+use debvisor_init::health::metrics::HealthMetrics;
+use debvisor_init::health::{Check, ConfigState, Health, Settings, Status, engine, run_once, server};
+use debvisor_init::manager::DbusManager;
+use debvisor_init::supervise::{Supervisor, supervised_set};
+use debvisor_init::{alerts, console, credentials, gate, health, pki, probe};
+use debvisor_systemd::{SystemdUnits, Units};
+use tokio::sync::watch;
 
 /// The DebVisor supervisor.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Units to start and keep running.
-    #[arg(long = "unit", default_values = ["debvisor-agent.service", "debvisor-webui.service"])]
-    units: Vec<String>,
-    /// How long the agent and the console get to answer after start.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// How long the agent and the console get to answer after start before
+    /// `boot-failed` is written to the serial console.
     #[arg(long, default_value = "180", value_name = "SECONDS")]
     ready_timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every health check once and print a table; exits 1 when a
+    /// required check fails.
+    Check,
 }
 
 #[tokio::main]
 async fn main() {
     debvisor_api::daemon::init_logging();
     let args = Args::parse();
-    if let Err(e) = run(args).await {
-        tracing::error!("{e:#}");
-        console::marker("boot-failed", &format!("{e:#}"));
-        std::process::exit(1);
+    match args.command {
+        // INTEGRATION: read the machine config's settings here
+        // (Settings::from(&machine_config)) once H1's loader lands.
+        Some(Command::Check) => std::process::exit(check(&Settings::default()).await),
+        None => {
+            if let Err(e) = run(args).await {
+                tracing::error!("{e:#}");
+                console::marker("boot-failed", &format!("{e:#}"));
+                std::process::exit(1);
+            }
+        }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn status(text: &str) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(text)]);
 }
 
+/// `debvisor-init check`: runs the checks of `settings` once, concurrently,
+/// each with its timeout; prints CHECK, KIND, REQUIRED, STATUS, MESSAGE and
+/// TIME; returns 1 when a required check fails, 0 otherwise.
+async fn check(settings: &Settings) -> i32 {
+    let hostname = hostname();
+    let (_config_tx, config_rx) = watch::channel(ConfigState::default());
+    let (checks, unreachable) = match SystemdUnits::connect().await {
+        Ok(u) => {
+            let units: Arc<dyn Units> = Arc::new(u);
+            let supervised = supervised_set(units.as_ref(), &settings.supervise).await;
+            (node_checks(&settings.health, units, &supervised, &hostname, config_rx), None)
+        }
+        Err(e) => {
+            // Without systemd the service checks cannot run: they fail.
+            let units: Arc<dyn Units> = Arc::new(debvisor_systemd::fakes::FakeUnits::new());
+            let all = node_checks(&settings.health, units, &settings.supervise, &hostname, config_rx);
+            (all, Some(format!("cannot connect to systemd over D-Bus: {e}")))
+        }
+    };
+    let timeout = settings.health.timeout();
+    let runs = futures_util::future::join_all(checks.iter().map(|c| async {
+        match &unreachable {
+            Some(e) if c.kind() == "service" => (debvisor_init::health::Outcome::fail(e.clone()), 0, Duration::ZERO),
+            _ => run_once(c.as_ref(), timeout).await,
+        }
+    }))
+    .await;
+    let mut rows = vec![["CHECK", "KIND", "REQUIRED", "STATUS", "MESSAGE", "TIME"].map(String::from)];
+    let mut code = 0;
+    for (c, (outcome, _, took)) in checks.iter().zip(runs) {
+        if c.required() && outcome.status == Status::Fail {
+            code = 1;
+        }
+        let status = match outcome.status {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        rows.push([
+            c.name().to_string(),
+            c.kind().to_string(),
+            if c.required() { "yes" } else { "no" }.to_string(),
+            status.to_string(),
+            outcome.message,
+            format!("{} ms", took.as_millis()),
+        ]);
+    }
+    print!("{}", table(&rows));
+    code
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(rows: &[[String; 6]]) -> String {
+    let mut widths = [0usize; 6];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let hostname = hostname();
 
     status("Preparing the node PKI");
     let pki = pki::Pki::new(paths::PKI_DIR).ensure(&hostname).context("Node PKI")?;
@@ -60,18 +155,85 @@ async fn run(args: Args) -> anyhow::Result<()> {
         console::marker("admin-password", &format!("admin {password}"));
     }
 
-    let systemd = Systemd::connect()
-        .await
-        .context("Cannot connect to systemd over D-Bus")?;
+    // INTEGRATION (H1): call the machine config's `load_and_apply` here,
+    // before any unit is started; build `settings` from the config it
+    // applied (Settings { health, webhooks, gate_deadline_seconds,
+    // supervise } from MachineConfig) and publish its outcome on
+    // `config_tx` (ConfigState { digest, error }). An invalid config must
+    // not stop the supervisor: keep going with the last good settings.
+    let settings = Settings::default();
+    let (config_tx, config_rx) = watch::channel(ConfigState::default());
+
+    let units: Arc<dyn Units> = Arc::new(
+        SystemdUnits::connect()
+            .await
+            .context("Cannot connect to systemd over D-Bus")?,
+    );
+    let manager = Arc::new(DbusManager::connect().await.context("Cannot connect to systemd over D-Bus")?);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
 
-    status("Starting the agent and the console");
-    for unit in &args.units {
-        if let Err(e) = systemd.start_and_wait(unit).await {
+    let metrics = debvisor_telemetry::Metrics::new();
+    let health_metrics = HealthMetrics::register(&metrics);
+
+    status("Starting the supervised units");
+    let supervised = supervised_set(units.as_ref(), &settings.supervise).await;
+    tracing::info!(units = ?supervised, "supervising");
+    let supervisor = Supervisor::new(units.clone(), manager, supervised.clone(), Some(health_metrics.clone()));
+    tokio::spawn(supervisor.run());
+
+    let checks: Vec<Arc<dyn Check>> =
+        node_checks(&settings.health, units.clone(), &supervised, &hostname, config_rx.clone());
+    let gate_deadline = settings.gate_deadline();
+    let health = Arc::new(Health::new(
+        &checks,
+        settings.health.interval(),
+        settings.health.timeout(),
+        settings.health.history,
+        engine::now_unix_ms() + i64::try_from(gate_deadline.as_millis()).unwrap_or(i64::MAX),
+        Some(health_metrics),
+    ));
+    tokio::spawn(follow_config(health.clone(), config_rx));
+    let alerts = alerts::Alerts::spawn(
+        hostname.clone(),
+        settings.webhooks.clone(),
+        Some(alerts::audit_path(alerts::AGENT_CONFIG)),
+        Some(health.clone()),
+        Duration::from_secs(1),
+    );
+    let _scheduler = health::spawn_scheduler(
+        health.clone(),
+        checks,
+        settings.health.interval(),
+        settings.health.timeout(),
+    );
+    tokio::spawn(health::remediation::run(
+        health.clone(),
+        units.clone(),
+        alerts.clone(),
+        settings.health.clone(),
+    ));
+    let slot = gate::booted_slot(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    tokio::spawn(gate::run(health.clone(), alerts, gate_deadline, slot));
+
+    let rx = health.subscribe();
+    tokio::spawn(async move {
+        let socket = std::path::Path::new(paths::INIT_SOCKET);
+        if let Err(e) = server::serve_unix(socket, rx, std::future::pending()).await {
             tracing::error!("{e:#}");
         }
+    });
+    match tokio::net::TcpListener::bind(paths::INIT_METRICS).await {
+        Ok(listener) => {
+            tokio::spawn(async move {
+                if let Err(e) = debvisor_telemetry::serve_metrics(listener, metrics, std::future::pending()).await {
+                    tracing::error!("Metrics endpoint failed: {e}");
+                }
+            });
+        }
+        Err(e) => tracing::error!("Cannot bind the metrics endpoint {}: {e}", paths::INIT_METRICS),
     }
+
     let pin = debvisor_api::client::parse_fingerprint(&pki.server_fingerprint)?;
     let deadline = Duration::from_secs(args.ready_timeout);
     let ready = tokio::try_join!(
@@ -89,8 +251,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             status("Degraded: agent or console does not answer");
         }
     }
+    drop(config_tx); // INTEGRATION: keep it where the config is re-applied on change.
+    debvisor_api::daemon::shutdown_signal().await;
+    Ok(())
+}
 
-    supervise(&systemd, &args.units).await
+/// Copies the machine config's state into the health state.
+async fn follow_config(health: Arc<Health>, mut rx: watch::Receiver<ConfigState>) {
+    loop {
+        health.set_config(&rx.borrow_and_update().clone());
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The admin bundle is written before the network is up on a first boot, so
@@ -109,31 +282,6 @@ async fn fill_bundle_endpoints(hostname: String) {
     tracing::warn!("the node has no address after 2 minutes; the admin client bundle lists no endpoint");
 }
 
-/// Starts again any supervised unit that stops, from systemd's signals.
-async fn supervise(systemd: &Systemd, units: &[String]) -> anyhow::Result<()> {
-    let mut changes = systemd::watch_units(systemd, units).await?;
-    let shutdown = debvisor_api::daemon::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            change = changes.next() => {
-                let Some(change) = change else { anyhow::bail!("systemd signal stream ended") };
-                tracing::debug!(unit = %change.unit, state = %change.active_state, "unit state");
-                if systemd::needs_start(&change.active_state) && !systemd.stopping().await {
-                    tracing::warn!(unit = %change.unit, state = %change.active_state, "supervised unit stopped; starting it again");
-                    let (s, unit) = (systemd.clone(), change.unit.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = s.start_and_wait(&unit).await {
-                            tracing::error!("{e:#}");
-                        }
-                    });
-                }
-            }
-        }
-    }
-}
-
 /// Pings systemd's watchdog at half its interval, from the runtime that does
 /// the supervision: if the runtime stalls, systemd restarts us.
 fn spawn_watchdog() {
@@ -146,5 +294,20 @@ fn spawn_watchdog() {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_columns_line_up() {
+        let rows = [
+            ["CHECK", "KIND", "REQUIRED", "STATUS", "MESSAGE", "TIME"].map(String::from),
+            ["dns", "dns", "no", "PASS", "ok", "3 ms"].map(String::from),
+        ];
+        assert_eq!(
+            super::table(&rows),
+            "CHECK  KIND  REQUIRED  STATUS  MESSAGE  TIME\ndns    dns   no        PASS    ok       3 ms\n"
+        );
     }
 }

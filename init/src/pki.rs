@@ -267,6 +267,44 @@ impl Pki {
         Ok(Issuer::new(params, key))
     }
 
+    /// Replaces the server certificate and key with new ones signed by the
+    /// node CA, valid for `days` from now (the health check renews it when
+    /// it nears expiry). The agent and the console read it at start: restart
+    /// them to serve it. Returns the new fingerprint.
+    pub fn renew_server(&self, hostname: &str, days: u32) -> Result<String, PkiError> {
+        let ca_pem = self.read_string("ca.pem")?;
+        let issuer = self.issuer(&ca_pem)?;
+        let now = rcgen::date_time_ymd(1970, 1, 1) + SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (cert, key) = sign_server(hostname, &issuer, now + Duration::from_secs(u64::from(days) * 86400))?;
+        write_file(&self.path("server.key"), key.serialize_pem().as_bytes(), 0o600)?;
+        let chain = format!("{}{ca_pem}", cert.pem());
+        write_file(&self.path("server.pem"), chain.as_bytes(), 0o644)?;
+        Ok(debvisor_api::client::fingerprint(cert.der()))
+    }
+
+    /// Replaces the admin client certificate and bundle with a new one valid
+    /// for [`ADMIN_CLIENT_DAYS`], keeping the bundle's endpoints (or listing
+    /// `addrs` when it has none).
+    pub fn renew_admin(&self, hostname: &str, addrs: &[IpAddr]) -> Result<(), PkiError> {
+        let path = self.admin_bundle_path();
+        let kept = ClientConfig::load(&path)
+            .ok()
+            .and_then(|b| Some(b.current().ok()?.endpoints.clone()))
+            .filter(|e| !e.is_empty());
+        let (crt, key) = self.sign_client("admin", ADMIN_CLIENT_DAYS)?;
+        let bundle = ClientConfig::single(
+            context_name(hostname),
+            Context {
+                endpoints: kept.unwrap_or_else(|| endpoints(addrs)),
+                server_name: SERVER_NAME.to_string(),
+                ca: self.read_string("ca.pem")?,
+                crt,
+                key,
+            },
+        );
+        bundle.save(&path).map_err(PkiError::Bundle)
+    }
+
     fn read_string(&self, name: &str) -> Result<String, PkiError> {
         let path = self.path(name);
         std::fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
@@ -288,22 +326,7 @@ impl Pki {
         let ca_cert = ca.self_signed(&ca_key).map_err(gen_err("CA certificate"))?;
         let issuer = Issuer::new(ca, &ca_key);
 
-        let key = KeyPair::generate().map_err(gen_err("server key"))?;
-        let mut names = Vec::new();
-        for name in [hostname, "localhost", SERVER_NAME] {
-            if !name.is_empty() && !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
-            }
-        }
-        let mut sp = CertificateParams::new(names).map_err(gen_err("server certificate"))?;
-        sp.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        sp.subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
-        sp.distinguished_name = dn(hostname);
-        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        sp.not_after = rcgen::date_time_ymd(2036, 1, 1);
-        let cert = sp.signed_by(&key, &issuer).map_err(gen_err("server certificate"))?;
+        let (cert, key) = sign_server(hostname, &issuer, rcgen::date_time_ymd(2036, 1, 1))?;
 
         // Keys first, certificates last: `ensure` looks for the certificates.
         write_file(&self.path("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
@@ -313,6 +336,33 @@ impl Pki {
         write_file(&self.path("server.pem"), chain.as_bytes(), 0o644)?;
         Ok(())
     }
+}
+
+/// Signs a serverAuth certificate for `hostname`, localhost, [`SERVER_NAME`]
+/// and the loopback addresses, valid until `not_after`.
+fn sign_server<S: rcgen::SigningKey>(
+    hostname: &str,
+    issuer: &Issuer<'_, S>,
+    not_after: time::OffsetDateTime,
+) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+    let gen_err = |what| move |source| PkiError::Generate { what, source };
+    let key = KeyPair::generate().map_err(gen_err("server key"))?;
+    let mut names = Vec::new();
+    for name in [hostname, "localhost", SERVER_NAME] {
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    let mut sp = CertificateParams::new(names).map_err(gen_err("server certificate"))?;
+    sp.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    sp.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    sp.distinguished_name = dn(hostname);
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    sp.not_after = not_after;
+    let cert = sp.signed_by(&key, issuer).map_err(gen_err("server certificate"))?;
+    Ok((cert, key))
 }
 
 fn ca_key_usages() -> Vec<KeyUsagePurpose> {

@@ -1,5 +1,5 @@
-//! Readiness probes: the agent answers GetStatus on its socket and the
-//! console answers /healthz over HTTPS.
+//! Readiness probes: the agent answers GetStatus and gRPC health on its
+//! socket and the console answers /healthz over HTTPS.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,33 @@ pub async fn agent(socket: &str) -> anyhow::Result<()> {
         .await
         .context("GetStatus failed")?;
     Ok(())
+}
+
+/// The agent's gRPC health service (`grpc.health.v1.Health/Check`, the
+/// server as a whole) answers SERVING on its Unix socket.
+pub async fn agent_health(socket: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let ch = client::connect_unix(socket).await?;
+    let status = HealthClient::new(ch)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .context("grpc.health.v1.Health/Check failed")?
+        .into_inner()
+        .status();
+    if status != ServingStatus::Serving {
+        bail!("gRPC health answered {}", status.as_str_name());
+    }
+    Ok(())
+}
+
+/// The fingerprint pin of the first certificate in the PEM file `path`.
+pub fn pin_of(path: &str) -> anyhow::Result<[u8; 32]> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(path).with_context(|| format!("Cannot read a certificate from {path}"))?;
+    Ok(client::parse_fingerprint(&client::fingerprint(&der))?)
 }
 
 /// The console answers `GET /healthz` with 200 over HTTPS on `port`,

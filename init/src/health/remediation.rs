@@ -1,0 +1,329 @@
+//! Remediation: a service check that fails `failures_before_restart` runs in
+//! a row while its unit is active gets its unit restarted (alert
+//! `restarted`, INFO), with a backoff of 1 s, 2 s, 4 s... between restarts;
+//! when more than `restart_limit` restarts would fall within
+//! `restart_window_seconds`, remediation stops restarting it, marks the node
+//! degraded naming the check (alert `escalated`, CRITICAL); once the check
+//! has passed for a whole window again the escalation is cleared (alert
+//! `recovered`, INFO).
+//!
+//! [`Remediation`] is the decision logic (no I/O, time passed in);
+//! [`run`] applies its decisions to the units, the health state and alerts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use debvisor_api::health::v1::Severity;
+use debvisor_api::validate::UnitName;
+use debvisor_systemd::Units;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::engine::{CheckRun, Health};
+use super::service::unit_state;
+use super::{HealthSettings, Status};
+use crate::alerts::Alerts;
+
+/// What remediation decided after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Restart this unit.
+    Restart(String),
+    /// Stop restarting; the node is degraded for this reason.
+    Escalate(String),
+    /// The escalated check has passed for a whole window: clear it.
+    Recovered(String),
+}
+
+#[derive(Debug, Default)]
+struct CheckState {
+    restarts: VecDeque<Instant>,
+    fails_since_restart: u32,
+    escalated: bool,
+    passing_since: Option<Instant>,
+    next_allowed: Option<Instant>,
+}
+
+/// The decision logic. See the [module](self) documentation.
+#[derive(Debug)]
+pub struct Remediation {
+    failures_before_restart: u32,
+    restart_limit: usize,
+    window: Duration,
+    checks: HashMap<String, CheckState>,
+}
+
+/// The pause after the `n`th restart within the window before another:
+/// 1 s, 2 s, 4 s... at most 5 minutes.
+pub fn backoff(n: usize) -> Duration {
+    let exp = u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX).min(9);
+    Duration::from_secs(1 << exp).min(Duration::from_secs(300))
+}
+
+impl Remediation {
+    /// With the limits of `settings`.
+    pub fn new(settings: &HealthSettings) -> Self {
+        Self {
+            failures_before_restart: settings.failures_before_restart.max(1),
+            restart_limit: usize::try_from(settings.restart_limit).unwrap_or(usize::MAX),
+            window: settings.restart_window(),
+            checks: HashMap::new(),
+        }
+    }
+
+    /// Whether `check` is escalated.
+    pub fn escalated(&self, check: &str) -> bool {
+        self.checks.get(check).is_some_and(|c| c.escalated)
+    }
+
+    /// Decides after `run` at `now`; `unit_active` tells whether the check's
+    /// unit is active (an inactive unit is the supervisor's to start).
+    pub fn decide(&mut self, run: &CheckRun, unit_active: bool, now: Instant) -> Option<Action> {
+        let unit = run.unit.as_ref()?;
+        let c = self.checks.entry(run.check.clone()).or_default();
+        if run.status != Status::Fail {
+            c.fails_since_restart = 0;
+            if !c.escalated {
+                return None;
+            }
+            let since = *c.passing_since.get_or_insert(now);
+            if now.duration_since(since) < self.window {
+                return None;
+            }
+            *c = CheckState::default();
+            return Some(Action::Recovered(format!(
+                "{} passes again for {} s; restarts of {unit} resume when needed",
+                run.check,
+                self.window.as_secs()
+            )));
+        }
+        c.passing_since = None;
+        c.fails_since_restart += 1;
+        if c.escalated || c.fails_since_restart < self.failures_before_restart || !unit_active {
+            return None;
+        }
+        while c.restarts.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+            c.restarts.pop_front();
+        }
+        if c.restarts.len() >= self.restart_limit {
+            c.escalated = true;
+            return Some(Action::Escalate(format!(
+                "{} still fails after {} restarts of {unit} within {} s: {}",
+                run.check,
+                c.restarts.len(),
+                self.window.as_secs(),
+                run.message
+            )));
+        }
+        if c.next_allowed.is_some_and(|t| now < t) {
+            return None;
+        }
+        c.restarts.push_back(now);
+        c.fails_since_restart = 0;
+        c.next_allowed = Some(now + backoff(c.restarts.len()));
+        Some(Action::Restart(unit.clone()))
+    }
+}
+
+/// Applies remediation to every run `health` records until the runs end.
+pub async fn run(health: Arc<Health>, units: Arc<dyn Units>, alerts: Alerts, settings: HealthSettings) {
+    let mut runs = health.runs();
+    let mut logic = Remediation::new(&settings);
+    loop {
+        let run = match runs.recv().await {
+            Ok(run) => run,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("remediation missed {n} check results");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(unit) = run.unit.clone() else { continue };
+        let active = run.status == Status::Fail
+            && unit_state(units.as_ref(), &unit).await.is_ok_and(|s| s == "active");
+        match logic.decide(&run, active, Instant::now()) {
+            None => {}
+            Some(Action::Restart(unit)) => {
+                let message = format!(
+                    "{} failed {} times in a row while {unit} was active: restarting {unit} ({})",
+                    run.check, settings.failures_before_restart, run.message
+                );
+                alerts.raise(Severity::Info, &run.check, "restarted", &message);
+                if let Some(m) = health.metrics() {
+                    m.restarted(&unit);
+                }
+                let units = units.clone();
+                tokio::spawn(async move {
+                    let Ok(name) = UnitName::try_from(unit.as_str()) else { return };
+                    match units.restart(&name).await {
+                        Ok(job) if job.is_done() => {}
+                        Ok(job) => tracing::error!("Restarting {unit} ended with job result {}", job.result),
+                        Err(e) => tracing::error!("Cannot restart {unit}: {e}"),
+                    }
+                });
+            }
+            Some(Action::Escalate(reason)) => {
+                health.set_degraded(&run.check, Some(reason.clone()));
+                alerts.raise(Severity::Critical, &run.check, "escalated", &reason);
+            }
+            Some(Action::Recovered(message)) => {
+                health.set_degraded(&run.check, None);
+                alerts.raise(Severity::Info, &run.check, "recovered", &message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use debvisor_api::health::v1::NodeState;
+    use debvisor_systemd::fakes::FakeUnits;
+
+    use super::*;
+    use crate::health::{Check, Outcome};
+
+    fn run(status: Status) -> CheckRun {
+        CheckRun {
+            check: "service/debvisor-webui".into(),
+            unit: Some("debvisor-webui.service".into()),
+            required: true,
+            status,
+            message: "/healthz answered 500".into(),
+            consecutive_failures: 0,
+        }
+    }
+
+    fn settings() -> HealthSettings {
+        HealthSettings {
+            restart_window_seconds: 600,
+            ..HealthSettings::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_after_three_failures_then_escalates_then_recovers() {
+        let mut r = Remediation::new(&settings());
+        let fail = run(Status::Fail);
+        let step = Duration::from_secs(10);
+        let mut actions = Vec::new();
+        for _ in 0..20 {
+            tokio::time::advance(step).await;
+            if let Some(a) = r.decide(&fail, true, Instant::now()) {
+                actions.push(a);
+            }
+        }
+        let restart = Action::Restart("debvisor-webui.service".into());
+        // Restarts on the 3rd, 6th and 9th failure; the 12th escalates; then
+        // nothing more.
+        assert_eq!(actions.len(), 4, "{actions:?}");
+        assert_eq!(&actions[..3], &[restart.clone(), restart.clone(), restart]);
+        let Action::Escalate(reason) = &actions[3] else { panic!("{actions:?}") };
+        assert_eq!(
+            reason,
+            "service/debvisor-webui still fails after 3 restarts of debvisor-webui.service within 600 s: /healthz answered 500"
+        );
+        assert!(r.escalated("service/debvisor-webui"));
+        // Passing clears the escalation only after a whole window.
+        let pass = run(Status::Pass);
+        assert_eq!(r.decide(&pass, true, Instant::now()), None);
+        tokio::time::advance(Duration::from_secs(599)).await;
+        assert_eq!(r.decide(&pass, true, Instant::now()), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(r.decide(&pass, true, Instant::now()), Some(Action::Recovered(_))));
+        assert!(!r.escalated("service/debvisor-webui"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_spaces_restarts_and_the_window_forgets() {
+        let s = HealthSettings {
+            failures_before_restart: 1,
+            restart_limit: 3,
+            restart_window_seconds: 60,
+            ..HealthSettings::default()
+        };
+        let mut r = Remediation::new(&s);
+        let fail = run(Status::Fail);
+        let at = |r: &mut Remediation| r.decide(&fail, true, Instant::now()).is_some();
+        assert!(at(&mut r)); // 1st restart; the next one in 1 s
+        assert!(!at(&mut r));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(at(&mut r)); // 2nd; next in 2 s
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!at(&mut r));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(at(&mut r)); // 3rd
+        // Restarts older than the window no longer count.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(r.decide(&fail, true, Instant::now()), Some(Action::Restart("debvisor-webui.service".into())));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inactive_units_and_checks_without_units_are_left_alone() {
+        let mut r = Remediation::new(&settings());
+        let fail = run(Status::Fail);
+        for _ in 0..10 {
+            assert_eq!(r.decide(&fail, false, Instant::now()), None);
+        }
+        let no_unit = CheckRun { unit: None, ..fail };
+        for _ in 0..10 {
+            assert_eq!(r.decide(&no_unit, true, Instant::now()), None);
+        }
+    }
+
+    struct Failing;
+    #[async_trait::async_trait]
+    impl Check for Failing {
+        fn name(&self) -> &str {
+            "service/cron"
+        }
+        fn kind(&self) -> &'static str {
+            "service"
+        }
+        fn required(&self) -> bool {
+            true
+        }
+        fn unit(&self) -> Option<&str> {
+            Some("cron.service")
+        }
+        async fn run(&self, _: Instant) -> Outcome {
+            Outcome::fail("no answer")
+        }
+    }
+
+    #[tokio::test]
+    async fn driver_restarts_through_units_and_escalates() {
+        let units = Arc::new(FakeUnits::new());
+        let checks: Vec<Arc<dyn Check>> = vec![Arc::new(Failing)];
+        let health = Arc::new(Health::new(&checks, Duration::from_secs(1), Duration::from_secs(1), 5, 0, None));
+        let alerts = Alerts::spawn("n".into(), vec![], None, Some(health.clone()), Duration::from_millis(1));
+        let s = HealthSettings {
+            failures_before_restart: 1,
+            restart_limit: 1,
+            ..HealthSettings::default()
+        };
+        let mut changes = debvisor_systemd::Units::subscribe(units.as_ref());
+        tokio::spawn(super::run(health.clone(), units.clone(), alerts, s));
+        tokio::task::yield_now().await;
+        health.record("service/cron", &Outcome::fail("no answer"), 0, Duration::ZERO);
+        // The fake restart stops then starts cron.
+        let change = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap();
+        assert_eq!(change.name, "cron.service");
+        health.record("service/cron", &Outcome::fail("no answer"), 0, Duration::ZERO);
+        let mut rx = health.subscribe();
+        let node = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|n| n.state == NodeState::Degraded as i32),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        let actions: Vec<&str> = node.alerts.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(actions, ["escalated", "restarted"]);
+        assert!(node.degraded_reason.starts_with("service/cron still fails after 1 restarts"), "{}", node.degraded_reason);
+    }
+}
