@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  # image builder
+  # image builder (e2fsprogs also makes the config media of the system tests)
   mmdebstrap squashfs-tools fdisk mtools dosfstools e2fsprogs xz-utils
   grub-efi-amd64-bin grub-common uidmap
   # lab and system tests

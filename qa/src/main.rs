@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod cfgdisk;
 mod host_agent;
 mod lab;
 mod node;
@@ -11,6 +12,7 @@ mod probes;
 mod qemu;
 mod serial;
 mod tests;
+mod webhook;
 
 use std::process::ExitCode;
 

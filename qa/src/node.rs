@@ -228,6 +228,12 @@ pub fn with_tail(e: anyhow::Error, vm: &Vm) -> anyhow::Error {
 /// Boots a node and waits for `DEBVISOR: ready`, then for the agent and the
 /// console to answer from the host.
 pub fn boot(rt: &tokio::runtime::Runtime, o: &NodeOpts) -> Result<Node> {
+    boot_with_drives(rt, o, &[])
+}
+
+/// [`boot`] with extra read-only raw disks attached after the system disk
+/// (e.g. a DEBVISOR-CFG config medium).
+pub fn boot_with_drives(rt: &tokio::runtime::Runtime, o: &NodeOpts, extra_drives: &[PathBuf]) -> Result<Node> {
     let disk = o.image.join("disk.img");
     if !disk.exists() {
         bail!(
@@ -235,16 +241,19 @@ pub fn boot(rt: &tokio::runtime::Runtime, o: &NodeOpts) -> Result<Node> {
             disk.display()
         );
     }
-    let vm = Vm::start(&VmSpec {
-        boot: Boot::Uefi { disk },
-        workdir: o.workdir.clone(),
-        console_log: o.console_log.clone(),
-        memory_mib: o.memory_mib,
-        accel: o.accel,
-        console_port: o.console_port,
-        agent_port: o.agent_port,
-        detach: o.detach,
-    })?;
+    let vm = Vm::start_with_drives(
+        &VmSpec {
+            boot: Boot::Uefi { disk },
+            workdir: o.workdir.clone(),
+            console_log: o.console_log.clone(),
+            memory_mib: o.memory_mib,
+            accel: o.accel,
+            console_port: o.console_port,
+            agent_port: o.agent_port,
+            detach: o.detach,
+        },
+        extra_drives,
+    )?;
     let progress = o.progress.then(|| {
         let con = vm.console.stages_handle();
         Progress::start("Booting".into(), con)

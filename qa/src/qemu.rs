@@ -24,6 +24,9 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// The variable store each VM gets a private copy of.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const QEMU: &str = "qemu-system-x86_64";
+/// The MAC address of the guest's NIC (QEMU's own default, made explicit so
+/// that a machine config can match the NIC by it).
+pub const NIC_MAC: &str = "52:54:00:12:34:56";
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -219,6 +222,13 @@ impl Vm {
     /// Prepares the overlay and firmware variables, starts QEMU, and connects
     /// to its serial console (QEMU waits for that before it runs the guest).
     pub fn start(spec: &VmSpec) -> Result<Vm> {
+        Vm::start_with_drives(spec, &[])
+    }
+
+    /// [`Vm::start`] with more disks: each raw image in `extra_drives` is
+    /// attached read-only as a further virtio disk (`/dev/vdb`, ...), e.g. a
+    /// config medium.
+    pub fn start_with_drives(spec: &VmSpec, extra_drives: &[PathBuf]) -> Result<Vm> {
         require_tools(&[(QEMU, "qemu-system-x86"), ("setpriv", "util-linux")])?;
         let wd = &spec.workdir;
         std::fs::create_dir_all(wd).with_context(|| format!("Cannot create {}", wd.display()))?;
@@ -287,6 +297,17 @@ impl Vm {
         args.extend([
             "-drive".into(),
             format!("file={},if=virtio,format=qcow2", overlay.display()),
+        ]);
+        for d in extra_drives {
+            let d = d
+                .canonicalize()
+                .with_context(|| format!("Extra disk image {} not found", d.display()))?;
+            args.extend([
+                "-drive".into(),
+                format!("file={},if=virtio,format=raw,readonly=on", d.display()),
+            ]);
+        }
+        args.extend([
             "-netdev".into(),
             format!(
                 "user,id=n0,hostfwd=tcp:127.0.0.1:{console_port}-:{},hostfwd=tcp:127.0.0.1:{agent_port}-:{}",
@@ -294,7 +315,7 @@ impl Vm {
                 debvisor_api::paths::AGENT_TLS_PORT
             ),
             "-device".into(),
-            "virtio-net-pci,netdev=n0".into(),
+            format!("virtio-net-pci,netdev=n0,mac={NIC_MAC}"),
             "-display".into(),
             "none".into(),
             "-vga".into(),

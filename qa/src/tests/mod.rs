@@ -5,7 +5,9 @@
 
 mod api;
 mod boot;
+mod config;
 mod host;
+mod supervisor;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,7 +36,12 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// Boots a fresh node for this test.
     fn boot(&self) -> Result<Node> {
-        node::boot(
+        self.boot_with_drives(&[])
+    }
+
+    /// Boots a fresh node with extra read-only raw disks (a config medium).
+    fn boot_with_drives(&self, drives: &[PathBuf]) -> Result<Node> {
+        node::boot_with_drives(
             self.rt,
             &NodeOpts {
                 image: self.image.clone(),
@@ -48,6 +55,7 @@ impl Ctx<'_> {
                 boot_timeout: self.boot_timeout,
                 progress: false,
             },
+            drives,
         )
     }
 }
@@ -126,6 +134,30 @@ pub const TESTS: &[Test] = &[
         what: "node.Reboot over mTLS reboots the node and is in the audit log",
         kind: Kind::Vm,
         run: api::reboot_via_api,
+    },
+    Test {
+        name: "supervisor_recovery",
+        what: "kill -9 of the agent 10 times: back with a new MainPID and answering; supervisor RSS and idle CPU",
+        kind: Kind::Vm,
+        run: supervisor::supervisor_recovery,
+    },
+    Test {
+        name: "supervisor_remediation",
+        what: "a console failing its health check is restarted, then escalated: DEGRADED, webhooks, audit",
+        kind: Kind::Vm,
+        run: supervisor::supervisor_remediation,
+    },
+    Test {
+        name: "config_static_vlan",
+        what: "a config medium with a static address and VLAN 100 is applied; the node stays reachable",
+        kind: Kind::Vm,
+        run: config::config_static_vlan,
+    },
+    Test {
+        name: "config_invalid",
+        what: "a config medium with VLAN id 5000 is refused on the console; the node stays reachable",
+        kind: Kind::Vm,
+        run: config::config_invalid,
     },
 ];
 
