@@ -153,7 +153,10 @@ pub async fn post(
             Err(e) => format!("{e}"),
         };
         if attempt > hook.retries {
-            return Err(format!("webhook {} {error} (gave up after {attempt} attempts)", hook.url));
+            return Err(format!(
+                "webhook {} {error} (gave up after {attempt} attempts)",
+                hook.url
+            ));
         }
         tracing::debug!(url = %hook.url, attempt, "webhook {error}; retrying in {wait:?}");
         tokio::time::sleep(wait).await;
@@ -232,7 +235,11 @@ impl Alerts {
             h.push_alert(alert.clone());
         }
         if self.queue.try_send(alert).is_err() {
-            tracing::error!(check, action, "Alert queue full; alert not sent to the audit log and webhooks");
+            tracing::error!(
+                check,
+                action,
+                "Alert queue full; alert not sent to the audit log and webhooks"
+            );
         }
     }
 }
@@ -267,7 +274,11 @@ mod tests {
                     if let Some(end) = text.find("\r\n\r\n") {
                         let len: usize = text
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_string())
+                            })
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
@@ -302,7 +313,9 @@ mod tests {
     async fn retries_after_a_500() {
         let (url, bodies) = server(vec![500, 200]).await;
         let hook = Webhook::new(url);
-        let attempts = post(&http_client(), &hook, &alert(), Duration::from_millis(10)).await.unwrap();
+        let attempts = post(&http_client(), &hook, &alert(), Duration::from_millis(10))
+            .await
+            .unwrap();
         assert_eq!(attempts, 2);
         let bodies = bodies.lock().unwrap().clone();
         assert_eq!(bodies.len(), 2);
@@ -318,13 +331,19 @@ mod tests {
     #[tokio::test]
     async fn gives_up_on_a_dead_endpoint() {
         // Bind then drop: nothing listens on the port.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let hook = Webhook {
             url: format!("http://127.0.0.1:{port}/hook"),
             retries: 3,
             timeout_seconds: 1,
         };
-        let err = post(&http_client(), &hook, &alert(), Duration::from_millis(5)).await.unwrap_err();
+        let err = post(&http_client(), &hook, &alert(), Duration::from_millis(5))
+            .await
+            .unwrap_err();
         assert!(err.contains("gave up after 4 attempts"), "{err}");
     }
 
@@ -340,7 +359,12 @@ mod tests {
             None,
             Duration::from_millis(10),
         );
-        alerts.raise(Severity::Info, "service/debvisor-agent", "restarted", "restarted debvisor-agent.service");
+        alerts.raise(
+            Severity::Info,
+            "service/debvisor-agent",
+            "restarted",
+            "restarted debvisor-agent.service",
+        );
         for _ in 0..200 {
             if !bodies.lock().unwrap().is_empty() {
                 break;
@@ -352,14 +376,20 @@ mod tests {
         let page = log.query(&debvisor_audit::Query::default()).await.unwrap();
         let r = &page.records[0];
         assert_eq!((r.actor.as_str(), r.source.as_str()), ("debvisor-init", "supervisor"));
-        assert_eq!((r.action.as_str(), r.target.as_str()), ("health.restart", "service/debvisor-agent"));
+        assert_eq!(
+            (r.action.as_str(), r.target.as_str()),
+            ("health.restart", "service/debvisor-agent")
+        );
     }
 
     #[test]
     fn audit_path_from_the_agent_config() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("agent.toml");
-        assert_eq!(audit_path(cfg.to_str().unwrap()), PathBuf::from("/data/debvisor/audit.db"));
+        assert_eq!(
+            audit_path(cfg.to_str().unwrap()),
+            PathBuf::from("/data/debvisor/audit.db")
+        );
         std::fs::write(&cfg, "[audit]\npath = \"/tmp/a.db\"\n").unwrap();
         assert_eq!(audit_path(cfg.to_str().unwrap()), PathBuf::from("/tmp/a.db"));
     }

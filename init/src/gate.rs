@@ -118,7 +118,10 @@ pub async fn run(health: Arc<Health>, alerts: Alerts, deadline: Duration, slot: 
         }
     };
     let (state, reason) = match &verdict {
-        Verdict::Good => (GateState::Good, "all required units active and required checks passing".to_string()),
+        Verdict::Good => (
+            GateState::Good,
+            "all required units active and required checks passing".to_string(),
+        ),
         Verdict::Bad(r) => (GateState::Bad, r.clone()),
     };
     health.set_gate(BootGate {
@@ -128,15 +131,29 @@ pub async fn run(health: Arc<Health>, alerts: Alerts, deadline: Duration, slot: 
         reason: reason.clone(),
         slot: slot.clone(),
     });
-    let slot_text = if slot.is_empty() { "unknown slot".to_string() } else { format!("slot {slot}") };
+    let slot_text = if slot.is_empty() {
+        "unknown slot".to_string()
+    } else {
+        format!("slot {slot}")
+    };
     match &verdict {
         Verdict::Good => {
             console::marker("boot-good", &slot);
-            alerts.raise(Severity::Info, "", "boot-good", &format!("boot of {slot_text} is good: {reason}"));
+            alerts.raise(
+                Severity::Info,
+                "",
+                "boot-good",
+                &format!("boot of {slot_text} is good: {reason}"),
+            );
         }
         Verdict::Bad(_) => {
             console::marker("boot-bad", &reason);
-            alerts.raise(Severity::Critical, "", "boot-bad", &format!("boot of {slot_text} is bad: {reason}"));
+            alerts.raise(
+                Severity::Critical,
+                "",
+                "boot-bad",
+                &format!("boot of {slot_text} is bad: {reason}"),
+            );
         }
     }
     verdict
@@ -205,7 +222,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn driver_declares_good_without_held_checks() {
-        let health = Arc::new(Health::new(&[], Duration::from_secs(1), Duration::from_secs(1), 1, 0, None));
+        let health = Arc::new(Health::new(
+            &[],
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+            0,
+            None,
+        ));
         let alerts = Alerts::spawn("n".into(), vec![], None, Some(health.clone()), Duration::from_millis(1));
         // No checks: nothing holds the gate.
         let v = run(health.clone(), alerts, Duration::from_secs(300), "A".into()).await;

@@ -81,7 +81,10 @@ async fn check(settings: &Settings) -> i32 {
         Ok(u) => {
             let units: Arc<dyn Units> = Arc::new(u);
             let supervised = supervised_set(units.as_ref(), &settings.supervise).await;
-            (node_checks(&settings.health, units, &supervised, &hostname, config_rx), None)
+            (
+                node_checks(&settings.health, units, &supervised, &hostname, config_rx),
+                None,
+            )
         }
         Err(e) => {
             // Without systemd the service checks cannot run: they fail.
@@ -169,7 +172,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("Cannot connect to systemd over D-Bus")?,
     );
-    let manager = Arc::new(DbusManager::connect().await.context("Cannot connect to systemd over D-Bus")?);
+    let manager = Arc::new(
+        DbusManager::connect()
+            .await
+            .context("Cannot connect to systemd over D-Bus")?,
+    );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
 
@@ -182,8 +189,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let supervisor = Supervisor::new(units.clone(), manager, supervised.clone(), Some(health_metrics.clone()));
     tokio::spawn(supervisor.run());
 
-    let checks: Vec<Arc<dyn Check>> =
-        node_checks(&settings.health, units.clone(), &supervised, &hostname, config_rx.clone());
+    let checks: Vec<Arc<dyn Check>> = node_checks(
+        &settings.health,
+        units.clone(),
+        &supervised,
+        &hostname,
+        config_rx.clone(),
+    );
     let gate_deadline = settings.gate_deadline();
     let health = Arc::new(Health::new(
         &checks,

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use debvisor_api::validate::UnitName;
-use debvisor_systemd::{UnitsError, Units};
+use debvisor_systemd::{Units, UnitsError};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::health::metrics::HealthMetrics;
@@ -60,7 +60,9 @@ pub struct Supervisor {
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").field("set", &self.set).finish_non_exhaustive()
+        f.debug_struct("Supervisor")
+            .field("set", &self.set)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,7 +104,10 @@ impl Supervisor {
         }
         match self.units.start(&name).await {
             Ok(job) if job.is_done() => {}
-            Ok(job) => tracing::error!("Starting {unit} ended with job result {}; see `journalctl -u {unit}`", job.result),
+            Ok(job) => tracing::error!(
+                "Starting {unit} ended with job result {}; see `journalctl -u {unit}`",
+                job.result
+            ),
             Err(e) => tracing::error!("Cannot start {unit}: {e}"),
         }
         self.lock().remove(unit);
@@ -147,7 +152,9 @@ impl Supervisor {
                     // Missed signals: read the supervised units' states once.
                     tracing::warn!("missed {n} unit changes; re-reading the supervised units");
                     for unit in self.set.iter() {
-                        let Ok(name) = UnitName::try_from(unit.as_str()) else { continue };
+                        let Ok(name) = UnitName::try_from(unit.as_str()) else {
+                            continue;
+                        };
                         if let Ok(d) = self.units.get(&name).await {
                             self.on_change(unit, &d.active_state).await;
                         }
@@ -169,7 +176,11 @@ mod tests {
     use crate::manager::FakeManager;
 
     async fn state(units: &FakeUnits, unit: &str) -> String {
-        units.get(&UnitName::try_from(unit).unwrap()).await.unwrap().active_state
+        units
+            .get(&UnitName::try_from(unit).unwrap())
+            .await
+            .unwrap()
+            .active_state
     }
 
     async fn wait_active(units: &FakeUnits, unit: &str) {
@@ -187,7 +198,15 @@ mod tests {
         let units = Arc::new(FakeUnits::new());
         let manager = Arc::new(FakeManager::default());
         let set = supervised_set(units.as_ref(), &["cron.service".into(), "ssh.service".into()]).await;
-        assert_eq!(set, ["debvisor-agent.service", "debvisor-webui.service", "cron.service", "ssh.service"]);
+        assert_eq!(
+            set,
+            [
+                "debvisor-agent.service",
+                "debvisor-webui.service",
+                "cron.service",
+                "ssh.service"
+            ]
+        );
         let sup = Supervisor::new(units.clone(), manager.clone(), set, None);
         tokio::spawn(sup.run());
         // ssh was inactive: started at supervision start.

@@ -107,13 +107,18 @@ impl Check for CertificateCheck {
             return Outcome::pass(format!("{subject} expires in {days} days"));
         }
         let what = match self.which {
-            Which::Server => format!("renewed for {SERVER_RENEW_DAYS} days; restart the agent and the console to serve it"),
+            Which::Server => {
+                format!("renewed for {SERVER_RENEW_DAYS} days; restart the agent and the console to serve it")
+            }
             Which::Admin => format!("renewed for {ADMIN_CLIENT_DAYS} days; fetch the new admin bundle"),
         };
         match self.renew() {
             Ok(()) => {
                 tracing::warn!(check = self.name(), "{subject} expired in {days} days: {what}");
-                Outcome::warn(format!("{subject} expires in {days} days (limit {}): {what}", self.renew_days))
+                Outcome::warn(format!(
+                    "{subject} expires in {days} days (limit {}): {what}",
+                    self.renew_days
+                ))
             }
             Err(e) => Outcome::warn(format!("{subject} expires in {days} days and cannot be renewed: {e}")),
         }
@@ -154,6 +159,9 @@ mod tests {
 
         std::fs::remove_file(dir.path().join("server.pem")).unwrap();
         let out = server.run(Instant::now()).await;
-        assert!(out.status == Status::Fail && out.message.starts_with("cannot read"), "{out:?}");
+        assert!(
+            out.status == Status::Fail && out.message.starts_with("cannot read"),
+            "{out:?}"
+        );
     }
 }

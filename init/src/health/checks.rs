@@ -61,19 +61,34 @@ pub fn node_checks(
 ) -> Vec<Arc<dyn Check>> {
     let mut checks: Vec<Arc<dyn Check>> = vec![
         Arc::new(ServiceCheck::agent(units.clone(), paths::AGENT_SOCKET)),
-        Arc::new(ServiceCheck::webui(units.clone(), paths::CONSOLE_HTTPS_PORT, paths::SERVER_CERT)),
+        Arc::new(ServiceCheck::webui(
+            units.clone(),
+            paths::CONSOLE_HTTPS_PORT,
+            paths::SERVER_CERT,
+        )),
     ];
-    for unit in supervised.iter().filter(|u| ![AGENT_UNIT, WEBUI_UNIT].contains(&u.as_str())) {
+    for unit in supervised
+        .iter()
+        .filter(|u| ![AGENT_UNIT, WEBUI_UNIT].contains(&u.as_str()))
+    {
         checks.push(Arc::new(ServiceCheck::new(unit, Endpoint::None, units.clone())));
     }
     checks.push(Arc::new(GatewayCheck::new()));
     checks.push(Arc::new(DnsCheck::new(settings.dns_names.clone())));
-    checks.push(Arc::new(StorageCheck::new(settings.disk_warn_percent, settings.disk_fail_percent)));
+    checks.push(Arc::new(StorageCheck::new(
+        settings.disk_warn_percent,
+        settings.disk_fail_percent,
+    )));
     for c in ResourceCheck::all(settings.memory_min_available_mib, settings.load_per_cpu_warn) {
         checks.push(Arc::new(c));
     }
     for which in [Which::Server, Which::Admin] {
-        checks.push(Arc::new(CertificateCheck::new(which, paths::PKI_DIR, hostname, settings.cert_renew_days)));
+        checks.push(Arc::new(CertificateCheck::new(
+            which,
+            paths::PKI_DIR,
+            hostname,
+            settings.cert_renew_days,
+        )));
     }
     checks.push(Arc::new(ConfigCheck::new(config)));
     checks
@@ -121,7 +136,10 @@ mod tests {
             digest: "1a2b3c".into(),
             error: String::new(),
         });
-        assert_eq!(check.run(Instant::now()).await, Outcome::pass("machine config 1a2b3c applied"));
+        assert_eq!(
+            check.run(Instant::now()).await,
+            Outcome::pass("machine config 1a2b3c applied")
+        );
         tx.send_replace(ConfigState {
             digest: "1a2b3c".into(),
             error: "network.vlans[0].id = 5000: must be 1 to 4094".into(),

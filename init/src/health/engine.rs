@@ -370,7 +370,14 @@ mod tests {
             fixed("ok", true, Some(Outcome::pass("fine"))),
             fixed("bad", false, Some(Outcome::fail("broken"))),
         ];
-        let health = Arc::new(Health::new(&checks, Duration::from_secs(10), Duration::from_secs(5), 3, 0, None));
+        let health = Arc::new(Health::new(
+            &checks,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            3,
+            0,
+            None,
+        ));
         assert_eq!(health.snapshot().state, NodeState::Starting as i32);
         let mut rx = health.subscribe();
         let _set = spawn_scheduler(health.clone(), checks, Duration::from_secs(10), Duration::from_secs(5));
@@ -398,6 +405,9 @@ mod tests {
         assert_eq!(health.snapshot().state, NodeState::Healthy as i32);
         health.set_degraded("service/x", Some("service/x escalated".into()));
         let node = health.snapshot();
-        assert_eq!((node.state, node.degraded_reason.as_str()), (NodeState::Degraded as i32, "service/x escalated"));
+        assert_eq!(
+            (node.state, node.degraded_reason.as_str()),
+            (NodeState::Degraded as i32, "service/x escalated")
+        );
     }
 }

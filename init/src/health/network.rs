@@ -131,7 +131,9 @@ fn ping(route: &DefaultRoute, wait: Duration) -> std::io::Result<Duration> {
             (true, IpAddr::V4(_)) => data.get(usize::from(data.first().copied().unwrap_or(0) & 0xf) * 4..),
             _ => Some(data),
         };
-        let Some(icmp) = icmp.filter(|i| i.len() >= 8) else { continue };
+        let Some(icmp) = icmp.filter(|i| i.len() >= 8) else {
+            continue;
+        };
         let reply = if request == 8 { 0 } else { 129 };
         let same_seq = icmp[6..8] == seq.to_be_bytes();
         if icmp[0] == reply && same_seq && from.ip() == route.gateway {
@@ -415,7 +417,10 @@ eth0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
     fn resolv_conf() {
         let text = "# x\nnameserver 127.0.0.53\noptions edns0\nnameserver fe80::1%eth0\nsearch lan\n";
         let got = parse_resolv_conf(text);
-        assert_eq!(got, vec!["127.0.0.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+        assert_eq!(
+            got,
+            vec!["127.0.0.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]
+        );
     }
 
     #[tokio::test]
@@ -444,7 +449,10 @@ eth0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
         assert_eq!(out, Outcome::pass("nameservers answer: 127.0.0.1 (Query Refused)"));
         // Nobody listening: fails, naming the server.
         let out = check.run(Instant::now() + Duration::from_millis(600)).await;
-        assert!(out.status == super::super::Status::Fail && out.message.contains("127.0.0.1"), "{out:?}");
+        assert!(
+            out.status == super::super::Status::Fail && out.message.contains("127.0.0.1"),
+            "{out:?}"
+        );
         let empty = DnsCheck {
             resolv_confs: vec![dir.path().join("none").to_str().unwrap().to_string()],
             ..check

@@ -103,7 +103,11 @@ impl Remediation {
         if c.escalated || c.fails_since_restart < self.failures_before_restart || !unit_active {
             return None;
         }
-        while c.restarts.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+        while c
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             c.restarts.pop_front();
         }
         if c.restarts.len() >= self.restart_limit {
@@ -140,8 +144,7 @@ pub async fn run(health: Arc<Health>, units: Arc<dyn Units>, alerts: Alerts, set
             Err(RecvError::Closed) => return,
         };
         let Some(unit) = run.unit.clone() else { continue };
-        let active = run.status == Status::Fail
-            && unit_state(units.as_ref(), &unit).await.is_ok_and(|s| s == "active");
+        let active = run.status == Status::Fail && unit_state(units.as_ref(), &unit).await.is_ok_and(|s| s == "active");
         match logic.decide(&run, active, Instant::now()) {
             None => {}
             Some(Action::Restart(unit)) => {
@@ -155,7 +158,9 @@ pub async fn run(health: Arc<Health>, units: Arc<dyn Units>, alerts: Alerts, set
                 }
                 let units = units.clone();
                 tokio::spawn(async move {
-                    let Ok(name) = UnitName::try_from(unit.as_str()) else { return };
+                    let Ok(name) = UnitName::try_from(unit.as_str()) else {
+                        return;
+                    };
                     match units.restart(&name).await {
                         Ok(job) if job.is_done() => {}
                         Ok(job) => tracing::error!("Restarting {unit} ended with job result {}", job.result),
@@ -218,7 +223,9 @@ mod tests {
         // nothing more.
         assert_eq!(actions.len(), 4, "{actions:?}");
         assert_eq!(&actions[..3], &[restart.clone(), restart.clone(), restart]);
-        let Action::Escalate(reason) = &actions[3] else { panic!("{actions:?}") };
+        let Action::Escalate(reason) = &actions[3] else {
+            panic!("{actions:?}")
+        };
         assert_eq!(
             reason,
             "service/debvisor-webui still fails after 3 restarts of debvisor-webui.service within 600 s: /healthz answered 500"
@@ -230,7 +237,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(599)).await;
         assert_eq!(r.decide(&pass, true, Instant::now()), None);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(matches!(r.decide(&pass, true, Instant::now()), Some(Action::Recovered(_))));
+        assert!(matches!(
+            r.decide(&pass, true, Instant::now()),
+            Some(Action::Recovered(_))
+        ));
         assert!(!r.escalated("service/debvisor-webui"));
     }
 
@@ -255,7 +265,10 @@ mod tests {
         assert!(at(&mut r)); // 3rd
         // Restarts older than the window no longer count.
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(r.decide(&fail, true, Instant::now()), Some(Action::Restart("debvisor-webui.service".into())));
+        assert_eq!(
+            r.decide(&fail, true, Instant::now()),
+            Some(Action::Restart("debvisor-webui.service".into()))
+        );
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(4));
         assert_eq!(backoff(30), Duration::from_secs(300));
@@ -298,7 +311,14 @@ mod tests {
     async fn driver_restarts_through_units_and_escalates() {
         let units = Arc::new(FakeUnits::new());
         let checks: Vec<Arc<dyn Check>> = vec![Arc::new(Failing)];
-        let health = Arc::new(Health::new(&checks, Duration::from_secs(1), Duration::from_secs(1), 5, 0, None));
+        let health = Arc::new(Health::new(
+            &checks,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            5,
+            0,
+            None,
+        ));
         let alerts = Alerts::spawn("n".into(), vec![], None, Some(health.clone()), Duration::from_millis(1));
         let s = HealthSettings {
             failures_before_restart: 1,
@@ -310,7 +330,10 @@ mod tests {
         tokio::task::yield_now().await;
         health.record("service/cron", &Outcome::fail("no answer"), 0, Duration::ZERO);
         // The fake restart stops then starts cron.
-        let change = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(change.name, "cron.service");
         health.record("service/cron", &Outcome::fail("no answer"), 0, Duration::ZERO);
         let mut rx = health.subscribe();
@@ -324,6 +347,11 @@ mod tests {
         .clone();
         let actions: Vec<&str> = node.alerts.iter().map(|a| a.action.as_str()).collect();
         assert_eq!(actions, ["escalated", "restarted"]);
-        assert!(node.degraded_reason.starts_with("service/cron still fails after 1 restarts"), "{}", node.degraded_reason);
+        assert!(
+            node.degraded_reason
+                .starts_with("service/cron still fails after 1 restarts"),
+            "{}",
+            node.degraded_reason
+        );
     }
 }

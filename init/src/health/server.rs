@@ -53,8 +53,8 @@ impl NodeHealthService for HealthApi {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let history = request.into_inner().include_history;
-        let stream = tokio_stream::wrappers::WatchStream::new(self.rx.clone())
-            .map(move |node| Ok(filtered(node, history, "")));
+        let stream =
+            tokio_stream::wrappers::WatchStream::new(self.rx.clone()).map(move |node| Ok(filtered(node, history, "")));
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -100,8 +100,18 @@ mod tests {
 
     #[tokio::test]
     async fn list_and_watch_over_a_unix_socket() {
-        let checks: Vec<Arc<dyn Check>> = ResourceCheck::all(32, 4.0).into_iter().map(|c| Arc::new(c) as _).collect();
-        let health = Arc::new(Health::new(&checks, Duration::from_secs(10), Duration::from_secs(5), 5, 0, None));
+        let checks: Vec<Arc<dyn Check>> = ResourceCheck::all(32, 4.0)
+            .into_iter()
+            .map(|c| Arc::new(c) as _)
+            .collect();
+        let health = Arc::new(Health::new(
+            &checks,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            5,
+            0,
+            None,
+        ));
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("init.sock");
         std::fs::write(&sock, "stale").unwrap();
@@ -126,10 +136,23 @@ mod tests {
             .into_inner();
         let first = watch.next().await.unwrap().unwrap();
         assert_eq!(first.checks.len(), 3);
-        assert_eq!(first.checks[0].last.as_ref().unwrap().status, CheckStatus::Pending as i32);
+        assert_eq!(
+            first.checks[0].last.as_ref().unwrap().status,
+            CheckStatus::Pending as i32
+        );
 
-        health.record("resources/memory", &Outcome::pass("900 MiB available"), 1, Duration::from_millis(3));
-        health.record("resources/memory", &Outcome::fail("10 MiB available"), 2, Duration::from_millis(3));
+        health.record(
+            "resources/memory",
+            &Outcome::pass("900 MiB available"),
+            1,
+            Duration::from_millis(3),
+        );
+        health.record(
+            "resources/memory",
+            &Outcome::fail("10 MiB available"),
+            2,
+            Duration::from_millis(3),
+        );
         let mut last = watch.next().await.unwrap().unwrap();
         while last.checks[0].history.len() < 2 {
             last = watch.next().await.unwrap().unwrap();
@@ -160,6 +183,10 @@ mod tests {
         assert!(none.checks.is_empty());
         stop.send(()).unwrap();
         drop(watch);
-        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

@@ -131,14 +131,24 @@ mod tests {
         assert_eq!(cron.name(), "service/cron");
         assert_eq!(cron.run(deadline).await, Outcome::pass("cron.service is active"));
         let zfs = ServiceCheck::new("zfs-import-cache.service", Endpoint::None, units.clone());
-        assert_eq!(zfs.run(deadline).await, Outcome::fail("zfs-import-cache.service is failed"));
+        assert_eq!(
+            zfs.run(deadline).await,
+            Outcome::fail("zfs-import-cache.service is failed")
+        );
         let missing = ServiceCheck::new("nope.service", Endpoint::None, units.clone());
-        assert_eq!(missing.run(deadline).await, Outcome::fail("nope.service is not installed"));
+        assert_eq!(
+            missing.run(deadline).await,
+            Outcome::fail("nope.service is not installed")
+        );
         // The agent's unit is active in the fake but nothing listens.
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let agent = ServiceCheck::agent(units, socket.to_str().unwrap());
         let out = agent.run(deadline).await;
-        assert!(out.message.starts_with("debvisor-agent.service is active but its health endpoint fails"), "{out:?}");
+        assert!(
+            out.message
+                .starts_with("debvisor-agent.service is active but its health endpoint fails"),
+            "{out:?}"
+        );
     }
 }

@@ -96,7 +96,10 @@ impl Check for StorageCheck {
     }
     async fn run(&self, _deadline: Instant) -> Outcome {
         if !Path::new(&self.data).is_dir() {
-            return Outcome::fail(format!("{} does not exist: the data partition is not mounted", self.data));
+            return Outcome::fail(format!(
+                "{} does not exist: the data partition is not mounted",
+                self.data
+            ));
         }
         let mountinfo = match std::fs::read_to_string(&self.mountinfo) {
             Ok(t) => t,
@@ -235,13 +238,17 @@ mod tests {
         assert_eq!(mount_of(MOUNTINFO, "/usr"), Some(("/".into(), true)));
         assert_eq!(mount_of(MOUNTINFO, "/data/x y/z"), Some(("/data/x y".into(), false)));
         assert_eq!(mount_of(MOUNTINFO, "/database"), Some(("/".into(), true)));
-        let remounted = format!("{MOUNTINFO}30 22 253:3 / /data ro,relatime shared:1 - ext4 /dev/vda4 ro,errors=remount-ro\n");
+        let remounted =
+            format!("{MOUNTINFO}30 22 253:3 / /data ro,relatime shared:1 - ext4 /dev/vda4 ro,errors=remount-ro\n");
         assert_eq!(mount_of(&remounted, "/data"), Some(("/data".into(), true)));
     }
 
     #[test]
     fn proc_files() {
-        assert_eq!(mem_available_kib("MemTotal: 2000 kB\nMemAvailable:    1536000 kB\n"), Some(1_536_000));
+        assert_eq!(
+            mem_available_kib("MemTotal: 2000 kB\nMemAvailable:    1536000 kB\n"),
+            Some(1_536_000)
+        );
         assert_eq!(mem_available_kib("MemTotal: 2000 kB\n"), None);
         assert_eq!(load1("0.52 0.40 0.30 1/123 4567\n"), Some(0.52));
     }
@@ -251,8 +258,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_str().unwrap().to_string();
         let info = dir.path().join("mountinfo");
-        std::fs::write(&info, format!("22 1 0:20 / / rw - ext4 /dev/x rw\n30 22 0:1 / {data} ro - ext4 /dev/y ro\n"))
-            .unwrap();
+        std::fs::write(
+            &info,
+            format!("22 1 0:20 / / rw - ext4 /dev/x rw\n30 22 0:1 / {data} ro - ext4 /dev/y ro\n"),
+        )
+        .unwrap();
         let mut check = StorageCheck {
             data: data.clone(),
             var: "/var".into(),
@@ -262,7 +272,10 @@ mod tests {
         };
         let now = Instant::now();
         let out = check.run(now).await;
-        assert!(out.status == Status::Fail && out.message.contains("read-only"), "{out:?}");
+        assert!(
+            out.status == Status::Fail && out.message.contains("read-only"),
+            "{out:?}"
+        );
         std::fs::write(&info, "22 1 0:20 / / rw - ext4 /dev/x rw\n").unwrap();
         assert_eq!(check.run(now).await.status, Status::Pass);
         check.warn_percent = 0;
@@ -271,7 +284,11 @@ mod tests {
         assert_eq!(check.run(now).await.status, Status::Fail);
         check.data = format!("{data}/missing");
         let out = check.run(now).await;
-        assert!(out.message.ends_with("does not exist: the data partition is not mounted"), "{out:?}");
+        assert!(
+            out.message
+                .ends_with("does not exist: the data partition is not mounted"),
+            "{out:?}"
+        );
     }
 
     #[tokio::test]
@@ -283,7 +300,10 @@ mod tests {
             meminfo: meminfo.to_str().unwrap().into(),
             min_mib: 32,
         };
-        assert_eq!(mem.run(Instant::now()).await, Outcome::fail("20 MiB available (minimum 32 MiB)"));
+        assert_eq!(
+            mem.run(Instant::now()).await,
+            Outcome::fail("20 MiB available (minimum 32 MiB)")
+        );
         let loadavg = dir.path().join("loadavg");
         std::fs::write(&loadavg, "1000.00 1.0 1.0 1/1 1\n").unwrap();
         let load = ResourceCheck::Load {
