@@ -7,6 +7,7 @@ pub mod console;
 pub mod credentials;
 pub mod gate;
 pub mod health;
+pub mod machine;
 pub mod manager;
 pub mod pki;
 pub mod probe;
