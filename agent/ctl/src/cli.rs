@@ -74,6 +74,18 @@ pub enum Cmd {
     Units(UnitsCmd),
     /// Print the journal (like journalctl -o short-iso).
     Logs(LogsArgs),
+    /// Show the node's health checks, boot gate and alerts.
+    ///
+    /// Prints the node's state, the boot gate (state, slot, deadline or
+    /// decision time, reason), the machine config's error if any, a table of
+    /// the checks, then the recent alerts. The checks run in debvisor-init;
+    /// the agent passes its answers on.
+    ///
+    /// Exit code: 0 when the node is not DEGRADED and no required check
+    /// fails, 1 when it is DEGRADED or a required check fails (with --watch:
+    /// the state last shown), or on an error.
+    #[command(verbatim_doc_comment)]
+    Health(HealthArgs),
     /// Query, export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -92,6 +104,47 @@ pub struct StatusArgs {
     /// With --watch: minimum milliseconds between updates (agent default 1000, at least 250).
     #[arg(long, value_name = "MS", default_value_t = 0, requires = "watch")]
     pub interval: u32,
+}
+
+/// `health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Also show each check's earlier results.
+    #[arg(long)]
+    pub history: bool,
+    /// Only checks of this kind.
+    #[arg(short, long, value_name = "KIND")]
+    pub kind: Option<CheckKind>,
+    /// Keep watching: print again on every change until Ctrl-C (the screen
+    /// is cleared only on a terminal).
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+/// The kinds of health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckKind {
+    /// A unit active and its health endpoint answering.
+    Service,
+    /// The default route's gateway.
+    Network,
+    /// Name resolution.
+    Dns,
+    /// The data partition: free space, read-only remounts.
+    Storage,
+    /// Memory, load, disk.
+    Resources,
+    /// Certificate expiry.
+    Certificate,
+    /// The machine config.
+    Config,
+}
+
+impl std::fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(v.get_name())
+    }
 }
 
 /// `units ...`.
@@ -324,6 +377,21 @@ mod tests {
         assert!(c.json);
         assert_eq!(c.conn.socket.as_deref(), Some(std::path::Path::new("/s")));
         assert_eq!(c.timeout, 30);
+    }
+
+    #[test]
+    fn health_kinds_are_checked_and_print_as_on_the_wire() {
+        let c = Cli::try_parse_from(["debvisorctl", "health", "--kind", "certificate", "--history"]).unwrap();
+        match c.cmd {
+            Cmd::Health(h) => {
+                assert_eq!(h.kind.unwrap().to_string(), "certificate");
+                assert!(h.history && !h.watch);
+            }
+            _ => unreachable!(),
+        }
+        let e = Cli::try_parse_from(["debvisorctl", "health", "--kind", "disk"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("disk"), "{e}");
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! first contact (see [`connect`]). Each service of the v1 API has its
 //! module of commands; [`output`] draws tables and JSON.
 //!
-//! Exit codes: 0 success, 1 error, 2 usage (bad arguments), 3 broken audit
-//! chain (`audit verify`).
+//! Exit codes: 0 success, 1 error or (`health`) a degraded node or failing
+//! required check, 2 usage (bad arguments), 3 broken audit chain
+//! (`audit verify`).
 
 mod audit;
 mod cli;
 mod connect;
 mod diagnose;
+mod health;
 mod logs;
 mod node;
 mod output;
@@ -73,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Status(args) => node::status(&ctx, args).await?,
         Cmd::Units(cmd) => units::run(&ctx, cmd).await?,
         Cmd::Logs(args) => logs::run(&ctx, args).await?,
+        Cmd::Health(args) => return health::run(&ctx, args).await,
         Cmd::Audit(cmd) => return audit::run(&ctx, cmd).await,
         Cmd::Reboot(args) => node::power(&ctx, Power::Reboot, args).await?,
         Cmd::Shutdown(args) => node::power(&ctx, Power::Shutdown, args).await?,

@@ -77,13 +77,14 @@ impl HostFacts for FakeHost {
 
 /// The simulated node's health, for `--sim` only: a fixed set of checks of
 /// every kind with plausible results (one certificate close to expiry), a
-/// boot gate declared good 40 s after start and the alert that said so.
+/// boot gate declared good 40 s after the boot (which began a minute before
+/// the simulation) and the alert that said so.
 /// Every message ends in "(simulated)". List honours the kind filter and the
 /// history flag like debvisor-init; Watch sends the state once and stays open
 /// until the client leaves, as nothing changes on a simulated node.
 #[derive(Debug)]
 pub struct SimHealth {
-    started_unix_ms: i64,
+    boot_unix_ms: i64,
 }
 
 /// One simulated check.
@@ -168,16 +169,16 @@ const SIM_CHECKS: &[SimCheck] = &[
 const SIM_HISTORY: i64 = 3;
 
 impl SimHealth {
-    /// A simulated node whose boot started now.
+    /// A simulated node that booted a minute ago.
     pub fn new() -> Self {
         Self {
-            started_unix_ms: now_unix_ms(),
+            boot_unix_ms: now_unix_ms() - 60_000,
         }
     }
 
     /// The state at `now_unix_ms`.
     pub fn health(&self, now_unix_ms: i64, include_history: bool, kind: &str) -> NodeHealth {
-        let up_ms = now_unix_ms - self.started_unix_ms;
+        let up_ms = now_unix_ms - self.boot_unix_ms;
         let checks = SIM_CHECKS
             .iter()
             .filter(|c| kind.is_empty() || c.kind == kind)
@@ -206,13 +207,13 @@ impl SimHealth {
                 }
             })
             .collect();
-        let decided = self.started_unix_ms + 40_000;
+        let decided = self.boot_unix_ms + 40_000;
         NodeHealth {
             state: NodeState::Healthy as i32,
             degraded_reason: String::new(),
             gate: Some(BootGate {
                 state: GateState::Good as i32,
-                deadline_unix_ms: self.started_unix_ms + 300_000,
+                deadline_unix_ms: self.boot_unix_ms + 300_000,
                 decided_unix_ms: decided,
                 reason: "all required units active and required checks passing (simulated)".into(),
                 slot: "A".into(),
@@ -256,7 +257,7 @@ mod tests {
     #[test]
     fn sim_health_filters_by_kind_and_keeps_history_on_request() {
         let sim = SimHealth::new();
-        let later = sim.started_unix_ms + 600_000;
+        let later = sim.boot_unix_ms + 600_000;
         let all = sim.health(later, false, "");
         assert_eq!(all.checks.len(), SIM_CHECKS.len());
         assert_eq!(all.state, NodeState::Healthy as i32);
