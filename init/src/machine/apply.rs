@@ -7,6 +7,7 @@
 //! /etc/localtime, the admin hash, root's authorized_keys when the config
 //! manages them, and role.toml.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -24,6 +25,8 @@ use super::render::{NETWORK_FILE_PREFIX, network_files, timesyncd_dropin};
 pub const NETWORK_DIR: &str = "/etc/systemd/network";
 /// The NTP drop-in.
 pub const TIMESYNCD_DROPIN: &str = "/etc/systemd/timesyncd.conf.d/10-debvisor.conf";
+/// The kernel's list of network links.
+pub const SYS_CLASS_NET: &str = "/sys/class/net";
 /// The time zone database.
 pub const ZONEINFO_DIR: &str = "/usr/share/zoneinfo";
 /// Root's SSH keys.
@@ -137,7 +140,7 @@ pub async fn apply(cfg: &MachineConfig, root: &Path, host_ctl: &dyn HostControl)
     // Network.
     let net_dir = under(root, NETWORK_DIR);
     let mut net_changed = false;
-    let wanted = network_files(cfg.network.as_ref());
+    let wanted = network_files(cfg.network.as_ref(), &physical_macs(&under(root, SYS_CLASS_NET)));
     for f in &wanted {
         if write_if_changed(&net_dir.join(&f.name), f.contents.as_bytes(), 0o644)? {
             report.changes.push(format!("network: {} written", f.name));
@@ -239,6 +242,28 @@ pub async fn apply(cfg: &MachineConfig, root: &Path, host_ctl: &dyn HostControl)
         report.changes.push(format!("role: {}", cfg.role.kind.as_str()));
     }
     Ok(report)
+}
+
+/// MAC address (lowercase) -> kernel name of each physical link in
+/// `sys_class_net` (those with a `device`; VLANs and bonds share their
+/// parent's MAC and have none).
+pub fn physical_macs(sys_class_net: &Path) -> BTreeMap<String, String> {
+    let Ok(entries) = std::fs::read_dir(sys_class_net) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            if !dir.join("device").exists() {
+                return None;
+            }
+            let mac = std::fs::read_to_string(dir.join("address"))
+                .ok()?
+                .trim()
+                .to_ascii_lowercase();
+            Some((mac, dir.file_name()?.to_str()?.to_string()))
+        })
+        .collect()
 }
 
 /// Writes `contents` to `path` (creating its directory) unless it already

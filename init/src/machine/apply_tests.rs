@@ -208,3 +208,30 @@ async fn a_failing_live_action_is_reported() {
         "Cannot reload systemd-networkd: reload_network refused by the test"
     );
 }
+
+#[tokio::test]
+async fn mac_matched_parent_is_resolved_from_sysfs() {
+    let root = root();
+    let nic = under(root.path(), SYS_CLASS_NET).join("ens3");
+    std::fs::create_dir_all(nic.join("device")).unwrap();
+    std::fs::write(nic.join("address"), "52:54:00:12:34:56\n").unwrap();
+    let vlan = under(root.path(), SYS_CLASS_NET).join("vlan100");
+    std::fs::create_dir_all(&vlan).unwrap();
+    std::fs::write(vlan.join("address"), "52:54:00:12:34:56\n").unwrap();
+    let c = cfg("version = 1\n[[network.interfaces]]\nmac = \"52:54:00:12:34:56\"\n\
+                 [[network.vlans]]\nname = \"vlan100\"\nid = 100\nparent = \"ens3\"\n");
+    let host = RecordingHost::new();
+    apply(&c, root.path(), &host).await.unwrap();
+    let net = under(root.path(), NETWORK_DIR);
+    assert_eq!(
+        names(&net),
+        [
+            "10-debvisor-mac-525400123456.network",
+            "10-debvisor-vlan100.netdev",
+            "10-debvisor-vlan100.network",
+            "50-admin.network",
+        ]
+    );
+    let mac_file = std::fs::read_to_string(net.join("10-debvisor-mac-525400123456.network")).unwrap();
+    assert!(mac_file.ends_with("VLAN=vlan100\n"), "{mac_file}");
+}

@@ -27,7 +27,12 @@ pub struct RenderedFile {
 
 /// The systemd-networkd files for `net`, sorted by name. With no
 /// `[network]` section: DHCP on every wired interface (`en*`, `eth*`).
-pub fn network_files(net: Option<&NetworkConfig>) -> Vec<RenderedFile> {
+///
+/// `mac_names` maps the (lowercase) MAC address of each physical interface
+/// present to its kernel name: a VLAN parent or a bond or bridge member
+/// named like an interface that the config matches by MAC is attached in
+/// that interface's file, since networkd applies one `.network` per link.
+pub fn network_files(net: Option<&NetworkConfig>, mac_names: &BTreeMap<String, String>) -> Vec<RenderedFile> {
     let Some(net) = net else {
         return vec![RenderedFile {
             name: format!("{NETWORK_FILE_PREFIX}default.network"),
@@ -69,7 +74,9 @@ pub fn network_files(net: Option<&NetworkConfig>) -> Vec<RenderedFile> {
             (None, Some(mac)) => {
                 let mac = mac.to_ascii_lowercase();
                 let stem = format!("mac-{}", mac.replace(':', ""));
-                network(&stem, format!("MACAddress={mac}"), &ifc.addressing(), Vec::new());
+                let extra = mac_names.get(&mac).map(|n| take(n)).unwrap_or_default();
+                // Type=ether: VLANs and bonds share the MAC of their parent.
+                network(&stem, format!("MACAddress={mac}\nType=ether"), &ifc.addressing(), extra);
             }
             (None, None) => {} // refused by validation
         }

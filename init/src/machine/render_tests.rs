@@ -5,8 +5,12 @@ use super::*;
 const H: &str = HEADER;
 
 fn render(toml: &str) -> Vec<(String, String)> {
+    render_with(toml, &BTreeMap::new())
+}
+
+fn render_with(toml: &str, macs: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let cfg = MachineConfig::from_toml(toml).unwrap();
-    network_files(cfg.network.as_ref())
+    network_files(cfg.network.as_ref(), macs)
         .into_iter()
         .map(|f| (f.name, f.contents))
         .collect()
@@ -96,7 +100,7 @@ fn mac_match_mtu_dhcp_variants_and_ipv6_gateway() {
             ),
             file(
                 "10-debvisor-mac-525400abcdef.network",
-                "[Match]\nMACAddress=52:54:00:ab:cd:ef\n\n[Link]\nMTUBytes=9000\n\n[Network]\nDHCP=ipv6\n\
+                "[Match]\nMACAddress=52:54:00:ab:cd:ef\nType=ether\n\n[Link]\nMTUBytes=9000\n\n[Network]\nDHCP=ipv6\n\
                  Address=2001:db8::5/64\nGateway=2001:db8::1\nDNS=2001:db8::53\n"
             ),
         ]
@@ -139,4 +143,31 @@ fn timesyncd_dropin_only_with_servers() {
         timesyncd_dropin(&["0.pool.ntp.org".into(), "192.0.2.1".into()]).unwrap(),
         format!("{H}[Time]\nNTP=0.pool.ntp.org 192.0.2.1\n")
     );
+}
+
+#[test]
+fn vlan_parent_matched_by_mac_is_attached_in_the_mac_file() {
+    let toml = "version = 1\n\
+        [[network.interfaces]]\nmac = \"52:54:00:12:34:56\"\naddresses = [\"10.0.2.15/24\"]\n\
+        [[network.vlans]]\nname = \"vlan100\"\nid = 100\nparent = \"ens3\"\n";
+    let macs = BTreeMap::from([("52:54:00:12:34:56".to_string(), "ens3".to_string())]);
+    let files = render_with(toml, &macs);
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "10-debvisor-mac-525400123456.network",
+            "10-debvisor-vlan100.netdev",
+            "10-debvisor-vlan100.network"
+        ]
+    );
+    assert_eq!(
+        files[0].1,
+        format!(
+            "{H}[Match]\nMACAddress=52:54:00:12:34:56\nType=ether\n\n[Network]\nDHCP=no\nAddress=10.0.2.15/24\nVLAN=vlan100\n"
+        )
+    );
+    // Without the interface present, the parent gets a file of its own.
+    let names: Vec<String> = render(toml).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"10-debvisor-ens3.network".to_string()), "{names:?}");
 }

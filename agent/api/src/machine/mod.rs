@@ -14,6 +14,7 @@
 //! ```
 
 mod network;
+mod shape;
 mod validate;
 
 #[cfg(test)]
