@@ -228,8 +228,8 @@ impl Alerts {
             message: message.to_string(),
         };
         match severity {
-            Severity::Critical => tracing::error!(check, action, "Alert: {message}"),
-            _ => tracing::warn!(check, action, "Alert: {message}"),
+            Severity::Critical => tracing::error!(check, action, "Alert {action} {check}: {message}"),
+            _ => tracing::warn!(check, action, "Alert {action} {check}: {message}"),
         }
         if let Some(h) = &self.health {
             h.push_alert(alert.clone());

@@ -8,18 +8,21 @@
 //! reports readiness on the serial console. `debvisor-init check` runs the
 //! checks once and prints a table.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use debvisor_api::health::v1::Severity;
+use debvisor_api::machine::MachineConfig;
 use debvisor_api::paths;
 use debvisor_init::health::checks::node_checks;
 use debvisor_init::health::metrics::HealthMetrics;
 use debvisor_init::health::{Check, ConfigState, Health, Settings, Status, engine, run_once, server};
 use debvisor_init::manager::DbusManager;
 use debvisor_init::supervise::{Supervisor, supervised_set};
-use debvisor_init::{alerts, console, credentials, gate, health, pki, probe};
+use debvisor_init::{alerts, console, credentials, gate, health, machine, pki, probe};
 use debvisor_systemd::{SystemdUnits, Units};
 use tokio::sync::watch;
 
@@ -47,9 +50,10 @@ async fn main() {
     debvisor_api::daemon::init_logging();
     let args = Args::parse();
     match args.command {
-        // INTEGRATION: read the machine config's settings here
-        // (Settings::from(&machine_config)) once H1's loader lands.
-        Some(Command::Check) => std::process::exit(check(&Settings::default()).await),
+        Some(Command::Check) => {
+            let (settings, config) = config_in_effect();
+            std::process::exit(check(&settings, config).await)
+        }
         None => {
             if let Err(e) = run(args).await {
                 tracing::error!("{e:#}");
@@ -67,16 +71,56 @@ fn hostname() -> String {
         .to_string()
 }
 
+/// The settings and state of the machine config in effect: the last good
+/// one that `debvisor-init` applied, else the defaults (`debvisor-init
+/// check` neither fetches nor applies a config).
+fn config_in_effect() -> (Settings, ConfigState) {
+    let cfg = [paths::MACHINE_CONFIG_LAST_GOOD, paths::MACHINE_CONFIG]
+        .iter()
+        .find_map(|p| MachineConfig::from_toml(&std::fs::read_to_string(p).ok()?).ok());
+    match cfg {
+        Some(c) => {
+            let state = ConfigState {
+                digest: c.digest(),
+                error: String::new(),
+            };
+            (Settings::from(&c), state)
+        }
+        None => (Settings::default(), ConfigState::default()),
+    }
+}
+
+/// Loads and applies the machine config (falling back to the last good one
+/// or to safe defaults, never failing); returns its settings and state.
+async fn apply_machine_config(cmdline: &str) -> (Settings, ConfigState) {
+    let host = match machine::DbusHost::connect().await {
+        Ok(h) => h,
+        Err(e) => {
+            let error = format!("Cannot apply the machine config: cannot connect to the system bus: {e}");
+            console::marker("config-error", &error);
+            let (settings, state) = config_in_effect();
+            return (settings, ConfigState { error, ..state });
+        }
+    };
+    let outcome = machine::load_and_apply(cmdline, &machine::SourcePaths::production(), Path::new("/"), &host).await;
+    let state = ConfigState {
+        digest: outcome.loaded.digest.clone(),
+        error: outcome.error.clone().unwrap_or_default(),
+    };
+    (Settings::from(&outcome.loaded.config), state)
+}
+
 fn status(text: &str) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(text)]);
 }
 
-/// `debvisor-init check`: runs the checks of `settings` once, concurrently,
+/// `debvisor-init check`: runs the checks of `settings` (the `config` check
+/// reporting `config`) once, concurrently,
 /// each with its timeout; prints CHECK, KIND, REQUIRED, STATUS, MESSAGE and
 /// TIME; returns 1 when a required check fails, 0 otherwise.
-async fn check(settings: &Settings) -> i32 {
+async fn check(settings: &Settings, config: ConfigState) -> i32 {
     let hostname = hostname();
-    let (_config_tx, config_rx) = watch::channel(ConfigState::default());
+    let (_config_tx, config_rx) = watch::channel(config);
     let (checks, unreachable) = match SystemdUnits::connect().await {
         Ok(u) => {
             let units: Arc<dyn Units> = Arc::new(u);
@@ -143,6 +187,16 @@ fn table(rows: &[[String; 6]]) -> String {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // The machine config first: it names the host (which the PKI uses on a
+    // first boot), the network, and the supervisor's own settings. An
+    // invalid config never stops the supervisor: the node runs on the last
+    // good config or safe defaults and reports the error. It is applied at
+    // start; a changed config is applied at the next start of debvisor-init.
+    status("Applying the machine config");
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (settings, config_state) = apply_machine_config(&cmdline).await;
+    let config_error = config_state.error.clone();
+    let (config_tx, config_rx) = watch::channel(config_state);
     let hostname = hostname();
 
     status("Preparing the node PKI");
@@ -157,15 +211,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("generated the admin password (shown on the serial console)");
         console::marker("admin-password", &format!("admin {password}"));
     }
-
-    // INTEGRATION (H1): call the machine config's `load_and_apply` here,
-    // before any unit is started; build `settings` from the config it
-    // applied (Settings { health, webhooks, gate_deadline_seconds,
-    // supervise } from MachineConfig) and publish its outcome on
-    // `config_tx` (ConfigState { digest, error }). An invalid config must
-    // not stop the supervisor: keep going with the last good settings.
-    let settings = Settings::default();
-    let (config_tx, config_rx) = watch::channel(ConfigState::default());
 
     let units: Arc<dyn Units> = Arc::new(
         SystemdUnits::connect()
@@ -225,7 +270,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         alerts.clone(),
         settings.health.clone(),
     ));
-    let slot = gate::booted_slot(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if !config_error.is_empty() {
+        alerts.raise(Severity::Warning, "config", "config-invalid", &config_error);
+    }
+    let slot = gate::booted_slot(&cmdline);
     tokio::spawn(gate::run(health.clone(), alerts, gate_deadline, slot));
 
     let rx = health.subscribe();
@@ -263,8 +311,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             status("Degraded: agent or console does not answer");
         }
     }
-    drop(config_tx); // INTEGRATION: keep it where the config is re-applied on change.
     debvisor_api::daemon::shutdown_signal().await;
+    drop(config_tx);
     Ok(())
 }
 

@@ -1,9 +1,8 @@
 //! The supervisor's settings: the machine config's `[health]`, `[alerts]`,
 //! `[boot]` and `[services]` sections, with the same fields and defaults.
 //!
-//! Until the supervisor reads the machine config, [`Settings::default`] is
-//! what it runs with; the integrator builds a [`Settings`] from
-//! `debvisor_api::machine::MachineConfig` with a small `From` impl.
+//! `Settings::from(&MachineConfig)` takes them from the config in effect;
+//! [`Settings::default`] equals what the default config gives.
 
 use std::time::Duration;
 
@@ -123,5 +122,75 @@ impl Settings {
     /// The boot gate's deadline.
     pub fn gate_deadline(&self) -> Duration {
         Duration::from_secs(u64::from(self.gate_deadline_seconds))
+    }
+}
+
+impl From<&debvisor_api::machine::MachineConfig> for Settings {
+    fn from(cfg: &debvisor_api::machine::MachineConfig) -> Self {
+        let h = &cfg.health;
+        Self {
+            health: HealthSettings {
+                interval_seconds: h.interval_seconds,
+                timeout_seconds: h.timeout_seconds,
+                history: h.history,
+                disk_warn_percent: h.disk_warn_percent,
+                disk_fail_percent: h.disk_fail_percent,
+                memory_min_available_mib: h.memory_min_available_mib,
+                load_per_cpu_warn: h.load_per_cpu_warn,
+                cert_renew_days: h.cert_renew_days,
+                dns_names: h.dns_names.clone(),
+                failures_before_restart: h.failures_before_restart,
+                restart_limit: h.restart_limit,
+                restart_window_seconds: h.restart_window_seconds,
+            },
+            webhooks: cfg
+                .alerts
+                .webhooks
+                .iter()
+                .map(|w| Webhook {
+                    url: w.url.clone(),
+                    retries: w.retries,
+                    timeout_seconds: w.timeout_seconds,
+                })
+                .collect(),
+            gate_deadline_seconds: cfg.boot.gate_deadline_seconds,
+            supervise: cfg.services.supervise.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use debvisor_api::machine::MachineConfig;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_machine_config() {
+        assert_eq!(Settings::from(&MachineConfig::default()), Settings::default());
+    }
+
+    #[test]
+    fn from_a_machine_config() {
+        let cfg: MachineConfig = toml::from_str(
+            "version = 1\n[services]\nsupervise = [\"cron.service\"]\n[health]\ninterval_seconds = 2\n\
+             failures_before_restart = 2\n[alerts]\n[[alerts.webhooks]]\nurl = \"http://10.0.2.2:8080/alert\"\n\
+             retries = 2\n[boot]\ngate_deadline_seconds = 120\n",
+        )
+        .unwrap();
+        let s = Settings::from(&cfg);
+        assert_eq!(s.health.interval_seconds, 2);
+        assert_eq!(s.health.failures_before_restart, 2);
+        assert_eq!(s.health.restart_limit, 3);
+        assert_eq!(s.supervise, ["cron.service"]);
+        assert_eq!(s.gate_deadline_seconds, 120);
+        assert_eq!(
+            s.webhooks,
+            [Webhook {
+                url: "http://10.0.2.2:8080/alert".into(),
+                retries: 2,
+                timeout_seconds: 5
+            }]
+        );
     }
 }
