@@ -87,17 +87,22 @@ impl WebhookBody {
     }
 }
 
-/// The audit entry of `alert`.
+/// The audit entry of `alert`: actor `debvisor-init`, source `supervisor`,
+/// target the check; action `health.restart` (`restarted`,
+/// `restart-failed`), `health.escalate`, `health.recover`, `boot.good`,
+/// `boot.bad`, `config.invalid`; outcome error for critical alerts and
+/// failed restarts, ok otherwise.
 pub fn audit_entry(alert: &Alert) -> NewEntry {
     let action = match alert.action.as_str() {
-        "restarted" => "health.restart".to_string(),
+        "restarted" | "restart-failed" => "health.restart".to_string(),
         "escalated" => "health.escalate".to_string(),
         "recovered" => "health.recover".to_string(),
         "boot-good" => "boot.good".to_string(),
         "boot-bad" => "boot.bad".to_string(),
+        "config-invalid" => "config.invalid".to_string(),
         other => format!("health.{}", other.replace('-', "_")),
     };
-    let ok = alert.severity != Severity::Critical as i32;
+    let ok = alert.severity != Severity::Critical as i32 && !alert.action.ends_with("-failed");
     NewEntry {
         actor: "debvisor-init".to_string(),
         source: "supervisor".to_string(),

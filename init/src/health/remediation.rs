@@ -148,23 +148,36 @@ pub async fn run(health: Arc<Health>, units: Arc<dyn Units>, alerts: Alerts, set
         match logic.decide(&run, active, Instant::now()) {
             None => {}
             Some(Action::Restart(unit)) => {
-                let message = format!(
-                    "{} failed {} times in a row while {unit} was active: restarting {unit} ({})",
+                let why = format!(
+                    "{} failed {} times in a row while {unit} was active ({})",
                     run.check, settings.failures_before_restart, run.message
                 );
-                alerts.raise(Severity::Info, &run.check, "restarted", &message);
                 if let Some(m) = health.metrics() {
                     m.restarted(&unit);
                 }
-                let units = units.clone();
+                // The alert follows the restart job, so that whoever gets it
+                // sees the new process.
+                let (units, alerts, check) = (units.clone(), alerts.clone(), run.check.clone());
                 tokio::spawn(async move {
                     let Ok(name) = UnitName::try_from(unit.as_str()) else {
                         return;
                     };
                     match units.restart(&name).await {
-                        Ok(job) if job.is_done() => {}
-                        Ok(job) => tracing::error!("Restarting {unit} ended with job result {}", job.result),
-                        Err(e) => tracing::error!("Cannot restart {unit}: {e}"),
+                        Ok(job) if job.is_done() => {
+                            alerts.raise(Severity::Info, &check, "restarted", &format!("{why}: restarted {unit}"));
+                        }
+                        Ok(job) => alerts.raise(
+                            Severity::Warning,
+                            &check,
+                            "restart-failed",
+                            &format!("{why}: restarting {unit} ended with job result {}", job.result),
+                        ),
+                        Err(e) => alerts.raise(
+                            Severity::Warning,
+                            &check,
+                            "restart-failed",
+                            &format!("{why}: cannot restart {unit}: {e}"),
+                        ),
                     }
                 });
             }
