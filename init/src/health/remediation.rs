@@ -5,7 +5,10 @@
 //! `restart_window_seconds`, remediation stops restarting it, marks the node
 //! degraded naming the check (alert `escalated`, CRITICAL); once the check
 //! has passed for a whole window again the escalation is cleared (alert
-//! `recovered`, INFO).
+//! `recovered`, INFO). A check whose unit is not active is left to the
+//! supervisor, which starts it; if it keeps failing for
+//! `failures_before_restart * (restart_limit + 1)` runs (the unit does not
+//! stay up: a crash loop), it escalates all the same.
 //!
 //! [`Remediation`] is the decision logic (no I/O, time passed in);
 //! [`run`] applies its decisions to the units, the health state and alerts.
@@ -100,8 +103,24 @@ impl Remediation {
         }
         c.passing_since = None;
         c.fails_since_restart += 1;
-        if c.escalated || c.fails_since_restart < self.failures_before_restart || !unit_active {
+        if c.escalated || c.fails_since_restart < self.failures_before_restart {
             return None;
+        }
+        if !unit_active {
+            // The supervisor starts an inactive unit; one that keeps not
+            // coming up (a crash loop) escalates after as many failed runs
+            // as the restarts would have taken.
+            let limit = self
+                .failures_before_restart
+                .saturating_mul(u32::try_from(self.restart_limit + 1).unwrap_or(u32::MAX));
+            if c.fails_since_restart < limit {
+                return None;
+            }
+            c.escalated = true;
+            return Some(Action::Escalate(format!(
+                "{} failed {} times in a row and {unit} does not stay active: {}",
+                run.check, c.fails_since_restart, run.message
+            )));
         }
         while c
             .restarts
@@ -288,12 +307,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn inactive_units_and_checks_without_units_are_left_alone() {
+    async fn inactive_units_escalate_late_and_checks_without_units_never() {
         let mut r = Remediation::new(&settings());
         let fail = run(Status::Fail);
-        for _ in 0..10 {
+        // 3 failures before a restart, 3 restarts: 12 runs before escalating
+        // a unit that does not stay active.
+        for _ in 0..11 {
             assert_eq!(r.decide(&fail, false, Instant::now()), None);
         }
+        let Some(Action::Escalate(reason)) = r.decide(&fail, false, Instant::now()) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("failed 12 times in a row and debvisor-webui.service does not stay active"),
+            "{reason}"
+        );
+        assert_eq!(r.decide(&fail, false, Instant::now()), None);
         let no_unit = CheckRun { unit: None, ..fail };
         for _ in 0..10 {
             assert_eq!(r.decide(&no_unit, true, Instant::now()), None);
