@@ -137,13 +137,17 @@ pub async fn apply(cfg: &MachineConfig, root: &Path, host_ctl: &dyn HostControl)
     }
     let mut report = ApplyReport::default();
 
-    // Network.
+    // Network. When networkd cannot be told, the files written now are
+    // taken back so that the next apply writes them again and retries.
     let net_dir = under(root, NETWORK_DIR);
     let mut net_changed = false;
+    let mut written = Vec::new();
     let wanted = network_files(cfg.network.as_ref(), &physical_macs(&under(root, SYS_CLASS_NET)));
     for f in &wanted {
-        if write_if_changed(&net_dir.join(&f.name), f.contents.as_bytes(), 0o644)? {
+        let path = net_dir.join(&f.name);
+        if write_if_changed(&path, f.contents.as_bytes(), 0o644)? {
             report.changes.push(format!("network: {} written", f.name));
+            written.push(path);
             net_changed = true;
         }
     }
@@ -160,43 +164,55 @@ pub async fn apply(cfg: &MachineConfig, root: &Path, host_ctl: &dyn HostControl)
             net_changed = true;
         }
     }
-    if net_changed {
-        host_ctl
-            .reload_network()
-            .await
-            .map_err(host("reload systemd-networkd"))?;
+    if net_changed && let Err(e) = host_ctl.reload_network().await {
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(host("reload systemd-networkd")(e));
     }
 
     // NTP.
     let dropin = under(root, TIMESYNCD_DROPIN);
-    let ntp_changed = match timesyncd_dropin(&cfg.node.ntp) {
-        Some(text) => write_if_changed(&dropin, text.as_bytes(), 0o644)?,
-        None => remove_if_present(&dropin)?,
+    let (ntp_changed, ntp_written) = match timesyncd_dropin(&cfg.node.ntp) {
+        Some(text) => {
+            let w = write_if_changed(&dropin, text.as_bytes(), 0o644)?;
+            (w, w)
+        }
+        None => (remove_if_present(&dropin)?, false),
     };
     if ntp_changed {
         report.changes.push("ntp".to_string());
-        host_ctl
-            .restart_unit(TIMESYNCD_UNIT)
-            .await
-            .map_err(host(format!("restart {TIMESYNCD_UNIT}")))?;
+        if let Err(e) = host_ctl.restart_unit(TIMESYNCD_UNIT).await {
+            if ntp_written {
+                let _ = std::fs::remove_file(&dropin);
+            }
+            return Err(host(format!("restart {TIMESYNCD_UNIT}"))(e));
+        }
     }
 
-    // Host name.
-    if let Some(name) = &cfg.node.hostname
-        && write_if_changed(&under(root, "/etc/hostname"), format!("{name}\n").as_bytes(), 0o644)?
-    {
-        report.changes.push("hostname".to_string());
-        host_ctl.set_hostname(name).await.map_err(host("set the host name"))?;
+    // Host name: hostnamed first (it writes /etc/hostname too), so that a
+    // failed call is retried by the next apply.
+    if let Some(name) = &cfg.node.hostname {
+        let path = under(root, "/etc/hostname");
+        let line = format!("{name}\n");
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(line.as_str()) {
+            report.changes.push("hostname".to_string());
+            host_ctl.set_hostname(name).await.map_err(host("set the host name"))?;
+            write_if_changed(&path, line.as_bytes(), 0o644)?;
+        }
     }
 
-    // Time zone: /etc/localtime -> ../usr/share/zoneinfo/<zone>.
+    // Time zone: /etc/localtime -> ../usr/share/zoneinfo/<zone>; timedated
+    // first, as for the host name.
     if let Some(zone) = &cfg.node.timezone {
         let link = under(root, "/etc/localtime");
         let target = PathBuf::from(format!("..{ZONEINFO_DIR}/{zone}"));
         if std::fs::read_link(&link).ok().as_ref() != Some(&target) {
-            symlink_atomic(&target, &link)?;
             report.changes.push("timezone".to_string());
             host_ctl.set_timezone(zone).await.map_err(host("set the time zone"))?;
+            if std::fs::read_link(&link).ok().as_ref() != Some(&target) {
+                symlink_atomic(&target, &link)?;
+            }
         }
     }
 

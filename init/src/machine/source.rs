@@ -331,53 +331,73 @@ async fn fetch_once(client: &reqwest::Client, url: &str) -> Result<String, (Stri
 pub struct Outcome {
     /// The config in effect (after any fallback).
     pub loaded: Loaded,
-    /// What applying it changed; `None` when even the fallback failed.
+    /// What applying it changed; `None` when not even the defaults could be
+    /// applied.
     pub report: Option<ApplyReport>,
     /// The error shown on the console and dashboard, if any.
     pub error: Option<String>,
+    /// The serial console markers written, in order, as (what, details).
+    pub markers: Vec<(&'static str, String)>,
 }
 
 /// Loads the config, applies it and records it as the last good one; on an
 /// error applies the last good config (or the defaults) instead. Writes
-/// `config-error <message>` and `config-applied <digest>` marker lines on the
-/// serial console.
+/// marker lines on the serial console: `config-error <message>` for each
+/// error, then `config-applied <digest>` when the config from the first
+/// source is in effect, or `config-fallback <digest> <source>` when the node
+/// runs on the last good config or the defaults instead.
 pub async fn load_and_apply(cmdline: &str, paths: &SourcePaths, root: &Path, host: &dyn HostControl) -> Outcome {
+    let mut markers = Vec::new();
     let mut loaded = load(cmdline, paths).await;
     if let Some(e) = &loaded.error {
-        marker("config-error", &one_line(e));
+        markers.push(("config-error", one_line(e)));
     }
-    let primary = matches!(
-        loaded.source,
-        Source::CommandLine(_) | Source::Medium(_) | Source::DataPartition(_)
-    );
-    let report = match apply(&loaded.config, root, host).await {
-        Ok(report) => Some(report),
-        Err(e) => {
-            let msg = format!("machine config from {}: {e}", loaded.source);
-            marker("config-error", &one_line(&msg));
-            if primary {
-                loaded = fallback(paths, msg);
-                apply(&loaded.config, root, host)
-                    .await
-                    .inspect_err(|e| marker("config-error", &one_line(&format!("{}: {e}", loaded.source))))
-                    .ok()
-            } else {
-                loaded.error = Some(msg);
-                None
+    let report = loop {
+        match apply(&loaded.config, root, host).await {
+            Ok(report) => break Some(report),
+            Err(e) => {
+                let msg = format!("machine config from {}: {e}", loaded.source);
+                markers.push(("config-error", one_line(&msg)));
+                let error = Some(loaded.error.take().unwrap_or(msg));
+                loaded = match loaded.source {
+                    Source::CommandLine(_) | Source::Medium(_) | Source::DataPartition(_) => Loaded {
+                        error,
+                        ..fallback(paths, String::new())
+                    },
+                    Source::LastGood(_) => Loaded {
+                        error,
+                        ..self::loaded(MachineConfig::default(), Source::Default, None)
+                    },
+                    Source::Default => {
+                        loaded.error = error;
+                        break None;
+                    }
+                };
             }
         }
     };
     if report.is_some() {
-        if primary
-            && loaded.error.is_none()
-            && let Err(e) = write_atomic(&paths.last_good, loaded.config.to_toml().as_bytes(), 0o600)
-        {
-            tracing::warn!("Cannot record the last good machine config: {e}");
+        if loaded.error.is_none() {
+            if loaded.source != Source::Default
+                && let Err(e) = write_atomic(&paths.last_good, loaded.config.to_toml().as_bytes(), 0o600)
+            {
+                tracing::warn!("Cannot record the last good machine config: {e}");
+            }
+            markers.push(("config-applied", loaded.digest.clone()));
+        } else {
+            markers.push(("config-fallback", format!("{} {}", loaded.digest, loaded.source)));
         }
-        marker("config-applied", &loaded.digest);
+    }
+    for (what, details) in &markers {
+        marker(what, details);
     }
     let error = loaded.error.clone();
-    Outcome { loaded, report, error }
+    Outcome {
+        loaded,
+        report,
+        error,
+        markers,
+    }
 }
 
 /// A message on one line, for a console marker.

@@ -256,6 +256,8 @@ async fn load_and_apply_records_last_good_and_survives_a_bad_config() {
     )
     .await;
     assert_eq!(out.error, None);
+    let digest = out.loaded.digest.clone();
+    assert_eq!(out.markers, [("config-applied", digest.clone())]);
     assert!(out.report.as_ref().unwrap().changes.contains(&"hostname".to_string()));
     assert_eq!(
         MachineConfig::from_toml(&std::fs::read_to_string(&d.paths.last_good).unwrap()).unwrap(),
@@ -285,6 +287,22 @@ async fn load_and_apply_records_last_good_and_survives_a_bad_config() {
             .ends_with("network.vlans[0].id = 5000: a VLAN id is 1-4094")
     );
     assert_eq!(hostname(&out.loaded), Some("from-url"));
+    assert_eq!(
+        out.markers,
+        [
+            (
+                "config-error",
+                format!(
+                    "machine config from debvisor.config=file://{}: network.vlans[0].id = 5000: a VLAN id is 1-4094",
+                    bad.display()
+                )
+            ),
+            (
+                "config-fallback",
+                format!("{digest} last good config {}", d.paths.last_good.display())
+            ),
+        ]
+    );
     assert!(out.report.unwrap().is_empty());
     assert!(host.take().is_empty());
 
@@ -304,6 +322,40 @@ async fn load_and_apply_records_last_good_and_survives_a_bad_config() {
     );
     assert_eq!(out.loaded.source, Source::LastGood(d.paths.last_good.clone()));
     assert!(out.report.is_some());
+    assert_eq!(out.markers.len(), 2);
+    assert_eq!(out.markers[1].0, "config-fallback");
+    assert_eq!(
+        MachineConfig::from_toml(&std::fs::read_to_string(&d.paths.last_good).unwrap()).unwrap(),
+        out.loaded.config,
+        "a config that failed to apply does not become the last good one"
+    );
+}
+
+#[tokio::test]
+async fn when_nothing_can_be_applied_the_error_is_kept() {
+    let d = dirs();
+    let root = d.base.join("root");
+    let host = RecordingHost::new();
+    host.fail_on("reload_network");
+    std::fs::write(d.medium.join(MEDIUM_FILE), "version = 1\n[node]\nhostname = \"m\"\n").unwrap();
+    let out = load_and_apply("", &d.paths, &root, &host).await;
+    assert!(out.report.is_none());
+    assert_eq!(out.loaded.source, Source::Default);
+    let medium = d.medium.join(MEDIUM_FILE);
+    assert_eq!(
+        out.error.as_deref(),
+        Some(
+            format!(
+                "machine config from config medium {}: Cannot reload systemd-networkd: reload_network refused by the test",
+                medium.display()
+            )
+            .as_str()
+        )
+    );
+    // The medium's config, then the defaults: both fail; no success marker.
+    assert_eq!(out.markers.len(), 2);
+    assert!(out.markers.iter().all(|(what, _)| *what == "config-error"));
+    assert!(!d.paths.last_good.exists());
 }
 
 #[test]
