@@ -4,7 +4,12 @@
 //! BAD, naming what held it. Either way an alert, a serial console marker
 //! (`DEBVISOR: boot-good <slot>` / `DEBVISOR: boot-bad <reason>`) and
 //! `NodeHealth.gate`. Nothing here talks to RAUC.
+//!
+//! The deadline counts from boot (kernel uptime), and the decision is kept
+//! in [`GATE_STATE`] (on /run, so for this boot only): a debvisor-init that
+//! restarts after deciding restores the decision instead of deciding again.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +19,37 @@ use tokio::time::Instant;
 use crate::alerts::Alerts;
 use crate::console;
 use crate::health::engine::{Health, now_unix_ms};
+
+/// Where the decision of this boot is kept.
+pub const GATE_STATE: &str = "/run/debvisor/boot-gate.json";
+
+/// The decision as kept in [`GATE_STATE`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    good: bool,
+    deadline_unix_ms: i64,
+    decided_unix_ms: i64,
+    reason: String,
+    slot: String,
+}
+
+impl Saved {
+    fn gate(&self) -> BootGate {
+        BootGate {
+            state: if self.good { GateState::Good } else { GateState::Bad } as i32,
+            deadline_unix_ms: self.deadline_unix_ms,
+            decided_unix_ms: self.decided_unix_ms,
+            reason: self.reason.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+/// Time since boot from `/proc/uptime` text.
+pub fn uptime(text: &str) -> Option<Duration> {
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
 
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +131,34 @@ impl Gate {
     }
 }
 
-/// Runs the gate over `health` until it decides; returns the verdict.
-pub async fn run(health: Arc<Health>, alerts: Alerts, deadline: Duration, slot: String) -> Verdict {
-    let mut gate = Gate::new(Instant::now(), deadline);
-    let deadline_unix_ms = now_unix_ms() + i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX);
+/// Runs the gate over `health` until it decides, `since_boot` after boot;
+/// returns the verdict. With `state`, restores a decision kept there (no
+/// new alert or marker) or keeps the new one there.
+pub async fn run(
+    health: Arc<Health>,
+    alerts: Alerts,
+    deadline: Duration,
+    since_boot: Duration,
+    slot: String,
+    state: Option<PathBuf>,
+) -> Verdict {
+    if let Some(saved) = state.as_deref().and_then(restore) {
+        tracing::info!(
+            good = saved.good,
+            "boot gate already decided for this boot: {}",
+            saved.reason
+        );
+        health.set_gate(saved.gate());
+        return if saved.good {
+            Verdict::Good
+        } else {
+            Verdict::Bad(saved.reason)
+        };
+    }
+    let left = deadline.saturating_sub(since_boot);
+    let mut gate = Gate::new(Instant::now(), left);
+    gate.deadline_secs = deadline.as_secs();
+    let deadline_unix_ms = now_unix_ms() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
     health.set_gate(BootGate {
         state: GateState::Pending as i32,
         deadline_unix_ms,
@@ -117,6 +177,7 @@ pub async fn run(health: Arc<Health>, alerts: Alerts, deadline: Duration, slot: 
             () = tokio::time::sleep_until(gate.deadline()) => {}
         }
     };
+    let state_file = state;
     let (state, reason) = match &verdict {
         Verdict::Good => (
             GateState::Good,
@@ -124,13 +185,17 @@ pub async fn run(health: Arc<Health>, alerts: Alerts, deadline: Duration, slot: 
         ),
         Verdict::Bad(r) => (GateState::Bad, r.clone()),
     };
-    health.set_gate(BootGate {
-        state: state as i32,
+    let saved = Saved {
+        good: state == GateState::Good,
         deadline_unix_ms,
         decided_unix_ms: now_unix_ms(),
         reason: reason.clone(),
         slot: slot.clone(),
-    });
+    };
+    health.set_gate(saved.gate());
+    if let Some(path) = &state_file {
+        keep(path, &saved);
+    }
     let slot_text = if slot.is_empty() {
         "unknown slot".to_string()
     } else {
@@ -157,6 +222,21 @@ pub async fn run(health: Arc<Health>, alerts: Alerts, deadline: Duration, slot: 
         }
     }
     verdict
+}
+
+fn restore(path: &Path) -> Option<Saved> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn keep(path: &Path, saved: &Saved) {
+    let text = serde_json::to_string(saved).unwrap_or_default();
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, text));
+    if let Err(e) = written {
+        tracing::warn!("Cannot keep the boot gate's decision in {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]
@@ -221,7 +301,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn driver_declares_good_without_held_checks() {
+    async fn driver_decides_once_per_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("boot-gate.json");
         let health = Arc::new(Health::new(
             &[],
             Duration::from_secs(1),
@@ -232,11 +314,48 @@ mod tests {
         ));
         let alerts = Alerts::spawn("n".into(), vec![], None, Some(health.clone()), Duration::from_millis(1));
         // No checks: nothing holds the gate.
-        let v = run(health.clone(), alerts, Duration::from_secs(300), "A".into()).await;
+        let deadline = Duration::from_secs(300);
+        let v = run(
+            health.clone(),
+            alerts.clone(),
+            deadline,
+            Duration::from_secs(7),
+            "A".into(),
+            Some(file.clone()),
+        )
+        .await;
         assert_eq!(v, Verdict::Good);
         let gate = health.snapshot().gate.unwrap();
         assert_eq!((gate.state, gate.slot.as_str()), (GateState::Good as i32, "A"));
         assert_eq!(health.snapshot().alerts[0].action, "boot-good");
+        // A restarted supervisor restores the decision, without a new alert.
+        let again = Arc::new(Health::new(
+            &[],
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+            0,
+            None,
+        ));
+        let alerts = Alerts::spawn("n".into(), vec![], None, Some(again.clone()), Duration::from_millis(1));
+        let v = run(
+            again.clone(),
+            alerts,
+            deadline,
+            Duration::from_secs(900),
+            "A".into(),
+            Some(file),
+        )
+        .await;
+        assert_eq!(v, Verdict::Good);
+        assert_eq!(again.snapshot().gate.unwrap().state, GateState::Good as i32);
+        assert!(again.snapshot().alerts.is_empty());
+    }
+
+    #[test]
+    fn uptime_text() {
+        assert_eq!(uptime("12.50 20.00\n"), Some(Duration::from_millis(12_500)));
+        assert_eq!(uptime(""), None);
     }
 
     #[test]

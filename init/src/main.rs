@@ -274,7 +274,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         alerts.raise(Severity::Warning, "config", "config-invalid", &config_error);
     }
     let slot = gate::booted_slot(&cmdline);
-    tokio::spawn(gate::run(health.clone(), alerts, gate_deadline, slot));
+    let since_boot = gate::uptime(&std::fs::read_to_string("/proc/uptime").unwrap_or_default()).unwrap_or_default();
+    let gate_state = Some(gate::GATE_STATE.into());
+    tokio::spawn(gate::run(
+        health.clone(),
+        alerts,
+        gate_deadline,
+        since_boot,
+        slot,
+        gate_state,
+    ));
 
     let rx = health.subscribe();
     tokio::spawn(async move {
