@@ -36,15 +36,13 @@ impl UnitsApi {
         Self { units, journal, audit }
     }
 
+    /// Start, Stop or Restart (`action`), which must finish with `done`.
     async fn job(
         &self,
         req: Request<pb::UnitActionRequest>,
         action: &'static str,
     ) -> Result<Response<pb::UnitActionResponse>, Status> {
-        let caller = Caller::of(&req)?;
-        let raw = req.into_inner().name;
-        let result = async {
-            let name = unit_name("name", &raw)?;
+        let op = |name: UnitName| async move {
             let job = match action {
                 "units.Start" => self.units.start(&name).await,
                 "units.Stop" => self.units.stop(&name).await,
@@ -52,12 +50,48 @@ impl UnitsApi {
             }
             .map_err(units_status)?;
             job_ok(&name, &job)?;
+            Ok(job)
+        };
+        self.unit_action(req, action, op, job_answer).await
+    }
+
+    /// Enable or Disable (`action`).
+    async fn file(
+        &self,
+        req: Request<pb::UnitActionRequest>,
+        action: &'static str,
+    ) -> Result<Response<pb::UnitFileResponse>, Status> {
+        let op = |name: UnitName| async move {
+            if action == "units.Enable" {
+                self.units.enable(&name).await
+            } else {
+                self.units.disable(&name).await
+            }
+            .map_err(units_status)
+        };
+        self.unit_action(req, action, op, file_answer).await
+    }
+
+    /// One mutating unit call: validates the name, runs `op` on it, reads the
+    /// unit's state after it for `answer`, and audits the call as `action` on
+    /// the name as it was sent (valid or not).
+    async fn unit_action<T, R, Fut>(
+        &self,
+        req: Request<pb::UnitActionRequest>,
+        action: &'static str,
+        op: impl FnOnce(UnitName) -> Fut,
+        answer: fn(T, pb::Unit) -> R,
+    ) -> Result<Response<R>, Status>
+    where
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let caller = Caller::of(&req)?;
+        let raw = req.into_inner().name;
+        let result = async {
+            let name = unit_name("name", &raw)?;
+            let done = op(name.clone()).await?;
             let unit = self.units.get(&name).await.map_err(units_status)?;
-            Ok(pb::UnitActionResponse {
-                job_id: job.job,
-                result: job.result,
-                unit: Some(unit_of(unit)),
-            })
+            Ok(answer(done, unit_of(unit)))
         }
         .await;
         self.audit
@@ -65,33 +99,20 @@ impl UnitsApi {
             .await
             .map(Response::new)
     }
+}
 
-    async fn file(
-        &self,
-        req: Request<pb::UnitActionRequest>,
-        action: &'static str,
-    ) -> Result<Response<pb::UnitFileResponse>, Status> {
-        let caller = Caller::of(&req)?;
-        let raw = req.into_inner().name;
-        let result = async {
-            let name = unit_name("name", &raw)?;
-            let changes = if action == "units.Enable" {
-                self.units.enable(&name).await
-            } else {
-                self.units.disable(&name).await
-            }
-            .map_err(units_status)?;
-            let unit = self.units.get(&name).await.map_err(units_status)?;
-            Ok(pb::UnitFileResponse {
-                changes: changes.into_iter().map(change_of).collect(),
-                unit: Some(unit_of(unit)),
-            })
-        }
-        .await;
-        self.audit
-            .record(&caller, action, &raw, result)
-            .await
-            .map(Response::new)
+fn job_answer(job: JobResult, unit: pb::Unit) -> pb::UnitActionResponse {
+    pb::UnitActionResponse {
+        job_id: job.job,
+        result: job.result,
+        unit: Some(unit),
+    }
+}
+
+fn file_answer(changes: Vec<UnitFileChange>, unit: pb::Unit) -> pb::UnitFileResponse {
+    pb::UnitFileResponse {
+        changes: changes.into_iter().map(change_of).collect(),
+        unit: Some(unit),
     }
 }
 
