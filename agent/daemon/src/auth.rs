@@ -4,8 +4,12 @@
 //! acts for. Each request gets a [`Caller`] in its extensions, which the audit
 //! log records and the rate limiter keys on.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
 use debvisor_api::validate::SingleLineString;
 use debvisor_telemetry::ClientIdentity;
+use tonic::transport::CertificateDer;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
@@ -49,13 +53,82 @@ pub fn identify_tls(req: Request<()>) -> Result<Request<()>, Status> {
             "{ON_BEHALF_OF} is accepted only from the local console"
         )));
     }
-    let actor = debvisor_api::tls::client_identity(&req)
+    let certs = req
+        .peer_certs()
         .ok_or_else(|| Status::unauthenticated("No verified client certificate on this connection"))?;
-    let source = req
-        .remote_addr()
-        .map(|a| format!("tcp:{a}"))
-        .unwrap_or_else(|| "tcp".into());
-    Ok(Caller { actor, source }.attach(req))
+    let caller = TLS_CALLERS.get_or_insert(&certs, || {
+        let actor = debvisor_api::tls::common_name(certs.first()?)?;
+        let source = req
+            .remote_addr()
+            .map(|a| format!("tcp:{a}"))
+            .unwrap_or_else(|| "tcp".into());
+        Some(Caller { actor, source })
+    });
+    let caller = caller.ok_or_else(|| Status::unauthenticated("The client certificate names no common name"))?;
+    Ok(caller.attach(req))
+}
+
+/// The callers of open mTLS connections. tonic gives every request of a
+/// connection the same `Arc` of verified peer certificates, so the caller is
+/// worked out (certificate parsed, address formatted) once per connection
+/// rather than once per call.
+static TLS_CALLERS: ConnectionCallers = ConnectionCallers::new();
+
+/// Callers keyed by the address of their connection's certificate chain.
+/// Each entry holds a [`Weak`] to that chain, which keeps its allocation
+/// (and so its address) from being reused by another connection while the
+/// entry exists; entries of closed connections are swept as the map grows.
+struct ConnectionCallers {
+    inner: Mutex<Callers>,
+}
+
+type PeerCerts = Vec<CertificateDer<'static>>;
+
+struct Callers {
+    map: Option<HashMap<usize, (Weak<PeerCerts>, Caller)>>,
+    /// The size at which closed connections are next swept out.
+    sweep_at: usize,
+}
+
+/// The least size at which the map is swept.
+const SWEEP_AT: usize = 256;
+
+impl ConnectionCallers {
+    const fn new() -> Self {
+        Self {
+            inner: Mutex::new(Callers {
+                map: None,
+                sweep_at: SWEEP_AT,
+            }),
+        }
+    }
+
+    /// The caller of the connection whose certificate chain is `certs`,
+    /// made by `make` the first time (`None` is not remembered).
+    fn get_or_insert(&self, certs: &Arc<PeerCerts>, make: impl FnOnce() -> Option<Caller>) -> Option<Caller> {
+        let key = Arc::as_ptr(certs) as usize;
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Callers { map, sweep_at } = &mut *guard;
+        let map = map.get_or_insert_with(HashMap::new);
+        if let Some((weak, caller)) = map.get(&key)
+            && weak.strong_count() > 0
+        {
+            return Some(caller.clone());
+        }
+        let caller = make()?;
+        if map.len() >= *sweep_at {
+            map.retain(|_, (weak, _)| weak.strong_count() > 0);
+            *sweep_at = SWEEP_AT.max(2 * map.len());
+        }
+        map.insert(key, (Arc::downgrade(certs), caller.clone()));
+        Some(caller)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.map.as_ref().map_or(0, HashMap::len)
+    }
 }
 
 /// The group whose members may use the local socket.
@@ -157,6 +230,32 @@ mod tests {
     fn groups_line() {
         assert_eq!(parse_groups("Name:\tx\nGroups:\t4 24 27 \nUid: 0\n"), vec![4, 24, 27]);
         assert!(parse_groups("Name: x\n").is_empty());
+    }
+
+    #[test]
+    fn tls_callers_are_made_once_per_connection() {
+        let cache = ConnectionCallers::new();
+        let caller = |actor: &str| Caller {
+            actor: actor.into(),
+            source: "tcp:127.0.0.1:1".into(),
+        };
+        let a = Arc::new(vec![CertificateDer::from(vec![1u8])]);
+        let b = Arc::new(vec![CertificateDer::from(vec![1u8])]);
+        assert_eq!(cache.get_or_insert(&a, || Some(caller("a"))), Some(caller("a")));
+        let again = cache.get_or_insert(&a.clone(), || panic!("made twice for one connection"));
+        assert_eq!(again, Some(caller("a")));
+        assert_eq!(cache.get_or_insert(&b, || Some(caller("b"))), Some(caller("b")));
+        assert_eq!(cache.get_or_insert(&Arc::new(Vec::new()), || None), None);
+        assert_eq!(cache.len(), 2);
+
+        // Closed connections are swept once the map reaches its sweep size.
+        drop(a);
+        let open: Vec<_> = (0..SWEEP_AT).map(|_| Arc::new(PeerCerts::new())).collect();
+        for c in &open {
+            cache.get_or_insert(c, || Some(caller("x")));
+        }
+        assert_eq!(cache.len(), SWEEP_AT + 1, "b and every open connection, not a");
+        assert_eq!(cache.get_or_insert(&b, || panic!("b is still open")), Some(caller("b")));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub(crate) fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// Code of a call that succeeded.
+pub(crate) const OK: i32 = 0;
 /// Code reported when a response body is dropped before it ended.
 pub(crate) const CANCELLED: i32 = 1;
 /// Code reported when a call fails without a gRPC status.

@@ -1,13 +1,14 @@
 //! Prometheus metrics of the agent's gRPC servers.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,6 +52,20 @@ struct ByteLabels {
 
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
+/// At most this many methods have their series kept by path; calls to
+/// others are recorded through the families' label lookup.
+const MAX_METHODS: usize = 256;
+
+/// The series of one method that answered with something other than
+/// UNIMPLEMENTED, kept by request path so that a call is recorded without
+/// building its label strings again.
+struct MethodSeries {
+    service: String,
+    method: String,
+    duration: Histogram,
+    ok: Counter,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
@@ -59,6 +74,7 @@ struct Inner {
     registry: Mutex<Registry>,
     durations: HistogramFamily,
     requests: Family<CodeLabels, Counter>,
+    methods: RwLock<HashMap<String, Arc<MethodSeries>>>,
     in_flight: Family<TransportLabels, Gauge>,
     connections: Family<TransportLabels, Gauge>,
     connections_accepted: Family<TransportLabels, Counter>,
@@ -158,6 +174,7 @@ impl Metrics {
                 registry: Mutex::new(registry),
                 durations,
                 requests,
+                methods: RwLock::new(HashMap::new()),
                 in_flight,
                 connections,
                 connections_accepted,
@@ -201,12 +218,54 @@ impl Metrics {
         self.inner.connections.get_or_create_owned(&labels)
     }
 
-    fn record(&self, service: &str, method: &str, code: i32, seconds: f64) {
-        let (service, method) = if code == grpc::UNIMPLEMENTED {
-            (grpc::UNKNOWN, grpc::UNKNOWN)
-        } else {
-            (service, method)
+    /// Records a finished call to `path` (`/package.Service/Method`).
+    fn record_path(&self, path: &str, code: i32, seconds: f64) {
+        if code == grpc::UNIMPLEMENTED {
+            return self.record(grpc::UNKNOWN, grpc::UNKNOWN, code, seconds);
+        }
+        let Some(series) = self.series(path) else {
+            let (service, method) = grpc::split_path(path).unwrap_or((grpc::UNKNOWN, grpc::UNKNOWN));
+            return self.record(service, method, code, seconds);
         };
+        series.duration.observe(seconds);
+        if code == grpc::OK {
+            series.ok.inc();
+        } else {
+            self.count(&series.service, &series.method, code);
+        }
+    }
+
+    /// The series of `path`, created the first time; `None` for a path that
+    /// is not `/package.Service/Method` or once [`MAX_METHODS`] are kept.
+    fn series(&self, path: &str) -> Option<Arc<MethodSeries>> {
+        let methods = &self.inner.methods;
+        if let Some(s) = methods.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return Some(s.clone());
+        }
+        let (service, method) = grpc::split_path(path)?;
+        let mut methods = methods.write().unwrap_or_else(|p| p.into_inner());
+        if methods.len() >= MAX_METHODS {
+            return None;
+        }
+        let series = methods.entry(path.to_owned()).or_insert_with(|| {
+            Arc::new(MethodSeries {
+                service: service.to_owned(),
+                method: method.to_owned(),
+                duration: self.inner.durations.get_or_create_owned(&MethodLabels {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                }),
+                ok: self.inner.requests.get_or_create_owned(&CodeLabels {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                    code: grpc::code_name(grpc::OK),
+                }),
+            })
+        });
+        Some(series.clone())
+    }
+
+    fn record(&self, service: &str, method: &str, code: i32, seconds: f64) {
         self.inner
             .durations
             .get_or_create(&MethodLabels {
@@ -214,6 +273,10 @@ impl Metrics {
                 method: method.to_owned(),
             })
             .observe(seconds);
+        self.count(service, method, code);
+    }
+
+    fn count(&self, service: &str, method: &str, code: i32) {
         self.inner
             .requests
             .get_or_create(&CodeLabels {
@@ -266,13 +329,7 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let metrics = &self.layer.metrics;
-        let (service, method) = grpc::split_path(request.uri().path()).unwrap_or((grpc::UNKNOWN, grpc::UNKNOWN));
-        let call = CallRecord::start(
-            metrics.clone(),
-            service.to_owned(),
-            method.to_owned(),
-            self.layer.in_flight.clone(),
-        );
+        let call = CallRecord::start(metrics.clone(), request.uri().clone(), self.layer.in_flight.clone());
         let encoding = Encoding::from_headers(request.headers());
         let counters = metrics.inner.received.clone();
         let request = request.map(|body| Body::new(RequestBody::new(body, encoding, counters)));
@@ -325,8 +382,9 @@ where
 /// One call in progress: counted in flight until it is finished or dropped.
 pub(crate) struct CallRecord {
     metrics: Metrics,
-    service: String,
-    method: String,
+    /// The request URI; its path names the method (cloning it shares the
+    /// request's bytes).
+    uri: Uri,
     start: Instant,
     in_flight: Gauge,
     outcome: Outcome,
@@ -334,12 +392,11 @@ pub(crate) struct CallRecord {
 }
 
 impl CallRecord {
-    fn start(metrics: Metrics, service: String, method: String, in_flight: Gauge) -> Self {
+    fn start(metrics: Metrics, uri: Uri, in_flight: Gauge) -> Self {
         in_flight.inc();
         Self {
             metrics,
-            service,
-            method,
+            uri,
             start: Instant::now(),
             in_flight,
             outcome: Outcome::default(),
@@ -359,7 +416,7 @@ impl CallRecord {
         }
         self.in_flight.dec();
         let seconds = self.start.elapsed().as_secs_f64();
-        self.metrics.record(&self.service, &self.method, code, seconds);
+        self.metrics.record_path(self.uri.path(), code, seconds);
     }
 }
 
