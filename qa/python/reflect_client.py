@@ -27,6 +27,7 @@ SERVICES = [
     "debvisor.node.v1.NodeService",
     "debvisor.units.v1.UnitService",
     "debvisor.audit.v1.AuditService",
+    "debvisor.health.v1.NodeHealthService",
 ]
 HEALTH = "grpc.health.v1.Health"
 TIMEOUT = 20
@@ -109,6 +110,28 @@ def main():
             }
         except grpc.RpcError as e:
             out["restart"] = {"unit": unit, "error": error_of(e)}
+
+    try:
+        h = r.call(
+            "debvisor.health.v1.NodeHealthService",
+            "List",
+            {"kind": "service", "include_history": True},
+        )
+        out["node_health"] = {
+            "state": h.get("state", ""),
+            "gate": h.get("gate", {}).get("state", ""),
+            "checks": [
+                {
+                    "name": c.get("name", ""),
+                    "kind": c.get("kind", ""),
+                    "status": c.get("last", {}).get("status", ""),
+                    "history": len(c.get("history", [])),
+                }
+                for c in h.get("checks", [])
+            ],
+        }
+    except grpc.RpcError as e:
+        out["node_health"] = {"error": error_of(e)}
 
     out["health"] = {}
     for svc in [""] + SERVICES:

@@ -181,6 +181,31 @@ fn check_python(v: &Value) -> Result<()> {
         let h = &v["health"][&svc];
         ensure!(h == "SERVING", "Health of {svc:?} is {h}, expected SERVING");
     }
+    // NodeHealthService/List with a kind filter and history, answered by
+    // the simulated health source through the agent.
+    let nh = &v["node_health"];
+    ensure!(
+        nh.get("error").is_none(),
+        "NodeHealthService/List failed: {}",
+        nh["error"]
+    );
+    ensure!(
+        nh["state"] == "NODE_STATE_HEALTHY" && nh["gate"] == "GATE_STATE_GOOD",
+        "NodeHealthService/List: expected a healthy node with a good boot: {nh}"
+    );
+    let checks = nh["checks"]
+        .as_array()
+        .context("NodeHealthService/List: no checks list")?;
+    ensure!(
+        !checks.is_empty(),
+        "NodeHealthService/List returned no service checks: {nh}"
+    );
+    ensure!(
+        checks
+            .iter()
+            .all(|c| c["kind"] == "service" && c["status"] == "CHECK_STATUS_PASS" && c["history"].as_u64() > Some(0)),
+        "NodeHealthService/List kind=service include_history: every check should be a passing service check with history: {nh}"
+    );
     let u = &v["unknown_method"];
     ensure!(
         u["code"] == "UNIMPLEMENTED",
@@ -236,6 +261,14 @@ fn debvisorctl(ctx: &Ctx, admin: &Context, ctl: &Path, python_unit: &str) -> Res
     let s: Value = serde_json::from_str(status.stdout.trim())
         .with_context(|| format!("status --json printed no JSON: {}", status.stdout.trim()))?;
     ensure!(s["simulated"] == true, "status --json does not say simulated: {s}");
+
+    let health = ctl_run("ctl-health", &["health", "--json"])?;
+    let h: Value = serde_json::from_str(health.stdout.trim())
+        .with_context(|| format!("health --json printed no JSON: {}", health.stdout.trim()))?;
+    ensure!(
+        h["checks"].as_array().is_some_and(|c| c.len() > 1) && h["gate"]["slot"] == "A",
+        "health --json: expected the simulated checks and boot gate: {h}"
+    );
 
     ctl_run("ctl-restart", &["units", "restart", UNIT])?;
 
