@@ -16,47 +16,57 @@ use crate::probes;
 use crate::qemu::NIC_MAC;
 use crate::serial::SerialGuest;
 use crate::{cfgdisk, webhook};
+use debvisor_api::machine::{MachineConfig, VlanConfig};
+use std::path::Path;
 
 /// The kernel's name for the QEMU NIC (virtio-net at PCI 00:01.0 on q35).
 /// The static-address interface is matched by MAC; a VLAN's parent needs
 /// the name, and the test checks it against the MAC.
 pub const GUEST_NIC: &str = "enp0s1";
-/// QEMU user networking: the guest's address, the gateway (the host) and
-/// the DNS forwarder.
+/// QEMU user networking: the guest's address, which the recipe must use
+/// for the node to stay reachable through the forwarded ports.
 const GUEST_ADDR: &str = "10.0.2.15";
-const DNS: &str = "10.0.2.3";
-const VLAN_ID: u16 = 100;
-const VLAN_NAME: &str = "vlan100";
-const VLAN_ADDR: &str = "192.168.100.15";
+/// The example config the static test boots with.
+pub const RECIPE: &str = "recipes/machine/static-vlan.toml";
 
-/// A static address on the QEMU NIC (matched by MAC) and VLAN 100 on it,
-/// as recipes/machine/static-vlan.toml does for real hardware.
-pub fn static_vlan_config() -> String {
-    format!(
-        r#"version = 1
-
-[node]
-hostname = "qa-static-vlan"
-
-[[network.interfaces]]
-mac = "{NIC_MAC}"
-addresses = ["{GUEST_ADDR}/24"]
-gateway4 = "{gw}"
-dns = ["{DNS}"]
-
-[[network.vlans]]
-name = "{VLAN_NAME}"
-id = {VLAN_ID}
-parent = "{GUEST_NIC}"
-addresses = ["{VLAN_ADDR}/24"]
-"#,
-        gw = webhook::HOST_FROM_GUEST
-    )
+/// recipes/machine/static-vlan.toml made to fit the QEMU NIC: its first
+/// interface matched by the NIC's MAC instead of a name, and every VLAN's
+/// parent set to the NIC's kernel name. Fails unless the recipe has a VLAN
+/// and puts 10.0.2.15/24 on its first interface.
+pub fn static_vlan_config(root: &Path) -> Result<MachineConfig> {
+    let path = root.join(RECIPE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("Cannot read {}", path.display()))?;
+    let mut cfg = MachineConfig::from_toml(&text).with_context(|| format!("{} is not valid", path.display()))?;
+    let net = cfg
+        .network
+        .as_mut()
+        .with_context(|| format!("{RECIPE} has no [network]"))?;
+    let nic = net
+        .interfaces
+        .first_mut()
+        .with_context(|| format!("{RECIPE} has no [[network.interfaces]]"))?;
+    ensure!(
+        nic.addresses.iter().any(|a| a == &format!("{GUEST_ADDR}/24")),
+        "{RECIPE}'s first interface has {:?}: QEMU's user network needs {GUEST_ADDR}/24",
+        nic.addresses
+    );
+    nic.name = None;
+    nic.mac = Some(NIC_MAC.into());
+    ensure!(!net.vlans.is_empty(), "{RECIPE} has no [[network.vlans]]");
+    for v in &mut net.vlans {
+        v.parent = GUEST_NIC.into();
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }
 
-/// The same with a VLAN id out of range.
-pub fn invalid_config() -> String {
-    static_vlan_config().replace(&format!("id = {VLAN_ID}"), "id = 5000")
+/// The same with the first VLAN's id out of range (5000).
+pub fn invalid_config(root: &Path) -> Result<String> {
+    let mut cfg = static_vlan_config(root)?;
+    if let Some(net) = cfg.network.as_mut() {
+        net.vlans[0].id = 5000;
+    }
+    Ok(cfg.to_toml())
 }
 
 /// The IPv4 addresses (`addr/prefix`) of `ifname` in `ip -j addr` output.
@@ -126,18 +136,26 @@ fn reachable(ctx: &Ctx, n: &Node) -> Result<()> {
 }
 
 pub(super) fn config_static_vlan(ctx: &Ctx) -> Result<()> {
-    let n = boot_with_config(ctx, &static_vlan_config())?;
+    let cfg = static_vlan_config(&ctx.paths.root)?;
+    let n = boot_with_config(ctx, &cfg.to_toml())?;
     let fail = |e: anyhow::Error| node::with_tail(e, &n.vm);
     marker_line(&n, "config-applied").map_err(|e| fail(e.context("The node did not apply the config medium")))?;
-    static_vlan_steps(ctx, &n).map_err(fail)
+    let vlan = cfg
+        .network
+        .as_ref()
+        .map(|net| net.vlans[0].clone())
+        .context("no VLAN")?;
+    static_vlan_steps(ctx, &n, &vlan).map_err(fail)
 }
 
-fn static_vlan_steps(ctx: &Ctx, n: &Node) -> Result<()> {
+fn static_vlan_steps(ctx: &Ctx, n: &Node, v: &VlanConfig) -> Result<()> {
+    let (vlan_name, vlan_id) = (v.name.as_str(), v.id);
+    let vlan_v4: Vec<&String> = v.addresses.iter().filter(|a| !a.contains(':')).collect();
     let pw = n.password()?;
     let mut g = SerialGuest::login(&n.vm.console, "root", &pw, Duration::from_secs(120))?;
     // networkd applies the files asynchronously: give it a moment.
     let (rc, out) = g.exec(
-        &format!("/lib/systemd/systemd-networkd-wait-online -i {GUEST_NIC} -i {VLAN_NAME} --timeout=60"),
+        &format!("/lib/systemd/systemd-networkd-wait-online -i {GUEST_NIC} -i {vlan_name} --timeout=60"),
         Duration::from_secs(90),
     )?;
     if rc != 0 {
@@ -155,32 +173,40 @@ fn static_vlan_steps(ctx: &Ctx, n: &Node) -> Result<()> {
         "The QEMU NIC is called {} in the guest, not {GUEST_NIC}: fix GUEST_NIC",
         nic["ifname"]
     );
-    let vlan = link(&links, VLAN_NAME).with_context(|| {
+    let vlan = link(&links, vlan_name).with_context(|| {
         let names: Vec<&Value> = links.as_array().into_iter().flatten().map(|l| &l["ifname"]).collect();
-        format!("No link {VLAN_NAME}; links: {names:?}")
+        format!("No link {vlan_name}; links: {names:?}")
     })?;
     let info = &vlan["linkinfo"];
     ensure!(
-        info["info_kind"] == "vlan" && info["info_data"]["id"] == VLAN_ID,
-        "{VLAN_NAME} is not VLAN {VLAN_ID}: linkinfo {info}"
+        info["info_kind"] == "vlan" && info["info_data"]["id"] == vlan_id,
+        "{vlan_name} is not VLAN {vlan_id}: linkinfo {info}"
     );
     ensure!(
         vlan["link"] == GUEST_NIC,
-        "{VLAN_NAME} sits on {}, not {GUEST_NIC}",
+        "{vlan_name} sits on {}, not {GUEST_NIC}",
         vlan["link"]
     );
     let addrs = guest_json(&mut g, "ip -j addr")?;
     let on_nic = ipv4_of(&addrs, GUEST_NIC);
-    let on_vlan = ipv4_of(&addrs, VLAN_NAME);
-    eprintln!("  {GUEST_NIC}: {on_nic:?}; {VLAN_NAME} (id {VLAN_ID}): {on_vlan:?}");
+    let on_vlan = ipv4_of(&addrs, vlan_name);
+    eprintln!("  {GUEST_NIC}: {on_nic:?}; {vlan_name} (id {vlan_id}): {on_vlan:?}");
     ensure!(
         on_nic.contains(&format!("{GUEST_ADDR}/24")),
         "{GUEST_NIC} lacks {GUEST_ADDR}/24: {on_nic:?}"
     );
-    ensure!(
-        on_vlan.contains(&format!("{VLAN_ADDR}/24")),
-        "{VLAN_NAME} lacks {VLAN_ADDR}/24: {on_vlan:?}"
-    );
+    for want in &vlan_v4 {
+        ensure!(on_vlan.contains(want), "{vlan_name} lacks {want}: {on_vlan:?}");
+    }
+    let (_, routes) = g.exec(&format!("ip -j route show dev {vlan_name}"), CMD)?;
+    for r in &v.routes {
+        ensure!(
+            routes.contains(&format!("\"dst\":\"{}\"", r.destination)) && routes.contains(&r.gateway),
+            "No route to {} via {} on {vlan_name}: {routes}",
+            r.destination,
+            r.gateway
+        );
+    }
     // Static, not a DHCP lease (which would give the same address here).
     ensure!(
         !dynamic(&addrs, GUEST_NIC, GUEST_ADDR),
@@ -201,7 +227,7 @@ fn static_vlan_steps(ctx: &Ctx, n: &Node) -> Result<()> {
 }
 
 pub(super) fn config_invalid(ctx: &Ctx) -> Result<()> {
-    let n = boot_with_config(ctx, &invalid_config())?;
+    let n = boot_with_config(ctx, &invalid_config(&ctx.paths.root)?)?;
     let fail = |e: anyhow::Error| node::with_tail(e, &n.vm);
     let line = marker_line(&n, "config-error")
         .map_err(|e| fail(e.context("The node printed no config error for VLAN id 5000")))?;
@@ -236,9 +262,9 @@ pub(super) fn config_invalid(ctx: &Ctx) -> Result<()> {
         );
         let pw = n.password()?;
         let mut g = SerialGuest::login(&n.vm.console, "root", &pw, Duration::from_secs(120))?;
-        let (_, vlan) = g.exec(&format!("ip -j link show {VLAN_NAME} 2>&1"), CMD)?;
+        let (_, vlan) = g.exec("ip -d -j link show type vlan", CMD)?;
         ensure!(
-            !vlan.contains(&format!("\"ifname\":\"{VLAN_NAME}\"")),
+            !vlan.contains("\"ifname\""),
             "The refused config's VLAN exists anyway: {vlan}"
         );
         Ok(())
@@ -249,19 +275,25 @@ pub(super) fn config_invalid(ctx: &Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use debvisor_api::machine::MachineConfig;
+
+    fn root() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
 
     #[test]
-    fn static_vlan_config_is_valid() {
-        let cfg = MachineConfig::from_toml(&static_vlan_config()).unwrap();
+    fn the_recipe_fits_the_qemu_nic() {
+        let cfg = static_vlan_config(&root()).unwrap();
         let net = cfg.network.unwrap();
-        assert_eq!(net.vlans[0].id, VLAN_ID);
         assert_eq!(net.interfaces[0].mac.as_deref(), Some(NIC_MAC));
+        assert!(net.interfaces[0].name.is_none());
+        assert!(net.vlans.iter().all(|v| v.parent == GUEST_NIC));
     }
 
     #[test]
     fn invalid_config_names_the_vlan_id() {
-        let e = MachineConfig::from_toml(&invalid_config()).unwrap_err().to_string();
+        let e = MachineConfig::from_toml(&invalid_config(&root()).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("network.vlans[0].id") && e.contains("5000"), "{e}");
     }
 

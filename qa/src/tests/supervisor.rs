@@ -342,9 +342,10 @@ fn remediation_steps(ctx: &Ctx, n: &Node, hooks: &Receiver) -> Result<()> {
         escalated.at.duration_since(t).as_secs_f64(),
         escalated.raw
     );
+    let hostname = ctx.rt.block_on(probes::agent_status(&n.client))?.hostname;
     ensure!(
-        escalated.json["node"] == "qa-remediation",
-        "The alert names node {} instead of the configured host name qa-remediation",
+        escalated.json["node"] == hostname.as_str(),
+        "The alert names node {} but the node calls itself {hostname:?}",
         escalated.json["node"]
     );
 
