@@ -24,6 +24,7 @@ use debvisor_init::manager::DbusManager;
 use debvisor_init::supervise::{Supervisor, supervised_set};
 use debvisor_init::{alerts, console, credentials, gate, health, machine, pki, probe};
 use debvisor_systemd::{SystemdUnits, Units};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 /// The DebVisor supervisor.
@@ -191,7 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // first boot), the network, and the supervisor's own settings. An
     // invalid config never stops the supervisor: the node runs on the last
     // good config or safe defaults and reports the error. It is applied at
-    // start; a changed config is applied at the next start of debvisor-init.
+    // start and again on SIGHUP (`systemctl reload debvisor-init`).
     status("Applying the machine config");
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (settings, config_state) = apply_machine_config(&cmdline).await;
@@ -276,6 +277,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let slot = gate::booted_slot(&cmdline);
     let since_boot = gate::uptime(&std::fs::read_to_string("/proc/uptime").unwrap_or_default()).unwrap_or_default();
     let gate_state = Some(gate::GATE_STATE.into());
+    let reload_alerts = alerts.clone();
     tokio::spawn(gate::run(
         health.clone(),
         alerts,
@@ -320,8 +322,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             status("Degraded: agent or console does not answer");
         }
     }
-    debvisor_api::daemon::shutdown_signal().await;
-    drop(config_tx);
+    // `systemctl reload debvisor-init` (SIGHUP) applies the machine config
+    // again from its sources: a changed config takes effect without a
+    // reboot, an unchanged one changes nothing.
+    let mut hangup = signal(SignalKind::hangup()).context("Cannot install the SIGHUP handler")?;
+    let shutdown = debvisor_api::daemon::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                status("Re-applying the machine config");
+                let (new_settings, state) = apply_machine_config(&cmdline).await;
+                if !state.error.is_empty() {
+                    reload_alerts.raise(Severity::Warning, "config", "config-invalid", &state.error);
+                }
+                if new_settings != settings {
+                    tracing::warn!(
+                        "the new machine config changes the supervisor's own settings (health, alerts, boot, \
+                         services); they take effect at the next start of debvisor-init"
+                    );
+                }
+                config_tx.send_replace(state);
+                status("Ready: machine config re-applied");
+            }
+        }
+    }
     Ok(())
 }
 
