@@ -112,6 +112,14 @@ fn boot_with_config(ctx: &Ctx, toml: &str) -> Result<Node> {
     ctx.boot_with_drives(std::slice::from_ref(&medium))
 }
 
+/// `e` with every `DEBVISOR:` marker line of the console so far and its
+/// last 40 lines: the markers say what the supervisor did with the config.
+pub(super) fn with_markers(e: anyhow::Error, n: &Node) -> anyhow::Error {
+    let text = n.vm.console.text(0, usize::MAX);
+    let markers: Vec<&str> = text.lines().filter(|l| l.contains("DEBVISOR:")).collect();
+    node::with_tail(e.context(format!("Markers:\n{}", markers.join("\n"))), &n.vm)
+}
+
 /// The rest of the first `DEBVISOR: <marker>` line of the boot (printed
 /// before ready, so it is already there), echoed to the test's output.
 fn marker_line(n: &Node, marker: &str) -> Result<String> {
@@ -138,7 +146,7 @@ fn reachable(ctx: &Ctx, n: &Node) -> Result<()> {
 pub(super) fn config_static_vlan(ctx: &Ctx) -> Result<()> {
     let cfg = static_vlan_config(&ctx.paths.root)?;
     let n = boot_with_config(ctx, &cfg.to_toml())?;
-    let fail = |e: anyhow::Error| node::with_tail(e, &n.vm);
+    let fail = |e: anyhow::Error| with_markers(e, &n);
     marker_line(&n, "config-applied").map_err(|e| fail(e.context("The node did not apply the config medium")))?;
     let vlan = cfg
         .network
@@ -228,7 +236,7 @@ fn static_vlan_steps(ctx: &Ctx, n: &Node, v: &VlanConfig) -> Result<()> {
 
 pub(super) fn config_invalid(ctx: &Ctx) -> Result<()> {
     let n = boot_with_config(ctx, &invalid_config(&ctx.paths.root)?)?;
-    let fail = |e: anyhow::Error| node::with_tail(e, &n.vm);
+    let fail = |e: anyhow::Error| with_markers(e, &n);
     let line = marker_line(&n, "config-error")
         .map_err(|e| fail(e.context("The node printed no config error for VLAN id 5000")))?;
     let checked = (|| {

@@ -296,7 +296,7 @@ pub(super) fn supervisor_remediation(ctx: &Ctx) -> Result<()> {
     let medium = ctx.dir.join("config-medium.img");
     cfgdisk::build(&medium, &remediation_config(&hooks.guest_url("/alert")))?;
     let n = ctx.boot_with_drives(std::slice::from_ref(&medium))?;
-    let fail = |e: anyhow::Error| node::with_tail(e, &n.vm);
+    let fail = |e: anyhow::Error| super::config::with_markers(e, &n);
     n.vm.console
         .wait_for("DEBVISOR: config-applied", 0, Duration::from_secs(5))
         .map_err(|e| fail(e.context("The node did not apply the config medium")))?;
