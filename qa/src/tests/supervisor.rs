@@ -228,9 +228,6 @@ pub fn remediation_config(webhook_url: &str) -> String {
     format!(
         r#"version = 1
 
-[node]
-hostname = "qa-remediation"
-
 [health]
 interval_seconds = 2
 timeout_seconds = 1
