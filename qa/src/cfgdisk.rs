@@ -1,12 +1,11 @@
 //! Config media: a small disk image whose file system is labelled
-//! DEBVISOR-CFG and holds `machine.toml` at its root, the second source of
+//! DEBVISORCFG and holds `machine.toml` at its root, the second source of
 //! the machine config after the kernel command line. Attached to a VM as a
 //! read-only virtio disk.
 //!
 //! The file system is ext4, made by `mkfs.ext4 -d` from a directory without
-//! mounting anything. FAT, the obvious choice for a USB stick, cannot carry
-//! the label: a FAT volume label has at most 11 characters and DEBVISOR-CFG
-//! has 12 (`mkfs.vfat: Label can be no longer than 11 characters`).
+//! mounting anything. The label fits FAT's 11 characters too, so a USB stick
+//! formatted FAT works the same (debvisor-init mounts vfat, iso9660 or ext4).
 
 use std::path::Path;
 use std::process::Command;

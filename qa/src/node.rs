@@ -232,7 +232,7 @@ pub fn boot(rt: &tokio::runtime::Runtime, o: &NodeOpts) -> Result<Node> {
 }
 
 /// [`boot`] with extra read-only raw disks attached after the system disk
-/// (e.g. a DEBVISOR-CFG config medium).
+/// (e.g. a DEBVISORCFG config medium).
 pub fn boot_with_drives(rt: &tokio::runtime::Runtime, o: &NodeOpts, extra_drives: &[PathBuf]) -> Result<Node> {
     let disk = o.image.join("disk.img");
     if !disk.exists() {

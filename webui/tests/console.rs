@@ -116,8 +116,7 @@ impl NodeHealthService for FixedHealth {
         let mut health = debvisor_webui::fakes::sample_health();
         health.state = NodeState::Degraded as i32;
         health.degraded_reason = "service/debvisor-webui kept failing after 3 restarts".into();
-        health.config_error =
-            "machine config from DEBVISOR-CFG: network.vlans[0].id = 5000: a VLAN id is 1-4094".into();
+        health.config_error = "machine config from DEBVISORCFG: network.vlans[0].id = 5000: a VLAN id is 1-4094".into();
         Ok(tonic::Response::new(health))
     }
 

@@ -16,7 +16,7 @@ pub const MACHINE_CONFIG: &str = "/var/lib/debvisor/machine.toml";
 pub const MACHINE_CONFIG_LAST_GOOD: &str = "/var/lib/debvisor/machine.last-good.toml";
 /// Filesystem label of a config medium (a USB stick or a second disk)
 /// carrying `machine.toml` at its root.
-pub const CONFIG_MEDIUM_LABEL: &str = "DEBVISOR-CFG";
+pub const CONFIG_MEDIUM_LABEL: &str = "DEBVISORCFG";
 /// TCP port of the agent's TLS gRPC endpoint.
 pub const AGENT_TLS_PORT: u16 = 7443;
 /// TCP port of the console's HTTPS endpoint.

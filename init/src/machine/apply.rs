@@ -1,5 +1,5 @@
 //! Applying a machine config: write the files it renders to, idempotently
-//! and atomically, and tell the live services (hostnamed, timedated,
+//! and atomically, and tell the live parts (the kernel host name,
 //! networkd, timesyncd) through [`HostControl`].
 //!
 //! Only files that debvisor-init owns are touched: `10-debvisor-*` in
@@ -50,10 +50,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The live actions of applying a config; files are written by [`apply`]
 /// itself.
 pub trait HostControl: Send + Sync {
-    /// Sets the static (and with it the kernel) host name.
+    /// Sets the kernel host name (the static one is /etc/hostname).
     fn set_hostname<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
-    /// Sets the system time zone.
-    fn set_timezone<'a>(&'a self, zone: &'a str) -> BoxFuture<'a, Result<(), String>>;
     /// Makes systemd-networkd re-read its files (starting it if needed).
     fn reload_network(&self) -> BoxFuture<'_, Result<(), String>>;
     /// Restarts a unit (queues the job).
@@ -190,8 +188,8 @@ pub async fn apply(cfg: &MachineConfig, root: &Path, host_ctl: &dyn HostControl)
         }
     }
 
-    // Host name: hostnamed first (it writes /etc/hostname too), so that a
-    // failed call is retried by the next apply.
+    // Host name: the kernel's first, then /etc/hostname, so that a failed
+    // call is retried by the next apply.
     if let Some(name) = &cfg.node.hostname {
         let path = under(root, "/etc/hostname");
         let line = format!("{name}\n");
@@ -202,17 +200,14 @@ pub async fn apply(cfg: &MachineConfig, root: &Path, host_ctl: &dyn HostControl)
         }
     }
 
-    // Time zone: /etc/localtime -> ../usr/share/zoneinfo/<zone>; timedated
-    // first, as for the host name.
+    // Time zone: /etc/localtime -> ../usr/share/zoneinfo/<zone>, which is
+    // all timedated would do; glibc and systemd pick the change up.
     if let Some(zone) = &cfg.node.timezone {
         let link = under(root, "/etc/localtime");
         let target = PathBuf::from(format!("..{ZONEINFO_DIR}/{zone}"));
         if std::fs::read_link(&link).ok().as_ref() != Some(&target) {
             report.changes.push("timezone".to_string());
-            host_ctl.set_timezone(zone).await.map_err(host("set the time zone"))?;
-            if std::fs::read_link(&link).ok().as_ref() != Some(&target) {
-                symlink_atomic(&target, &link)?;
-            }
+            symlink_atomic(&target, &link)?;
         }
     }
 
@@ -348,24 +343,6 @@ fn symlink_atomic(target: &Path, link: &Path) -> Result<(), ApplyError> {
 }
 
 #[zbus::proxy(
-    interface = "org.freedesktop.hostname1",
-    default_service = "org.freedesktop.hostname1",
-    default_path = "/org/freedesktop/hostname1"
-)]
-trait Hostname1 {
-    fn set_static_hostname(&self, hostname: &str, interactive: bool) -> zbus::Result<()>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.timedate1",
-    default_service = "org.freedesktop.timedate1",
-    default_path = "/org/freedesktop/timedate1"
-)]
-trait Timedate1 {
-    fn set_timezone(&self, timezone: &str, interactive: bool) -> zbus::Result<()>;
-}
-
-#[zbus::proxy(
     interface = "org.freedesktop.network1.Manager",
     default_service = "org.freedesktop.network1",
     default_path = "/org/freedesktop/network1"
@@ -384,8 +361,8 @@ trait Systemd1 {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<zbus::OwnedObjectPath>;
 }
 
-/// [`HostControl`] over the system bus: hostnamed, timedated, networkd and
-/// systemd.
+/// The live [`HostControl`]: the kernel host name, and over the system bus
+/// networkd and systemd.
 #[derive(Clone)]
 pub struct DbusHost {
     conn: zbus::Connection,
@@ -406,18 +383,12 @@ impl DbusHost {
 }
 
 impl HostControl for DbusHost {
+    /// sethostname(2) directly: hostnamed is bus-activated and sandboxed,
+    /// and activating it while the node boots under TCG timed out (25 s);
+    /// it would only make the same call and write /etc/hostname, which
+    /// [`apply`] writes itself.
     fn set_hostname<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let p = Hostname1Proxy::new(&self.conn).await.map_err(|e| e.to_string())?;
-            p.set_static_hostname(name, false).await.map_err(|e| e.to_string())
-        })
-    }
-
-    fn set_timezone<'a>(&'a self, zone: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let p = Timedate1Proxy::new(&self.conn).await.map_err(|e| e.to_string())?;
-            p.set_timezone(zone, false).await.map_err(|e| e.to_string())
-        })
+        Box::pin(async move { nix::unistd::sethostname(name).map_err(|e| format!("sethostname({name}): {e}")) })
     }
 
     fn reload_network(&self) -> BoxFuture<'_, Result<(), String>> {

@@ -63,7 +63,6 @@ async fn applies_everything_and_a_second_apply_changes_nothing() {
             "reload_network",
             "restart_unit systemd-timesyncd.service",
             "set_hostname worker-07.edge.example",
-            "set_timezone Europe/Berlin",
         ]
     );
     let r = root.path();

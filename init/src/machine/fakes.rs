@@ -47,9 +47,6 @@ impl HostControl for RecordingHost {
     fn set_hostname<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move { self.record("set_hostname", name) })
     }
-    fn set_timezone<'a>(&'a self, zone: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { self.record("set_timezone", zone) })
-    }
     fn reload_network(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.record("reload_network", "") })
     }

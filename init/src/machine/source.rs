@@ -1,5 +1,5 @@
 //! Where the machine config comes from, in order: the kernel command line
-//! (`debvisor.config=URL`), a config medium labelled `DEBVISOR-CFG`, the
+//! (`debvisor.config=URL`), a config medium labelled `DEBVISORCFG`, the
 //! copy on the data partition. The first that exists wins. An invalid
 //! config (or one that cannot be fetched) never bricks the node: the error
 //! is kept and the node runs on the last good config, or on the defaults.
@@ -53,7 +53,7 @@ impl fmt::Display for Source {
 pub enum Medium {
     /// A block device, mounted read-only on `mount_dir` while it is read.
     Device {
-        /// e.g. /dev/disk/by-label/DEBVISOR-CFG.
+        /// e.g. /dev/disk/by-label/DEBVISORCFG.
         device: PathBuf,
         /// A private, empty directory.
         mount_dir: PathBuf,

@@ -1,5 +1,5 @@
 //! VM tests of the machine config read from a config medium (a FAT disk
-//! labelled DEBVISOR-CFG): a static address plus a VLAN applied through
+//! labelled DEBVISORCFG): a static address plus a VLAN applied through
 //! systemd-networkd, and an invalid config that is refused on the serial
 //! console while the node stays reachable on safe defaults.
 

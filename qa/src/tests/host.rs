@@ -340,20 +340,27 @@ mod tests {
     #[test]
     fn python_results_are_checked() {
         let good = serde_json::json!({
-            "services": ["debvisor.audit.v1.AuditService", "debvisor.node.v1.NodeService",
-                "debvisor.units.v1.UnitService", "grpc.health.v1.Health",
+            "services": ["debvisor.audit.v1.AuditService", "debvisor.health.v1.NodeHealthService",
+                "debvisor.node.v1.NodeService", "debvisor.units.v1.UnitService", "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection"],
             "status": {"hostname": "sim-node", "simulated": true},
             "units": ["a.service"],
             "restart": {"unit": "a.service", "result": "done"},
             "health": {"": "SERVING", "debvisor.node.v1.NodeService": "SERVING",
-                "debvisor.units.v1.UnitService": "SERVING", "debvisor.audit.v1.AuditService": "SERVING"},
+                "debvisor.units.v1.UnitService": "SERVING", "debvisor.audit.v1.AuditService": "SERVING",
+                "debvisor.health.v1.NodeHealthService": "SERVING"},
+            "node_health": {"state": "NODE_STATE_HEALTHY", "gate": "GATE_STATE_GOOD",
+                "checks": [{"name": "service/debvisor-agent", "kind": "service",
+                    "status": "CHECK_STATUS_PASS", "history": 3}]},
             "unknown_method": {"code": "UNIMPLEMENTED", "details": "supported: debvisor.node.v1.NodeService"},
         });
         check_python(&good).unwrap();
         let mut bad = good.clone();
         bad["unknown_method"]["details"] = "nope".into();
         assert!(check_python(&bad).is_err());
+        let mut bad = good.clone();
+        bad["node_health"]["checks"][0]["kind"] = "dns".into();
+        assert!(check_python(&bad).is_err(), "the kind filter must hold");
         let mut bad = good;
         bad["health"]["debvisor.audit.v1.AuditService"] = "NOT_SERVING".into();
         assert!(check_python(&bad).unwrap_err().to_string().contains("audit"));
