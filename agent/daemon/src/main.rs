@@ -84,54 +84,59 @@ async fn main() {
 }
 
 async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
-    let audit = match (&args.audit_db, args.sim) {
-        (Some(path), _) => AuditLog::open(path).await,
-        (None, true) => AuditLog::open_in_memory().await,
-        (None, false) => AuditLog::open(&cfg.audit.path).await,
-    }
-    .context("Cannot open the audit log")?;
-    match audit.verify().await {
-        Ok(r) => match &r.problem {
-            None => tracing::info!(records = r.records, head = r.head_seq, "audit chain intact"),
-            Some(p) => tracing::error!(records = r.records, "AUDIT CHAIN BROKEN: {p}; the log is kept as it is"),
-        },
-        Err(e) => tracing::error!("Cannot verify the audit chain: {e}"),
-    }
-
-    let backends = if args.sim {
-        tracing::warn!("SIMULATION MODE: answers come from a fake host, units, journal and health checks");
-        let journal = Arc::new(FakeJournal::new());
-        Backends {
-            host: Arc::new(FakeHost::new("sim-node")),
-            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
-            journal,
-            audit,
-            health: Arc::new(SimHealth::new()),
-        }
-    } else {
-        Backends {
-            host: Arc::new(ProcHost::new("/")),
-            units: Arc::new(
-                SystemdUnits::connect()
-                    .await
-                    .context("Cannot reach systemd over D-Bus")?,
-            ),
-            journal: Arc::new(JournalCtl::new()),
-            audit,
-            health: Arc::new(InitForwarder::new(&args.init_socket)),
-        }
-    };
+    // A required service: systemd restarts it within a second of a crash,
+    // so what stands between exec and READY is kept short. Opening the
+    // audit log, reaching systemd and binding (with the TLS material) run
+    // side by side; the audit chain is verified after READY.
     let serve_cfg = ServeConfig {
         socket: args.socket.clone(),
         tls: (!args.no_tcp).then_some(TlsListen {
             addr: args.listen,
-            cert: args.tls_cert,
-            key: args.tls_key,
-            client_ca: args.tls_client_ca,
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.tls_client_ca.clone(),
         }),
         metrics: cfg.metrics.listen,
     };
-    let bound = server::bind(&serve_cfg).await?;
+    let open_audit = async {
+        match (&args.audit_db, args.sim) {
+            (Some(path), _) => AuditLog::open(path).await,
+            (None, true) => AuditLog::open_in_memory().await,
+            (None, false) => AuditLog::open(&cfg.audit.path).await,
+        }
+        .context("Cannot open the audit log")
+    };
+    let connect_units = async {
+        if args.sim {
+            return Ok(None);
+        }
+        SystemdUnits::connect()
+            .await
+            .map(Some)
+            .context("Cannot reach systemd over D-Bus")
+    };
+    let (audit, systemd, bound) = tokio::try_join!(open_audit, connect_units, server::bind(&serve_cfg))?;
+
+    let backends = match systemd {
+        None => {
+            tracing::warn!("SIMULATION MODE: answers come from a fake host, units, journal and health checks");
+            let journal = Arc::new(FakeJournal::new());
+            Backends {
+                host: Arc::new(FakeHost::new("sim-node")),
+                units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
+                journal,
+                audit: audit.clone(),
+                health: Arc::new(SimHealth::new()),
+            }
+        }
+        Some(units) => Backends {
+            host: Arc::new(ProcHost::new("/")),
+            units: Arc::new(units),
+            journal: Arc::new(JournalCtl::new()),
+            audit: audit.clone(),
+            health: Arc::new(InitForwarder::new(&args.init_socket)),
+        },
+    };
     tracing::info!(
         socket = %args.socket.display(),
         tcp = ?bound.tcp_addr(),
@@ -139,6 +144,15 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
         "agent listening"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tokio::spawn(async move {
+        match audit.verify().await {
+            Ok(r) => match &r.problem {
+                None => tracing::info!(records = r.records, head = r.head_seq, "audit chain intact"),
+                Some(p) => tracing::error!(records = r.records, "AUDIT CHAIN BROKEN: {p}; the log is kept as it is"),
+            },
+            Err(e) => tracing::error!("Cannot verify the audit chain: {e}"),
+        }
+    });
     server::serve(
         bound,
         backends,

@@ -48,6 +48,8 @@ pub struct CheckRun {
     pub message: String,
     /// Consecutive failed runs up to and including this one.
     pub consecutive_failures: u32,
+    /// Whether the check saw its unit active.
+    pub unit_active: bool,
 }
 
 struct Inner {
@@ -197,6 +199,7 @@ impl Health {
                 status: outcome.status,
                 message: outcome.message.clone(),
                 consecutive_failures: c.consecutive_failures,
+                unit_active: outcome.unit_active,
             });
         });
         if let Some(run) = run {

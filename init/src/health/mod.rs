@@ -49,6 +49,11 @@ pub struct Outcome {
     pub status: Status,
     /// What was found, for people.
     pub message: String,
+    /// Whether the check saw its unit active when it ran. Remediation
+    /// restarts a unit only for failures it had while active: a unit that is
+    /// still activating (or stopped) is the supervisor's, not a health
+    /// failure to act on.
+    pub unit_active: bool,
 }
 
 impl Outcome {
@@ -57,6 +62,7 @@ impl Outcome {
         Self {
             status: Status::Pass,
             message: message.into(),
+            unit_active: false,
         }
     }
     /// A warning.
@@ -64,13 +70,21 @@ impl Outcome {
         Self {
             status: Status::Warn,
             message: message.into(),
+            unit_active: false,
         }
+    }
+    /// The same outcome, seen while the check's unit was active.
+    #[must_use]
+    pub fn with_unit_active(mut self) -> Self {
+        self.unit_active = true;
+        self
     }
     /// A failure.
     pub fn fail(message: impl Into<String>) -> Self {
         Self {
             status: Status::Fail,
             message: message.into(),
+            unit_active: false,
         }
     }
 }

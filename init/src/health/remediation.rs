@@ -43,6 +43,7 @@ pub enum Action {
 struct CheckState {
     restarts: VecDeque<Instant>,
     fails_since_restart: u32,
+    fails_while_active: u32,
     escalated: bool,
     passing_since: Option<Instant>,
     next_allowed: Option<Instant>,
@@ -87,6 +88,7 @@ impl Remediation {
         let c = self.checks.entry(run.check.clone()).or_default();
         if run.status != Status::Fail {
             c.fails_since_restart = 0;
+            c.fails_while_active = 0;
             if !c.escalated {
                 return None;
             }
@@ -103,6 +105,10 @@ impl Remediation {
         }
         c.passing_since = None;
         c.fails_since_restart += 1;
+        // Only failures in a row while the unit was active ask for a
+        // restart: one seen while it was still activating says nothing
+        // about its health.
+        c.fails_while_active = if unit_active { c.fails_while_active + 1 } else { 0 };
         if c.escalated || c.fails_since_restart < self.failures_before_restart {
             return None;
         }
@@ -139,11 +145,12 @@ impl Remediation {
                 run.message
             )));
         }
-        if c.next_allowed.is_some_and(|t| now < t) {
+        if c.fails_while_active < self.failures_before_restart || c.next_allowed.is_some_and(|t| now < t) {
             return None;
         }
         c.restarts.push_back(now);
         c.fails_since_restart = 0;
+        c.fails_while_active = 0;
         c.next_allowed = Some(now + backoff(c.restarts.len()));
         Some(Action::Restart(unit.clone()))
     }
@@ -163,7 +170,11 @@ pub async fn run(health: Arc<Health>, units: Arc<dyn Units>, alerts: Alerts, set
             Err(RecvError::Closed) => return,
         };
         let Some(unit) = run.unit.clone() else { continue };
-        let active = run.status == Status::Fail && unit_state(units.as_ref(), &unit).await.is_ok_and(|s| s == "active");
+        // Active when the check ran and still active now (it may have been
+        // stopped or restarted since).
+        let active = run.status == Status::Fail
+            && run.unit_active
+            && unit_state(units.as_ref(), &unit).await.is_ok_and(|s| s == "active");
         match logic.decide(&run, active, Instant::now()) {
             None => {}
             Some(Action::Restart(unit)) => {
@@ -228,6 +239,7 @@ mod tests {
             status,
             message: "/healthz answered 500".into(),
             consecutive_failures: 0,
+            unit_active: true,
         }
     }
 
@@ -307,6 +319,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failures_while_activating_do_not_count_towards_a_restart() {
+        let mut r = Remediation::new(&settings());
+        let fail = run(Status::Fail);
+        // Two runs while the unit is still activating, then two while active:
+        // not yet three in a row while active.
+        assert_eq!(r.decide(&fail, false, Instant::now()), None);
+        assert_eq!(r.decide(&fail, false, Instant::now()), None);
+        assert_eq!(r.decide(&fail, true, Instant::now()), None);
+        assert_eq!(r.decide(&fail, true, Instant::now()), None);
+        // An activating run in between starts the count again.
+        assert_eq!(r.decide(&fail, false, Instant::now()), None);
+        assert_eq!(r.decide(&fail, true, Instant::now()), None);
+        assert_eq!(r.decide(&fail, true, Instant::now()), None);
+        assert_eq!(
+            r.decide(&fail, true, Instant::now()),
+            Some(Action::Restart("debvisor-webui.service".into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn inactive_units_escalate_late_and_checks_without_units_never() {
         let mut r = Remediation::new(&settings());
         let fail = run(Status::Fail);
@@ -345,7 +377,7 @@ mod tests {
             Some("cron.service")
         }
         async fn run(&self, _: Instant) -> Outcome {
-            Outcome::fail("no answer")
+            Outcome::fail("no answer").with_unit_active()
         }
     }
 
@@ -370,14 +402,24 @@ mod tests {
         let mut changes = debvisor_systemd::Units::subscribe(units.as_ref());
         tokio::spawn(super::run(health.clone(), units.clone(), alerts, s));
         tokio::task::yield_now().await;
-        health.record("service/cron", &Outcome::fail("no answer"), 0, Duration::ZERO);
+        health.record(
+            "service/cron",
+            &Outcome::fail("no answer").with_unit_active(),
+            0,
+            Duration::ZERO,
+        );
         // The fake restart stops then starts cron.
         let change = tokio::time::timeout(Duration::from_secs(5), changes.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(change.name, "cron.service");
-        health.record("service/cron", &Outcome::fail("no answer"), 0, Duration::ZERO);
+        health.record(
+            "service/cron",
+            &Outcome::fail("no answer").with_unit_active(),
+            0,
+            Duration::ZERO,
+        );
         let mut rx = health.subscribe();
         let node = tokio::time::timeout(
             Duration::from_secs(5),

@@ -99,7 +99,7 @@ impl Check for ServiceCheck {
             Err(e) => return Outcome::fail(e),
         }
         let answered = match &self.endpoint {
-            Endpoint::None => return Outcome::pass(format!("{} is active", self.unit)),
+            Endpoint::None => return Outcome::pass(format!("{} is active", self.unit)).with_unit_active(),
             Endpoint::GrpcHealth(socket) => probe::agent_health(socket)
                 .await
                 .map(|()| format!("{} is active and gRPC health answers SERVING", self.unit)),
@@ -114,6 +114,7 @@ impl Check for ServiceCheck {
             Ok(m) => Outcome::pass(m),
             Err(e) => Outcome::fail(format!("{} is active but its health endpoint fails: {e:#}", self.unit)),
         }
+        .with_unit_active()
     }
 }
 
@@ -129,7 +130,10 @@ mod tests {
         let deadline = Instant::now();
         let cron = ServiceCheck::new("cron.service", Endpoint::None, units.clone());
         assert_eq!(cron.name(), "service/cron");
-        assert_eq!(cron.run(deadline).await, Outcome::pass("cron.service is active"));
+        assert_eq!(
+            cron.run(deadline).await,
+            Outcome::pass("cron.service is active").with_unit_active()
+        );
         let zfs = ServiceCheck::new("zfs-import-cache.service", Endpoint::None, units.clone());
         assert_eq!(
             zfs.run(deadline).await,
