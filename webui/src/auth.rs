@@ -15,6 +15,8 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
 use rand::RngCore;
 
+use crate::roles::Role;
+
 /// The only user of this version of the console.
 pub const ADMIN_USER: &str = "admin";
 /// A session ends after this long without a request.
@@ -79,12 +81,15 @@ pub struct Session {
     pub user: String,
     /// The CSRF token every POST of this session must carry.
     pub csrf: String,
+    /// The user's role when the session started.
+    pub role: Role,
 }
 
 #[derive(Debug)]
 struct SessionEntry {
     user: String,
     csrf: String,
+    role: Role,
     created: Instant,
     last_seen: Instant,
 }
@@ -111,8 +116,8 @@ impl SessionStore {
         }
     }
 
-    /// Starts a session for `user` with fresh id and CSRF token.
-    pub fn create(&self, user: &str) -> Session {
+    /// Starts a session for `user` with `role`, fresh id and CSRF token.
+    pub fn create(&self, user: &str, role: Role) -> Session {
         let now = self.clock.now();
         let mut map = lock(&self.sessions);
         map.retain(|_, s| !s.expired(now));
@@ -125,12 +130,14 @@ impl SessionStore {
             id: random_token(),
             user: user.to_string(),
             csrf: random_token(),
+            role,
         };
         map.insert(
             session.id.clone(),
             SessionEntry {
                 user: session.user.clone(),
                 csrf: session.csrf.clone(),
+                role,
                 created: now,
                 last_seen: now,
             },
@@ -153,6 +160,7 @@ impl SessionStore {
             id: id.to_string(),
             user: entry.user.clone(),
             csrf: entry.csrf.clone(),
+            role: entry.role,
         })
     }
 
@@ -393,7 +401,7 @@ mod tests {
     fn sessions_expire_after_idle_time() {
         let c = clock();
         let store = SessionStore::new(c.clone());
-        let s = store.create("admin");
+        let s = store.create("admin", Role::Admin);
         c.advance(IDLE_TIMEOUT - Duration::from_secs(1));
         assert_eq!(store.touch(&s.id).as_ref(), Some(&s));
         // Touching renewed it: another almost-idle period is fine.
@@ -408,7 +416,7 @@ mod tests {
     fn sessions_expire_after_absolute_limit_even_when_busy() {
         let c = clock();
         let store = SessionStore::new(c.clone());
-        let s = store.create("admin");
+        let s = store.create("admin", Role::Admin);
         let step = Duration::from_secs(10 * 60);
         let mut elapsed = Duration::ZERO;
         while elapsed + step < ABSOLUTE_TIMEOUT {
@@ -423,8 +431,8 @@ mod tests {
     #[test]
     fn sessions_are_distinct_and_removable() {
         let store = SessionStore::new(clock());
-        let a = store.create("admin");
-        let b = store.create("admin");
+        let a = store.create("admin", Role::Admin);
+        let b = store.create("admin", Role::Admin);
         assert_ne!(a.id, b.id);
         assert_ne!(a.csrf, b.csrf);
         store.remove(&a.id);

@@ -25,6 +25,15 @@ pub enum AppError {
     /// The request could not be understood (for example a malformed form).
     #[error("Malformed request")]
     BadRequest,
+    /// The signed-in user's role does not hold the permission the route
+    /// needs.
+    #[error("Not allowed for role {role}: needs {permission:?}")]
+    Forbidden {
+        /// The user's role.
+        role: crate::roles::Role,
+        /// What the route needs.
+        permission: crate::roles::Permission,
+    },
     /// A page failed to render.
     #[error("Cannot render the page")]
     Render(#[from] askama::Error),
@@ -69,6 +78,21 @@ impl IntoResponse for AppError {
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::BadRequest => StatusCode::BAD_REQUEST,
+            AppError::Forbidden { role, permission } => {
+                tracing::warn!(%role, ?permission, "refused: the role does not allow this");
+                let info = ErrorInfo {
+                    title: "Not allowed",
+                    message: "Your role does not allow this. Ask an administrator if you need it.",
+                };
+                let mut response = (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    format!("{}: {}", info.title, info.message),
+                )
+                    .into_response();
+                response.extensions_mut().insert(info);
+                return response;
+            }
             AppError::Render(e) => {
                 tracing::error!(error = %e, "page rendering failed");
                 StatusCode::INTERNAL_SERVER_ERROR

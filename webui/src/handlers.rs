@@ -36,6 +36,7 @@ use crate::auth::{
 };
 use crate::auth::{random_token, tokens_match};
 use crate::error::{AppError, ErrorInfo};
+use crate::roles::{Permission, Role};
 use crate::views::{Chrome, ErrorPage, HealthView, LoginPage, Nav, NodeView, StatusPage};
 
 /// The session cookie. The `__Host-` prefix makes browsers insist on
@@ -118,6 +119,16 @@ impl AppState {
         &self.0.sessions
     }
 
+    /// The agent, as the pages see it.
+    pub fn node(&self) -> &Arc<dyn NodeSource> {
+        &self.0.node
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.0.clock
+    }
+
     fn remember(&self, answer: Option<HeaderFacts>) {
         let mut last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         let keep = last.as_ref().and_then(|(_, a)| a.clone());
@@ -136,7 +147,7 @@ impl AppState {
     }
 
     /// The page chrome, asking the agent only when the last answer is stale.
-    async fn chrome(&self, nav: Option<Nav>) -> Chrome {
+    pub async fn chrome(&self, nav: Option<Nav>) -> Chrome {
         let fresh = {
             let last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             match last.as_ref() {
@@ -171,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/healthz", get(healthz))
         .route("/static/app.css", get(stylesheet))
+        .merge(crate::pages::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), friendly_errors))
@@ -214,6 +226,22 @@ impl FromRequestParts<AppState> for MaybeSession {
 /// A signed-in session; without one the browser is sent to `/login`.
 pub struct RequireSession(pub Session);
 
+impl RequireSession {
+    /// The session if its role holds `p` (see [`crate::roles::TABLE`]),
+    /// else [`AppError::Forbidden`]. Every route that needs more than a
+    /// signed-in user calls this first.
+    pub fn require(&self, p: Permission) -> Result<&Session, AppError> {
+        if self.0.role.allows(p) {
+            Ok(&self.0)
+        } else {
+            Err(AppError::Forbidden {
+                role: self.0.role,
+                permission: p,
+            })
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for RequireSession {
     type Rejection = AppError;
 
@@ -243,10 +271,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 fn nav_for(session: &Session) -> Nav {
+    nav(session, "status")
+}
+
+/// The navigation bar for `session` with `current` (the page's name)
+/// highlighted.
+pub fn nav(session: &Session, current: &'static str) -> Nav {
     Nav {
         user: session.user.clone(),
         csrf: session.csrf.clone(),
-        current: "status",
+        current,
     }
 }
 
@@ -383,7 +417,7 @@ async fn login(
             if let Some(old) = previous {
                 state.sessions().remove(&old.id);
             }
-            let session = state.sessions().create(ADMIN_USER);
+            let session = state.sessions().create(ADMIN_USER, Role::Admin);
             tracing::info!(%ip, user = ADMIN_USER, "signed in");
             let mut response = Redirect::to("/status").into_response();
             let h = response.headers_mut();

@@ -8,6 +8,8 @@
 //! - [`auth`]: the admin credential, server-side sessions, CSRF tokens and
 //!   login throttling;
 //! - [`handlers`]: the axum router, the pages and the security headers;
+//! - [`roles`]: the roles and the one table of what each may do;
+//! - [`pages`]: the pages beyond sign-in and status, one module each;
 //! - [`views`]: askama templates and formatting helpers;
 //! - [`error`]: the one mapping from errors to friendly pages;
 //! - [`tls`]: the rustls configuration and the HTTPS accept loop;
@@ -21,7 +23,9 @@ pub mod auth;
 pub mod error;
 pub mod fakes;
 pub mod handlers;
+pub mod pages;
 pub mod redirect;
+pub mod roles;
 pub mod tls;
 pub mod views;
 
