@@ -3,30 +3,16 @@
 //! `GrpcNodeSource`. Requests go through the router with `oneshot` (TLS is
 //! covered in `tls.rs`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use argon2::password_hash::PasswordHasher;
-use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use debvisor_api::health::v1::node_health_service_server::{NodeHealthService, NodeHealthServiceServer};
 use debvisor_api::health::v1::{ListRequest, NodeHealth, NodeState, WatchRequest};
 use debvisor_api::node::v1::node_service_server::{NodeService, NodeServiceServer};
 use debvisor_api::node::v1::{Disk, GetStatusRequest, GetStatusResponse, LoadAverage, Memory};
-use debvisor_webui::agent::GrpcNodeSource;
 use debvisor_webui::auth::{MAX_FAILURES, THROTTLE_WINDOW};
-use debvisor_webui::fakes::ManualClock;
 use debvisor_webui::handlers::{CSP, CSRF_COOKIE, SESSION_COOKIE};
-use debvisor_webui::{AppState, router};
-use tower::ServiceExt;
 
-const PASSWORD: &str = "correct horse battery staple";
 const HOSTNAME: &str = "edge-node-7";
 
 /// A test peer serving fixed figures, the way the agent would.
@@ -130,42 +116,13 @@ impl NodeHealthService for FixedHealth {
     }
 }
 
-struct Console {
-    app: Router,
-    clock: Arc<ManualClock>,
-    dir: PathBuf,
-}
+mod support;
 
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "dv-webui-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// An argon2id hash with small parameters, so that debug-build tests stay
-/// quick; the console verifies with whatever parameters the hash names.
-fn hash(password: &str) -> String {
-    let params = Params::new(1024, 1, 1, None).unwrap();
-    let h: PasswordHash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.as_bytes())
-        .unwrap();
-    h.to_string()
-}
+use support::{Console, PASSWORD, get, hash, login_form, post, sign_in, try_login};
 
 /// Starts a fixed agent (unless `agent` is None) and a console using it.
 async fn console(agent: Option<FixedAgent>) -> Console {
-    let dir = temp_dir();
+    let dir = support::temp_dir();
     let socket = dir.join("agent.sock");
     if let Some(agent) = agent {
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
@@ -176,120 +133,7 @@ async fn console(agent: Option<FixedAgent>) -> Console {
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
         );
     }
-    let hash_path = dir.join("admin.argon2");
-    std::fs::write(&hash_path, hash(PASSWORD)).unwrap();
-    let clock = Arc::new(ManualClock::new());
-    let state = AppState::with_clock(Arc::new(GrpcNodeSource::new(socket)), hash_path, clock.clone())
-        .with_healthz_fault_file(dir.join("fault"));
-    Console {
-        app: router(state),
-        clock,
-        dir,
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: header::HeaderName) -> &str {
-        self.headers.get(&name).map(|v| v.to_str().unwrap()).unwrap_or("")
-    }
-
-    fn set_cookies(&self) -> Vec<&str> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect()
-    }
-
-    /// The value a Set-Cookie gives `name` (None when not set or cleared).
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.set_cookies()
-            .into_iter()
-            .filter_map(|c| c.split(';').next()?.split_once('='))
-            .find(|(k, v)| *k == name && !v.is_empty())
-            .map(|(_, v)| v.to_string())
-    }
-
-    /// The hidden CSRF field of a form on the page.
-    fn csrf_field(&self) -> String {
-        let marker = "name=\"csrf\" value=\"";
-        let start = self.body.find(marker).expect("page has a CSRF field") + marker.len();
-        self.body[start..start + 64].to_string()
-    }
-}
-
-async fn send(app: &Router, ip: &str, mut req: Request<Body>) -> Reply {
-    let addr: SocketAddr = format!("{ip}:50000").parse().unwrap();
-    req.extensions_mut().insert(ConnectInfo(addr));
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(bytes.to_vec()).unwrap(),
-    }
-}
-
-async fn get(app: &Router, path: &str, cookies: &str) -> Reply {
-    let mut req = Request::get(path);
-    if !cookies.is_empty() {
-        req = req.header(header::COOKIE, cookies);
-    }
-    send(app, "192.0.2.10", req.body(Body::empty()).unwrap()).await
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn post(app: &Router, ip: &str, path: &str, cookies: &str, form: &[(&str, &str)]) -> Reply {
-    let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-    let mut req = Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-    if !cookies.is_empty() {
-        req = req.header(header::COOKIE, cookies);
-    }
-    send(app, ip, req.body(Body::from(body.join("&"))).unwrap()).await
-}
-
-/// Fetches the sign-in form: (cookie header to send back, token).
-async fn login_form(app: &Router) -> (String, String) {
-    let page = get(app, "/login", "").await;
-    assert_eq!(page.status, StatusCode::OK);
-    let token = page.cookie(CSRF_COOKIE).expect("login page sets the CSRF cookie");
-    assert_eq!(page.csrf_field(), token, "double-submit: cookie and field agree");
-    (format!("{CSRF_COOKIE}={token}"), token)
-}
-
-async fn try_login(app: &Router, ip: &str, user: &str, password: &str) -> Reply {
-    let (cookies, token) = login_form(app).await;
-    post(
-        app,
-        ip,
-        "/login",
-        &cookies,
-        &[("username", user), ("password", password), ("csrf", &token)],
-    )
-    .await
-}
-
-/// Signs in and returns the session cookie header.
-async fn sign_in(app: &Router) -> String {
-    let res = try_login(app, "192.0.2.10", "admin", PASSWORD).await;
-    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
-    format!("{SESSION_COOKIE}={}", res.cookie(SESSION_COOKIE).unwrap())
+    Console::new(dir)
 }
 
 #[tokio::test]
@@ -547,4 +391,13 @@ async fn admin_hash_written_after_start_is_picked_up() {
         try_login(&c.app, "192.0.2.20", "admin", PASSWORD).await.status,
         StatusCode::SEE_OTHER
     );
+}
+
+#[tokio::test]
+async fn status_page_from_the_real_agent_server() {
+    let c = Console::with_agent().await;
+    let cookies = sign_in(&c.app).await;
+    let page = get(&c.app, "/status", &cookies).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("edge-node-7"), "{}", page.body);
 }
