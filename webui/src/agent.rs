@@ -16,6 +16,7 @@ use debvisor_api::health::v1::node_health_service_client::NodeHealthServiceClien
 use debvisor_api::health::v1::{ListRequest, NodeHealth};
 use debvisor_api::node::v1::node_service_client::NodeServiceClient;
 use debvisor_api::node::v1::{GetStatusRequest, GetStatusResponse};
+use tonic::transport::Channel;
 
 /// How long the console waits for the agent before giving up on a page.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +36,9 @@ pub enum AgentError {
     /// The agent did not answer in time.
     #[error("The agent did not answer within {} s", AGENT_TIMEOUT.as_secs())]
     Timeout,
+    /// This node source offers no gRPC channel (a fixed source in tests).
+    #[error("This node source has no connection to an agent")]
+    NoChannel,
 }
 
 impl AgentError {
@@ -68,6 +72,13 @@ pub trait NodeSource: Send + Sync + 'static {
     /// Fetches the node's health (checks, boot gate, machine config state)
     /// on behalf of `user`.
     fn health<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<NodeHealth, AgentError>>;
+
+    /// A gRPC channel to the agent, for pages that call other services
+    /// (units, audit...) with the generated clients. Wrap each request with
+    /// [`on_behalf_of`] and bound unary calls with [`bounded`].
+    fn channel(&self) -> BoxFuture<'_, Result<Channel, AgentError>> {
+        Box::pin(async { Err(AgentError::NoChannel) })
+    }
 }
 
 /// Metadata key naming the console user a request is made for. The agent
@@ -118,7 +129,7 @@ impl GrpcNodeSource {
 }
 
 /// Runs `call` with the console's agent timeout and logs a failure.
-async fn bounded<T>(what: &str, call: impl Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
+pub async fn bounded<T>(what: &str, call: impl Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
     let result = tokio::time::timeout(AGENT_TIMEOUT, call)
         .await
         .unwrap_or(Err(AgentError::Timeout));
@@ -135,6 +146,10 @@ impl NodeSource for GrpcNodeSource {
 
     fn health<'a>(&'a self, user: Option<&'a str>) -> BoxFuture<'a, Result<NodeHealth, AgentError>> {
         Box::pin(bounded("health", self.fetch_health(user)))
+    }
+
+    fn channel(&self) -> BoxFuture<'_, Result<Channel, AgentError>> {
+        Box::pin(async { Ok(connect_unix(&self.socket).await?) })
     }
 }
 
