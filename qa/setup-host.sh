@@ -13,7 +13,12 @@ packages=(
   build-essential pkg-config
   # the Python gRPC client of the agent_sim_clients test
   python3-venv
+  # the console's browser tests (headless Chromium driven over WebDriver)
+  chromium chromium-driver
 )
+# npm vendors the console's front-end packages at build time (from its
+# lockfile); any npm will do (Debian's, or one that came with Node).
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
