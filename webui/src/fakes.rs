@@ -81,6 +81,8 @@ impl FixedNode {
             agent_version: "0.1.0".into(),
             simulated: true,
             sampled_at_unix_ms: 0,
+            cpu: None,
+            interfaces: vec![],
         }))
     }
 }

@@ -65,6 +65,8 @@ impl NodeService for FixedAgent {
             agent_version: "0.1.0-test".into(),
             simulated: self.simulated,
             sampled_at_unix_ms: 1_764_150_000_000,
+            cpu: None,
+            interfaces: vec![],
         }))
     }
 

@@ -276,6 +276,8 @@ mod tests {
             agent_version: "0.1.0".into(),
             simulated: false,
             sampled_at_unix_ms: 1000,
+            cpu: None,
+            interfaces: vec![],
         }
     }
 

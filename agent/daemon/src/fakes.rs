@@ -7,13 +7,16 @@ use debvisor_api::health::v1::{
     Alert, BootGate, Check, CheckResult, CheckStatus, GateState, ListRequest, NodeHealth, NodeState, Severity,
     WatchRequest,
 };
-use debvisor_api::node::v1::{Disk, GetStatusResponse, LoadAverage, Memory};
+use debvisor_api::node::v1::{Cpu, Disk, GetStatusResponse, LoadAverage, Memory, NetworkInterface};
 use tokio_stream::StreamExt;
 
 use crate::health_service::{HealthError, HealthSource, HealthStream};
 use crate::host::{HostError, HostFacts, now_unix_ms};
 
-/// A simulated node: fixed identity, uptime counting from creation.
+/// A simulated node: fixed identity, uptime counting from creation, and
+/// figures that move over time like a lightly loaded machine (CPU, memory,
+/// load and network traffic follow slow waves; the data disk fills and is
+/// cleaned up), so that a simulated dashboard is live.
 #[derive(Debug)]
 pub struct FakeHost {
     hostname: String,
@@ -30,24 +33,64 @@ impl FakeHost {
     }
 }
 
+/// Number of simulated CPUs.
+const SIM_CPUS: u32 = 4;
+
+/// A wave between 0 and 1 with the given period in seconds, at time `t`.
+fn wave(t: f64, period: f64, phase: f64) -> f64 {
+    0.5 + 0.5 * (std::f64::consts::TAU * t / period + phase).sin()
+}
+
+/// Bytes sent so far by a link whose rate (bytes/s) is `base` plus a wave of
+/// `swing` with period `period`: the integral of the rate, so counters only
+/// grow.
+fn counter(t: f64, base: f64, swing: f64, period: f64) -> u64 {
+    let w = std::f64::consts::TAU / period;
+    // ∫ base + swing·(0.5 + 0.5·sin(w·s)) ds from 0 to t
+    let bytes = base * t + swing * (0.5 * t + 0.5 * (1.0 - (w * t).cos()) / w);
+    bytes.max(0.0) as u64
+}
+
 impl HostFacts for FakeHost {
     fn status(&self) -> Result<GetStatusResponse, HostError> {
+        Ok(self.status_at(self.started.elapsed().as_secs_f64()))
+    }
+}
+
+impl FakeHost {
+    /// The simulated figures `t` seconds after the node started.
+    pub fn status_at(&self, t: f64) -> GetStatusResponse {
         const GIB: u64 = 1 << 30;
-        Ok(GetStatusResponse {
+        let per_cpu: Vec<f64> = (0..SIM_CPUS)
+            .map(|i| (0.08 + 0.5 * wave(t, 40.0 + 7.0 * f64::from(i), f64::from(i))).clamp(0.0, 1.0))
+            .collect();
+        let busy = per_cpu.iter().sum::<f64>() / f64::from(SIM_CPUS);
+        let used_mem = (2.0 + 1.5 * wave(t, 90.0, 0.0)) * GIB as f64;
+        let data_used = (10.0 + 5.0 * wave(t, 300.0, -1.5)) * GIB as f64;
+        let link = |name: &str, rx: (f64, f64), tx: (f64, f64), up: bool| NetworkInterface {
+            name: name.into(),
+            rx_bytes: counter(t, rx.0, rx.1, 30.0),
+            tx_bytes: counter(t, tx.0, tx.1, 45.0),
+            rx_packets: counter(t, rx.0, rx.1, 30.0) / 900,
+            tx_packets: counter(t, tx.0, tx.1, 45.0) / 700,
+            up,
+            operstate: if up { "up" } else { "down" }.into(),
+        };
+        GetStatusResponse {
             hostname: self.hostname.clone(),
             image_version: env!("CARGO_PKG_VERSION").to_string(),
             image_id: "debvisor-node".to_string(),
             booted_slot: "A".to_string(),
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            uptime_seconds: t,
             load: Some(LoadAverage {
-                one: 0.1,
-                five: 0.05,
-                fifteen: 0.01,
+                one: busy * f64::from(SIM_CPUS),
+                five: 0.6 * busy * f64::from(SIM_CPUS),
+                fifteen: 0.4,
             }),
             memory: Some(Memory {
                 total_bytes: 8 * GIB,
-                available_bytes: 6 * GIB,
-                used_bytes: 2 * GIB,
+                available_bytes: 8 * GIB - used_mem as u64,
+                used_bytes: used_mem as u64,
             }),
             disks: vec![
                 Disk {
@@ -62,8 +105,8 @@ impl HostFacts for FakeHost {
                     name: "data".into(),
                     mount_point: "/data".into(),
                     total_bytes: 100 * GIB,
-                    available_bytes: 90 * GIB,
-                    used_bytes: 10 * GIB,
+                    available_bytes: 100 * GIB - data_used as u64,
+                    used_bytes: data_used as u64,
                     read_only: false,
                 },
             ],
@@ -71,7 +114,18 @@ impl HostFacts for FakeHost {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: true,
             sampled_at_unix_ms: crate::host::now_unix_ms(),
-        })
+            cpu: Some(Cpu {
+                count: SIM_CPUS,
+                busy_fraction: busy,
+                per_cpu_busy_fraction: per_cpu,
+                period_ms: 1000,
+            }),
+            interfaces: vec![
+                link("enp0s1", (200_000.0, 1_500_000.0), (50_000.0, 400_000.0), true),
+                link("br0", (150_000.0, 1_000_000.0), (40_000.0, 300_000.0), true),
+                link("enp0s2", (0.0, 0.0), (0.0, 0.0), false),
+            ],
+        }
     }
 }
 
@@ -253,6 +307,34 @@ impl HealthSource for SimHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fake_host_figures_move_and_counters_only_grow() {
+        let host = FakeHost::new("n1");
+        let mut last_rx = 0;
+        let mut cpus = Vec::new();
+        for step in 0..60 {
+            let s = host.status_at(f64::from(step) * 5.0);
+            let cpu = s.cpu.unwrap();
+            assert!((0.0..=1.0).contains(&cpu.busy_fraction), "{cpu:?}");
+            assert_eq!(cpu.per_cpu_busy_fraction.len(), cpu.count as usize);
+            let mem = s.memory.unwrap();
+            assert_eq!(mem.used_bytes + mem.available_bytes, mem.total_bytes);
+            let rx = s.interfaces[0].rx_bytes;
+            assert!(rx >= last_rx, "step {step}: {rx} < {last_rx}");
+            last_rx = rx;
+            cpus.push(cpu.busy_fraction);
+        }
+        assert!(last_rx > 0);
+        let (lo, hi) = cpus
+            .iter()
+            .fold((1.0f64, 0.0f64), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+        assert!(hi - lo > 0.1, "CPU moves: {lo}..{hi}");
+        let a = host.status_at(0.0).memory.unwrap().used_bytes;
+        let b = host.status_at(20.0).memory.unwrap().used_bytes;
+        assert_ne!(a, b, "memory moves");
+        assert!(!host.status_at(1.0).interfaces[2].up);
+    }
 
     #[test]
     fn sim_health_filters_by_kind_and_keeps_history_on_request() {

@@ -1,9 +1,12 @@
 //! Host facts: the trait the node service reads from, and its production
-//! implementation over /proc, /usr/lib/os-release and statvfs.
+//! implementation over /proc, /sys/class/net, /usr/lib/os-release and
+//! statvfs.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use debvisor_api::node::v1::{Disk, GetStatusResponse, LoadAverage, Memory};
+use debvisor_api::node::v1::{Cpu, Disk, GetStatusResponse, LoadAverage, Memory, NetworkInterface};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 /// A host-facts read that failed, with the file it was reading.
@@ -45,6 +48,9 @@ pub struct ProcHost {
     root: PathBuf,
     /// Mount points to report, with their names (root, data).
     mounts: Vec<(String, PathBuf)>,
+    /// The previous /proc/stat reading, so that CPU usage covers the time
+    /// between two samples (shared by clones).
+    previous_cpu: Arc<Mutex<Option<(Instant, CpuTimes)>>>,
 }
 
 impl ProcHost {
@@ -55,7 +61,11 @@ impl ProcHost {
             ("root".to_string(), PathBuf::from("/")),
             ("data".to_string(), PathBuf::from(debvisor_api::paths::DATA_MOUNT)),
         ];
-        Self { root, mounts }
+        Self {
+            root,
+            mounts,
+            previous_cpu: Arc::new(Mutex::new(None)),
+        }
     }
 
     fn read(&self, rel: &str) -> Result<String, HostError> {
@@ -68,6 +78,39 @@ impl ProcHost {
             path: self.root.join(rel.trim_start_matches('/')),
             what: what.into(),
         }
+    }
+
+    /// CPU usage since the previous call (since boot on the first).
+    fn cpu(&self, uptime_seconds: f64) -> Result<Cpu, HostError> {
+        let text = self.read("/proc/stat")?;
+        let now = parse_proc_stat(&text).ok_or_else(|| self.parse_err("/proc/stat", "no cpu line"))?;
+        let mut previous = self.previous_cpu.lock().unwrap_or_else(|p| p.into_inner());
+        let at = Instant::now();
+        let cpu = match previous.as_ref() {
+            Some((then, before)) => cpu_usage(Some(before), &now, at.duration_since(*then).as_millis() as u64),
+            None => cpu_usage(None, &now, (uptime_seconds * 1000.0) as u64),
+        };
+        *previous = Some((at, now));
+        Ok(cpu)
+    }
+
+    /// Every interface but loopback, with its link state.
+    fn interfaces(&self) -> Result<Vec<NetworkInterface>, HostError> {
+        let text = self.read("/proc/net/dev")?;
+        let mut list =
+            parse_net_dev(&text).ok_or_else(|| self.parse_err("/proc/net/dev", "a line without counters"))?;
+        list.retain(|i| i.name != "lo");
+        for i in &mut list {
+            // Kernel names never hold a slash; refuse one rather than leave /sys.
+            let state = if i.name.contains('/') || i.name.starts_with('.') {
+                None
+            } else {
+                self.read(&format!("/sys/class/net/{}/operstate", i.name)).ok()
+            };
+            i.operstate = state.map(|s| s.trim().to_string()).unwrap_or_else(|| "unknown".into());
+            i.up = matches!(i.operstate.as_str(), "up" | "unknown");
+        }
+        Ok(list)
     }
 
     fn disks(&self) -> Vec<Disk> {
@@ -107,6 +150,8 @@ impl HostFacts for ProcHost {
         let memory =
             parse_meminfo(&meminfo).ok_or_else(|| self.parse_err("/proc/meminfo", "no MemTotal or MemAvailable"))?;
         let cmdline = self.read("/proc/cmdline")?;
+        let cpu = self.cpu(uptime_seconds)?;
+        let interfaces = self.interfaces()?;
         Ok(GetStatusResponse {
             hostname: self.read("/proc/sys/kernel/hostname")?.trim().to_string(),
             image_version: os.get("IMAGE_VERSION").cloned().unwrap_or_default(),
@@ -120,8 +165,105 @@ impl HostFacts for ProcHost {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             simulated: false,
             sampled_at_unix_ms: now_unix_ms(),
+            cpu: Some(cpu),
+            interfaces,
         })
     }
+}
+
+/// Cumulative CPU times from /proc/stat, in clock ticks: the whole machine
+/// and each CPU, as (busy, total).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTimes {
+    /// The `cpu` line.
+    pub all: (u64, u64),
+    /// The `cpuN` lines, in order.
+    pub each: Vec<(u64, u64)>,
+}
+
+/// (busy, total) of one /proc/stat cpu line's numbers: busy is everything
+/// but idle (4th) and iowait (5th); guest columns (9th, 10th) are already in
+/// user and nice.
+fn busy_total(numbers: &[u64]) -> (u64, u64) {
+    let total: u64 = numbers.iter().take(8).sum();
+    let idle = numbers.get(3).copied().unwrap_or(0) + numbers.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Parses the cpu lines of /proc/stat (None without a `cpu` line or with a
+/// number that does not parse).
+pub fn parse_proc_stat(text: &str) -> Option<CpuTimes> {
+    let mut all = None;
+    let mut each = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(label) = words.next().filter(|w| w.starts_with("cpu")) else {
+            continue;
+        };
+        let numbers: Vec<u64> = words.map(str::parse).collect::<Result<_, _>>().ok()?;
+        if numbers.len() < 4 {
+            return None;
+        }
+        if label == "cpu" {
+            all = Some(busy_total(&numbers));
+        } else if label[3..].parse::<u32>().is_ok() {
+            each.push(busy_total(&numbers));
+        }
+    }
+    Some(CpuTimes { all: all?, each })
+}
+
+/// The busy share between two readings (from zero when there is no earlier
+/// reading), 0.0-1.0; 0 when no time passed.
+fn share(before: Option<(u64, u64)>, now: (u64, u64)) -> f64 {
+    let (b0, t0) = before.unwrap_or((0, 0));
+    let busy = now.0.saturating_sub(b0);
+    let total = now.1.saturating_sub(t0);
+    if total == 0 {
+        0.0
+    } else {
+        (busy as f64 / total as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// CPU usage between `before` (None: boot) and `now`, over `period_ms`.
+pub fn cpu_usage(before: Option<&CpuTimes>, now: &CpuTimes, period_ms: u64) -> Cpu {
+    Cpu {
+        count: now.each.len() as u32,
+        busy_fraction: share(before.map(|b| b.all), now.all),
+        per_cpu_busy_fraction: now
+            .each
+            .iter()
+            .enumerate()
+            .map(|(i, n)| share(before.and_then(|b| b.each.get(i).copied()), *n))
+            .collect(),
+        period_ms,
+    }
+}
+
+/// Parses /proc/net/dev: every interface with its byte and packet counters
+/// (link state left empty). None when a line has fewer than 16 counters or
+/// one that is not a number.
+pub fn parse_net_dev(text: &str) -> Option<Vec<NetworkInterface>> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| !name.contains('|'))
+        .map(|(name, rest)| {
+            let n: Vec<u64> = rest.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
+            if n.len() < 16 {
+                return None;
+            }
+            Some(NetworkInterface {
+                name: name.trim().to_string(),
+                rx_bytes: n[0],
+                rx_packets: n[1],
+                tx_bytes: n[8],
+                tx_packets: n[9],
+                up: false,
+                operstate: String::new(),
+            })
+        })
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch by the system clock (0 if the clock is
@@ -232,7 +374,32 @@ mod tests {
         w("proc/sys/kernel/hostname", "node1\n");
         w("proc/sys/kernel/osrelease", "6.1.0-test\n");
         w("proc/self/mounts", "");
-        let s = ProcHost::new(dir.path()).status().unwrap();
+        w("proc/stat", STAT_1);
+        w("proc/net/dev", NET_DEV);
+        w("sys/class/net/enp0s1/operstate", "up\n");
+        w("sys/class/net/br0/operstate", "down\n");
+        let host = ProcHost::new(dir.path());
+        let s = host.status().unwrap();
+        let cpu = s.cpu.unwrap();
+        assert_eq!(cpu.count, 2);
+        assert_eq!(cpu.period_ms, 42_000, "the first sample covers the uptime");
+        assert!((cpu.busy_fraction - 0.2).abs() < 1e-9, "{cpu:?}");
+        let names: Vec<_> = s
+            .interfaces
+            .iter()
+            .map(|i| (i.name.as_str(), i.up, i.operstate.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("enp0s1", true, "up"), ("br0", false, "down")],
+            "loopback is left out"
+        );
+        assert_eq!(s.interfaces[0].rx_bytes, 5_000);
+        w("proc/stat", STAT_2);
+        let cpu = host.clone().status().unwrap().cpu.unwrap();
+        // Between the two readings: 100 busy of 200 ticks; cpu0 all busy.
+        assert!((cpu.busy_fraction - 0.5).abs() < 1e-9, "{cpu:?}");
+        assert_eq!(cpu.per_cpu_busy_fraction, [1.0, 0.0]);
         assert_eq!(s.hostname, "node1");
         assert_eq!(s.image_version, "1.2.3");
         assert_eq!(s.booted_slot, "A");
@@ -244,6 +411,42 @@ mod tests {
         );
         assert!(s.disks[0].total_bytes > 0);
         assert!(!s.simulated);
+    }
+
+    const STAT_1: &str = "cpu  100 0 100 500 300 0 0 0 50 0\n\
+                          cpu0 50 0 50 250 150 0 0 0 25 0\n\
+                          cpu1 50 0 50 250 150 0 0 0 25 0\n\
+                          intr 12345 1 2\nctxt 999\nbtime 1700000000\n";
+    const STAT_2: &str = "cpu  150 0 150 550 350 0 0 0 50 0\n\
+                          cpu0 100 0 100 250 150 0 0 0 25 0\n\
+                          cpu1 50 0 50 300 200 0 0 0 25 0\n";
+    const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit\n \
+        face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+        lo:  900 9 0 0 0 0 0 0 900 9 0 0 0 0 0 0\n\
+        enp0s1: 5000 50 0 0 0 0 0 0 7000 70 0 0 0 0 0 0\n   \
+        br0: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    #[test]
+    fn parses_cpu_and_network_counters() {
+        let a = parse_proc_stat(STAT_1).unwrap();
+        assert_eq!(a.all, (200, 1000), "guest time is not counted twice");
+        assert_eq!(a.each.len(), 2);
+        let b = parse_proc_stat(STAT_2).unwrap();
+        let c = cpu_usage(Some(&a), &b, 1000);
+        assert_eq!((c.count, c.period_ms), (2, 1000));
+        assert_eq!(c.busy_fraction, 0.5);
+        assert_eq!(c.per_cpu_busy_fraction, [1.0, 0.0]);
+        assert_eq!(cpu_usage(Some(&b), &b, 0).busy_fraction, 0.0, "no time passed");
+        assert!(parse_proc_stat("intr 1 2\n").is_none());
+        assert!(parse_proc_stat("cpu 1 x 3 4\n").is_none());
+        let nets = parse_net_dev(NET_DEV).unwrap();
+        assert_eq!(nets.len(), 3);
+        let e = &nets[1];
+        assert_eq!(
+            (e.name.as_str(), e.rx_bytes, e.rx_packets, e.tx_bytes, e.tx_packets),
+            ("enp0s1", 5000, 50, 7000, 70)
+        );
+        assert!(parse_net_dev("eth0: 1 2 3\n").is_none());
     }
 
     #[test]

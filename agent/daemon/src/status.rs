@@ -83,7 +83,9 @@ pub fn delta(old: &GetStatusResponse, new: &GetStatusResponse) -> Option<StatusD
         disks,
         kernel,
         agent_version,
-        simulated
+        simulated,
+        cpu,
+        interfaces
     );
     if changed.is_empty() {
         return None;

@@ -68,6 +68,8 @@ pub fn status() -> GetStatusResponse {
         agent_version: "0.1.0".into(),
         simulated: true,
         sampled_at_unix_ms: 1_746_100_800_000,
+        cpu: None,
+        interfaces: vec![],
     }
 }
 
