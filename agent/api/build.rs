@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/debvisor/units/v1/units.proto",
         "proto/debvisor/audit/v1/audit.proto",
         "proto/debvisor/health/v1/health.proto",
+        "proto/debvisor/config/v1/config.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -50,6 +50,17 @@ pub mod health {
     }
 }
 
+/// `debvisor.config.v1`: the machine config in effect and the admin client
+/// bundle. (Named `config_api` because [`config`] is debvisorctl's client
+/// configuration.)
+pub mod config_api {
+    /// Version 1 of the config service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.config.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every DebVisor protobuf, for
 /// `tonic-reflection`.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/debvisor_descriptor.bin"));
@@ -60,4 +71,5 @@ pub const SUPPORTED_SERVICES: &[&str] = &[
     "debvisor.units.v1.UnitService",
     "debvisor.audit.v1.AuditService",
     "debvisor.health.v1.NodeHealthService",
+    "debvisor.config.v1.ConfigService",
 ];

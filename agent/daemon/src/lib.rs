@@ -11,6 +11,7 @@
 pub mod audit_service;
 pub mod auth;
 pub mod config;
+pub mod config_service;
 pub mod fakes;
 pub mod health_service;
 pub mod host;

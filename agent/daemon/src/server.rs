@@ -1,6 +1,6 @@
 //! The agent's transports: the Unix socket (peer credentials) and TCP with
 //! mutual TLS, both serving the same services (node, units, audit, node
-//! health, grpc.health.v1 and reflection) behind the same middleware: tracing,
+//! health, config, grpc.health.v1 and reflection) behind the same middleware: tracing,
 //! metrics, caller identity, per-client rate limiting and an UNIMPLEMENTED
 //! answer that names the supported versions.
 
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use debvisor_api::audit::v1::audit_service_server::AuditServiceServer;
+use debvisor_api::config_api::v1::config_service_server::ConfigServiceServer;
 use debvisor_api::health::v1::node_health_service_server::NodeHealthServiceServer;
 use debvisor_api::node::v1::node_service_server::NodeServiceServer;
 use debvisor_api::units::v1::unit_service_server::UnitServiceServer;
@@ -24,6 +25,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use crate::audit_service::{AuditApi, Auditor};
 use crate::auth::{self, PeerPolicy};
 use crate::config::AgentConfig;
+use crate::config_service::{ConfigApi, ConfigFiles, ConfigOrigin};
 use crate::health_service::{HealthApi, HealthSource};
 use crate::host::HostFacts;
 use crate::routing::{KnownMethods, UnknownMethodLayer};
@@ -155,8 +157,17 @@ macro_rules! tuned {
     };
 }
 
+/// Where the config service reads by default: the node's files, or the
+/// simulated sample when the host is simulated (`--sim`).
+pub fn default_config_origin(host: &dyn HostFacts) -> ConfigOrigin {
+    match host.status() {
+        Ok(s) if s.simulated => ConfigOrigin::Simulated,
+        _ => ConfigOrigin::Files(ConfigFiles::production()),
+    }
+}
+
 /// Every service, routed by path; shared by both transports.
-async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
+async fn routes(b: &Backends, config: ConfigOrigin, cfg: &AgentConfig) -> anyhow::Result<Routes> {
     let auditor = Auditor::new(b.audit.clone());
     let status = Arc::new(StatusCache::new(b.host.clone(), MAX_AGE));
     let max = cfg.max_message_bytes;
@@ -165,7 +176,11 @@ async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
         max
     );
     let units = tuned!(
-        UnitServiceServer::new(UnitsApi::new(b.units.clone(), b.journal.clone(), auditor)),
+        UnitServiceServer::new(UnitsApi::new(b.units.clone(), b.journal.clone(), auditor.clone())),
+        max
+    );
+    let config = tuned!(
+        ConfigServiceServer::new(ConfigApi::new(config, b.health.clone(), b.host.clone(), auditor)),
         max
     );
     let audit = tuned!(AuditServiceServer::new(AuditApi::new(b.audit.clone())), max);
@@ -176,6 +191,7 @@ async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
     reporter.set_serving::<UnitServiceServer<UnitsApi>>().await;
     reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
     reporter.set_serving::<NodeHealthServiceServer<HealthApi>>().await;
+    reporter.set_serving::<ConfigServiceServer<ConfigApi>>().await;
     fn reflection() -> tonic_reflection::server::Builder<'static> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(debvisor_api::DESCRIPTOR_SET)
@@ -191,13 +207,15 @@ async fn routes(b: &Backends, cfg: &AgentConfig) -> anyhow::Result<Routes> {
         .add_service(units)
         .add_service(audit)
         .add_service(node_health)
+        .add_service(config)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
 }
 
 /// Serves every service on both transports, and `/metrics`, until
-/// `shutdown` resolves.
+/// `shutdown` resolves. The config service reads from
+/// [`default_config_origin`].
 pub async fn serve(
     bound: Bound,
     backends: Backends,
@@ -205,7 +223,21 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let routes = routes(&backends, &cfg).await?;
+    let config = default_config_origin(backends.host.as_ref());
+    serve_with_config(bound, backends, config, cfg, metrics, shutdown).await
+}
+
+/// [`serve`], with the config service reading from `config` (tests point it
+/// at temporary files).
+pub async fn serve_with_config(
+    bound: Bound,
+    backends: Backends,
+    config: ConfigOrigin,
+    cfg: AgentConfig,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let routes = routes(&backends, config, &cfg).await?;
     let known = KnownMethods::agent();
     let limit = RateLimitLayer::new(cfg.rate_limit).context("Bad rate limit")?;
 
