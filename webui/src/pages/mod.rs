@@ -2,6 +2,11 @@
 //! module exposes `routes()`; handlers check the role with
 //! [`crate::handlers::RequireSession::require`] before anything else.
 
+pub mod audit;
+pub mod health;
+pub mod services;
+pub mod settings;
+
 use axum::Router;
 
 use crate::AppState;
@@ -9,4 +14,8 @@ use crate::AppState;
 /// The routes of all pages.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .merge(services::routes())
+        .merge(health::routes())
+        .merge(audit::routes())
+        .merge(settings::routes())
 }
