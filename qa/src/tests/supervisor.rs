@@ -223,6 +223,13 @@ pub(super) fn supervisor_recovery(ctx: &Ctx) -> Result<()> {
     let path = ctx.dir.join("figures.json");
     std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
     eprintln!("  figures in {}", path.display());
+    // Where the time of a recovery goes: systemd's and the agent's own
+    // lines of the last kills, with monotonic timestamps.
+    let (_, journal) = g.exec(
+        "journalctl -b -o short-monotonic --no-pager _SYSTEMD_UNIT=debvisor-agent.service + UNIT=debvisor-agent.service | tail -n 80",
+        CMD,
+    )?;
+    std::fs::write(ctx.dir.join("agent-journal.txt"), journal)?;
     Ok(())
 }
 
