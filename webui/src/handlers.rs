@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /` | to `/status` when signed in, else to `/login` |
+//! | `GET /` | to `/dashboard` when signed in, else to `/login` |
 //! | `GET /login`, `POST /login` | sign-in form (double-submit CSRF cookie), throttled |
 //! | `POST /logout` | sign-out (session CSRF token) |
 //! | `GET /status` | the node's figures and health (checks, boot gate, refused machine config) from the agent (signed in) |
@@ -277,15 +277,11 @@ fn nav_for(session: &Session) -> Nav {
 /// The navigation bar for `session` with `current` (the page's name)
 /// highlighted.
 pub fn nav(session: &Session, current: &'static str) -> Nav {
-    Nav {
-        user: session.user.clone(),
-        csrf: session.csrf.clone(),
-        current,
-    }
+    Nav::new(session, current)
 }
 
 async fn index(MaybeSession(session): MaybeSession) -> Redirect {
-    Redirect::to(if session.is_some() { "/status" } else { "/login" })
+    Redirect::to(if session.is_some() { "/dashboard" } else { "/login" })
 }
 
 /// The supervisor's probe of the console. While the fault switch file

@@ -11,6 +11,9 @@
 //! - [`roles`]: the roles and the one table of what each may do;
 //! - [`pages`]: the pages beyond sign-in and status, one module each;
 //! - [`views`]: askama templates and formatting helpers;
+//! - [`live`]: the dashboard's sampler, history and live updates;
+//! - [`charts`]: SVG line and area charts rendered on the server;
+//! - [`assets`]: the vendored front-end files (htmx) embedded at build time;
 //! - [`error`]: the one mapping from errors to friendly pages;
 //! - [`tls`]: the rustls configuration and the HTTPS accept loop;
 //! - [`redirect`]: the plain-HTTP listener that sends browsers to HTTPS;
@@ -19,10 +22,13 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod assets;
 pub mod auth;
+pub mod charts;
 pub mod error;
 pub mod fakes;
 pub mod handlers;
+pub mod live;
 pub mod pages;
 pub mod redirect;
 pub mod roles;

@@ -8,6 +8,8 @@ use askama::Template;
 use debvisor_api::health::v1::{CheckStatus, GateState, NodeHealth, NodeState};
 use debvisor_api::node::v1::GetStatusResponse;
 
+use crate::roles::{Permission, Role};
+
 /// What every page shows around its content.
 #[derive(Debug, Clone, Default)]
 pub struct Chrome {
@@ -19,6 +21,23 @@ pub struct Chrome {
     pub nav: Option<Nav>,
 }
 
+impl Chrome {
+    /// URL of the style sheet (versioned by its content).
+    pub fn css_url(&self) -> String {
+        crate::assets::css_url()
+    }
+
+    /// URL of the vendored htmx.
+    pub fn htmx_url(&self) -> String {
+        crate::assets::htmx_url()
+    }
+
+    /// URL of htmx's server-sent-events extension.
+    pub fn sse_url(&self) -> String {
+        crate::assets::sse_url()
+    }
+}
+
 /// Navigation for a signed-in user.
 #[derive(Debug, Clone)]
 pub struct Nav {
@@ -26,8 +45,57 @@ pub struct Nav {
     pub user: String,
     /// The session's CSRF token, for the sign-out form.
     pub csrf: String,
-    /// Which entry is current ("status").
+    /// Which entry is current ("dashboard", "services"...).
     pub current: &'static str,
+    /// The session's role: the bar shows only what it may open.
+    pub role: Role,
+}
+
+/// One entry of the navigation bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NavLink {
+    /// Where it goes.
+    pub href: &'static str,
+    /// What it says.
+    pub label: &'static str,
+    /// The page shown now.
+    pub current: bool,
+}
+
+/// The navigation bar's entries: (name, path, label, what the page needs).
+pub const NAV_LINKS: &[(&str, &str, &str, Permission)] = &[
+    ("dashboard", "/dashboard", "Dashboard", Permission::ViewDashboard),
+    ("services", "/services", "Services", Permission::ViewDashboard),
+    ("health", "/health", "Health", Permission::ViewDashboard),
+    ("audit", "/audit", "Audit", Permission::ViewAudit),
+    ("users", "/users", "Users", Permission::ManageUsers),
+    ("settings", "/settings", "Settings", Permission::ViewConfig),
+    ("about", "/about", "About", Permission::ViewDashboard),
+];
+
+impl Nav {
+    /// The bar for `session` with `current` (a [`NAV_LINKS`] name) marked.
+    pub fn new(session: &crate::auth::Session, current: &'static str) -> Self {
+        Nav {
+            user: session.user.clone(),
+            csrf: session.csrf.clone(),
+            current,
+            role: session.role,
+        }
+    }
+
+    /// The entries the role may open, in order.
+    pub fn links(&self) -> Vec<NavLink> {
+        NAV_LINKS
+            .iter()
+            .filter(|(_, _, _, p)| self.role.allows(*p))
+            .map(|(name, href, label, _)| NavLink {
+                href,
+                label,
+                current: *name == self.current,
+            })
+            .collect()
+    }
 }
 
 /// The sign-in page.
@@ -390,6 +458,7 @@ mod tests {
                     user: "admin".into(),
                     csrf: "t0k3n".into(),
                     current: "status",
+                    role: Role::Admin,
                 }),
             },
             node: Ok(NodeView::from(&status)),
@@ -409,6 +478,29 @@ mod tests {
         assert!(html.contains("Healthy"), "{html}");
         assert!(html.contains("3 of 4 checks pass"), "{html}");
         assert!(html.contains("no resolver answered"), "{html}");
+    }
+
+    #[test]
+    fn the_bar_shows_only_what_the_role_may_open() {
+        let nav = |role| Nav {
+            user: "u".into(),
+            csrf: String::new(),
+            current: "health",
+            role,
+        };
+        let labels = |role| nav(role).links().iter().map(|l| l.label).collect::<Vec<_>>();
+        assert_eq!(
+            labels(Role::Admin),
+            ["Dashboard", "Services", "Health", "Audit", "Users", "Settings", "About"]
+        );
+        assert_eq!(labels(Role::Viewer), ["Dashboard", "Services", "Health", "About"]);
+        assert_eq!(
+            labels(Role::Operator),
+            ["Dashboard", "Services", "Health", "Audit", "Settings", "About"]
+        );
+        let current: Vec<_> = nav(Role::Viewer).links().into_iter().filter(|l| l.current).collect();
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].href, "/health");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! module exposes `routes()`; handlers check the role with
 //! [`crate::handlers::RequireSession::require`] before anything else.
 
+pub mod about;
 pub mod audit;
+pub mod dashboard;
 pub mod health;
 pub mod services;
 pub mod settings;
@@ -14,6 +16,8 @@ use crate::AppState;
 /// The routes of all pages.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .merge(dashboard::routes())
+        .merge(about::routes())
         .merge(services::routes())
         .merge(health::routes())
         .merge(audit::routes())
