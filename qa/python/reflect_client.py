@@ -28,6 +28,7 @@ SERVICES = [
     "debvisor.units.v1.UnitService",
     "debvisor.audit.v1.AuditService",
     "debvisor.health.v1.NodeHealthService",
+    "debvisor.config.v1.ConfigService",
 ]
 HEALTH = "grpc.health.v1.Health"
 TIMEOUT = 20

@@ -40,14 +40,33 @@ async fn admin_sees_the_simulated_config_redacted_and_downloads_the_bundle() {
     let page = get(&c.app, "/settings", &cookies).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("simulated sample"), "{}", page.body);
-    assert!(page.body.contains("hostname = &#34;worker-07.edge.example&#34;"), "{}", page.body);
-    assert!(page.body.contains("join_token = &#34;&#60;redacted&#62;&#34;"), "{}", page.body);
+    assert!(
+        page.body.contains("hostname = &#34;worker-07.edge.example&#34;"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("join_token = &#34;&#60;redacted&#62;&#34;"),
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains("K7x2"), "the join token must not reach the page");
     assert!(page.body.contains("cluster.join_token"), "the redacted keys are named");
-    assert!(page.body.contains("action=\"/settings/client-bundle\""), "{}", page.body);
+    assert!(
+        page.body.contains("action=\"/settings/client-bundle\""),
+        "{}",
+        page.body
+    );
     let csrf = page.csrf_field();
 
-    let file = post(&c.app, "192.0.2.10", "/settings/client-bundle", &cookies, &[("csrf", &csrf)]).await;
+    let file = post(
+        &c.app,
+        "192.0.2.10",
+        "/settings/client-bundle",
+        &cookies,
+        &[("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(file.status, StatusCode::OK, "{}", file.body);
     assert_eq!(
         file.header(header::CONTENT_DISPOSITION),
@@ -69,13 +88,23 @@ async fn the_download_needs_the_csrf_token_and_is_not_a_get() {
     let cookies = sign_in(&c.app).await;
     let none = post(&c.app, "192.0.2.10", "/settings/client-bundle", &cookies, &[]).await;
     assert_eq!(none.status, StatusCode::FORBIDDEN);
-    let wrong = post(&c.app, "192.0.2.10", "/settings/client-bundle", &cookies, &[("csrf", &"0".repeat(64))]).await;
+    let wrong = post(
+        &c.app,
+        "192.0.2.10",
+        "/settings/client-bundle",
+        &cookies,
+        &[("csrf", &"0".repeat(64))],
+    )
+    .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     assert!(!wrong.body.contains("SIMULATED"));
     let by_get = get(&c.app, "/settings/client-bundle", &cookies).await;
     assert_ne!(by_get.status, StatusCode::OK);
     assert!(!by_get.body.contains("SIMULATED"));
-    assert!(bundle_records(&c.agent().audit).await.is_empty(), "nothing reached the agent");
+    assert!(
+        bundle_records(&c.agent().audit).await.is_empty(),
+        "nothing reached the agent"
+    );
     let anonymous = get(&c.app, "/settings", "").await;
     assert_ne!(anonymous.status, StatusCode::OK);
 }
@@ -117,7 +146,14 @@ async fn roles_decide_who_sees_the_config_and_who_downloads() {
         assert!(page.body.contains("worker-07.edge.example"), "{user}");
         assert_eq!(page.body.contains("/settings/client-bundle"), downloads, "{user}");
         let csrf = page.csrf_field();
-        let file = post(&app, "192.0.2.10", "/settings/client-bundle", &cookies, &[("csrf", &csrf)]).await;
+        let file = post(
+            &app,
+            "192.0.2.10",
+            "/settings/client-bundle",
+            &cookies,
+            &[("csrf", &csrf)],
+        )
+        .await;
         assert_eq!(file.status, StatusCode::FORBIDDEN, "{user}");
         assert!(!file.body.contains("SIMULATED"), "{user}");
     }
@@ -202,10 +238,16 @@ fn nix_uid_name() -> Option<String> {
 #[tokio::test]
 async fn a_refused_config_is_explained_and_the_node_files_are_served() {
     let dir = temp_dir();
-    std::fs::write(dir.join("machine.toml"), "version = 1\n[network]\nvlans = [{ id = 5000 }]\n").unwrap();
+    std::fs::write(
+        dir.join("machine.toml"),
+        "version = 1\n[network]\nvlans = [{ id = 5000 }]\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("machine.last-good.toml"), LAST_GOOD).unwrap();
     std::fs::write(dir.join("admin.toml"), "context = \"edge-7\"\n# the real bundle\n").unwrap();
-    let digest = debvisor_api::machine::MachineConfig::from_toml(LAST_GOOD).unwrap().digest();
+    let digest = debvisor_api::machine::MachineConfig::from_toml(LAST_GOOD)
+        .unwrap()
+        .digest();
     let init = Init {
         digest: digest.clone(),
         error: "machine config from config medium: network.vlans[0].id = 5000: <must be 1..=4094>".into(),
@@ -215,16 +257,36 @@ async fn a_refused_config_is_explained_and_the_node_files_are_served() {
     let cookies = sign_in(&c.app).await;
     let page = get(&c.app, "/settings", &cookies).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    assert!(page.body.contains("A newer machine config was refused"), "{}", page.body);
-    assert!(page.body.contains("network.vlans[0].id = 5000: &#60;must be 1..=4094&#62;"), "{}", page.body);
+    assert!(
+        page.body.contains("A newer machine config was refused"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("network.vlans[0].id = 5000: &#60;must be 1..=4094&#62;"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("last good config"));
     assert!(page.body.contains(&digest));
-    assert!(page.body.contains("# kept &#60;b&#62;as is&#60;/b&#62;"), "the TOML is escaped: {}", page.body);
+    assert!(
+        page.body.contains("# kept &#60;b&#62;as is&#60;/b&#62;"),
+        "the TOML is escaped: {}",
+        page.body
+    );
     assert!(!page.body.contains("argon2id"), "the password hash is redacted");
     assert!(page.body.contains("admin.password_hash"));
 
     let csrf = page.csrf_field();
-    let file = post(&c.app, "192.0.2.10", "/settings/client-bundle", &cookies, &[("csrf", &csrf)]).await;
+    let file = post(
+        &c.app,
+        "192.0.2.10",
+        "/settings/client-bundle",
+        &cookies,
+        &[("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(file.status, StatusCode::OK, "{}", file.body);
     assert_eq!(file.body, "context = \"edge-7\"\n# the real bundle\n");
     assert_eq!(
@@ -235,11 +297,25 @@ async fn a_refused_config_is_explained_and_the_node_files_are_served() {
     // A missing bundle: the page says why, with the path, and the agent
     // records the failed attempt.
     std::fs::remove_file(dir.join("admin.toml")).unwrap();
-    let failed = post(&c.app, "192.0.2.10", "/settings/client-bundle", &cookies, &[("csrf", &csrf)]).await;
+    let failed = post(
+        &c.app,
+        "192.0.2.10",
+        "/settings/client-bundle",
+        &cookies,
+        &[("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
-    assert!(failed.body.contains("debvisor-init writes it at first boot"), "{}", failed.body);
+    assert!(
+        failed.body.contains("debvisor-init writes it at first boot"),
+        "{}",
+        failed.body
+    );
     assert_eq!(
         bundle_records(&audit).await,
-        [("console:admin".to_string(), false), ("console:admin".to_string(), true)]
+        [
+            ("console:admin".to_string(), false),
+            ("console:admin".to_string(), true)
+        ]
     );
 }

@@ -516,7 +516,11 @@ mod tests {
 
         // init applied the data partition's copy.
         let (a, _) = api(dir.path(), Ok((digest_of(NEWER).unwrap(), String::new()))).await;
-        let s = a.get_machine_config(req(GetMachineConfigRequest {}, "uid:0")).await.unwrap().into_inner();
+        let s = a
+            .get_machine_config(req(GetMachineConfigRequest {}, "uid:0"))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(s.source(), ConfigSource::DataPartition);
         assert_eq!(s.toml, NEWER);
         assert_eq!(s.hostname, "edge-7");
@@ -525,7 +529,11 @@ mod tests {
         // init refused it and runs on the last good one.
         let err = "network.vlans[0].id = 5000: must be 1..=4094".to_string();
         let (a, _) = api(dir.path(), Ok((digest_of(GOOD).unwrap(), err.clone()))).await;
-        let s = a.get_machine_config(req(GetMachineConfigRequest {}, "uid:0")).await.unwrap().into_inner();
+        let s = a
+            .get_machine_config(req(GetMachineConfigRequest {}, "uid:0"))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(s.source(), ConfigSource::LastGood);
         assert_eq!(s.toml, GOOD);
         assert_eq!(s.refused_error, err);
@@ -533,11 +541,19 @@ mod tests {
 
         // Defaults, and init not answering.
         let (a, _) = api(dir.path(), Ok((String::new(), String::new()))).await;
-        let s = a.get_machine_config(req(GetMachineConfigRequest {}, "uid:0")).await.unwrap().into_inner();
+        let s = a
+            .get_machine_config(req(GetMachineConfigRequest {}, "uid:0"))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(s.source(), ConfigSource::Defaults);
         assert!(s.toml.is_empty());
         let (a, _) = api(dir.path(), Err(())).await;
-        let s = a.get_machine_config(req(GetMachineConfigRequest {}, "uid:0")).await.unwrap().into_inner();
+        let s = a
+            .get_machine_config(req(GetMachineConfigRequest {}, "uid:0"))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(s.source(), ConfigSource::DataPartition);
         assert!(s.warning.contains("debvisor-init did not say"), "{}", s.warning);
     }
@@ -546,20 +562,34 @@ mod tests {
     async fn the_bundle_is_for_root_and_the_console_and_audited() {
         let dir = tempfile::tempdir().unwrap();
         let (a, audit) = api(dir.path(), Err(())).await;
-        let s = a.get_client_bundle(req(GetClientBundleRequest {}, "console:alice")).await.unwrap_err();
+        let s = a
+            .get_client_bundle(req(GetClientBundleRequest {}, "console:alice"))
+            .await
+            .unwrap_err();
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(s.message().contains("admin.toml"), "{}", s.message());
 
         std::fs::write(dir.path().join("admin.toml"), "context = \"n\"\n").unwrap();
-        let b = a.get_client_bundle(req(GetClientBundleRequest {}, "console:alice")).await.unwrap().into_inner();
+        let b = a
+            .get_client_bundle(req(GetClientBundleRequest {}, "console:alice"))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(b.toml, "context = \"n\"\n");
         assert_eq!(b.filename, "debvisor-edge-7.toml");
         assert!(!b.simulated);
-        let s = a.get_client_bundle(req(GetClientBundleRequest {}, "uid:1000")).await.unwrap_err();
+        let s = a
+            .get_client_bundle(req(GetClientBundleRequest {}, "uid:1000"))
+            .await
+            .unwrap_err();
         assert_eq!(s.code(), tonic::Code::PermissionDenied);
 
         let page = audit.query(&Default::default()).await.unwrap();
-        let rows: Vec<_> = page.records.iter().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
+        let rows: Vec<_> = page
+            .records
+            .iter()
+            .map(|e| (e.actor.as_str(), e.action.as_str()))
+            .collect();
         assert_eq!(rows.len(), 3, "{rows:?}");
         assert!(rows.iter().all(|(_, action)| *action == BUNDLE_ACTION));
         assert!(rows.contains(&("console:alice", BUNDLE_ACTION)));

@@ -144,7 +144,10 @@ async fn download_bundle(
             let disposition = format!("attachment; filename=\"{}\"", safe_filename(&bundle.filename));
             let mut resp = bundle.toml.into_response();
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/toml; charset=utf-8"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/toml; charset=utf-8"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if let Ok(v) = HeaderValue::from_str(&disposition) {
                 h.insert(header::CONTENT_DISPOSITION, v);
@@ -156,7 +159,12 @@ async fn download_bundle(
                 AgentError::Call(s) => s.message().chars().take(300).collect(),
                 other => other.summary(),
             };
-            let html = render(&state, session, Some(format!("The bundle could not be downloaded: {reason}"))).await?;
+            let html = render(
+                &state,
+                session,
+                Some(format!("The bundle could not be downloaded: {reason}")),
+            )
+            .await?;
             Ok((StatusCode::BAD_GATEWAY, Html(html)).into_response())
         }
     }
@@ -168,8 +176,14 @@ pub fn safe_filename(name: &str) -> String {
     let ok = name.starts_with("debvisor-")
         && name.ends_with(".toml")
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok { name.to_string() } else { "debvisor-node.toml".into() }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        name.to_string()
+    } else {
+        "debvisor-node.toml".into()
+    }
 }
 
 #[cfg(test)]
