@@ -186,7 +186,7 @@ async fn right_password_gives_a_strict_session_cookie_and_the_status_page() {
     assert!(!page.body.contains("style="));
 
     let home = get(&c.app, "/", &cookies).await;
-    assert_eq!(home.header(header::LOCATION), "/status");
+    assert_eq!(home.header(header::LOCATION), "/dashboard");
     let again = get(&c.app, "/login", &cookies).await;
     assert_eq!(again.header(header::LOCATION), "/status");
 
