@@ -73,7 +73,12 @@ pub(crate) fn parse_datetime_local(s: &str) -> Option<i64> {
     if c.next().is_some() || [h, min, sec].iter().any(|p| p.len() != 2) {
         return None;
     }
-    let num = |p: &str| p.bytes().all(|b| b.is_ascii_digit()).then(|| p.parse::<u16>().ok()).flatten();
+    let num = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
+    };
     let month = Month::try_from(u8::try_from(num(m)?).ok()?).ok()?;
     let date = Date::from_calendar_date(i32::from(num(y)?), month, u8::try_from(num(day)?).ok()?).ok()?;
     let time = Time::from_hms(
@@ -151,7 +156,7 @@ impl Filters {
     }
 
     /// The agent's request for these filters, or what is wrong with them.
-    fn request(&self) -> Result<QueryRequest, FilterErrors> {
+    fn request(&self) -> Result<QueryRequest, Box<FilterErrors>> {
         let mut errors = FilterErrors::default();
         let mut req = QueryRequest {
             page_size: PAGE_SIZE,
@@ -170,7 +175,13 @@ impl Filters {
         let action = self.action.trim();
         match SingleLineString::<MAX_TEXT>::try_from(action) {
             Ok(_) if action.is_empty() => {}
-            Ok(_) => req.action = if action.ends_with('*') { action.to_string() } else { format!("{action}*") },
+            Ok(_) => {
+                req.action = if action.ends_with('*') {
+                    action.to_string()
+                } else {
+                    format!("{action}*")
+                }
+            }
             Err(_) => {
                 errors.action = Some(format!(
                     "Action {:?}: one line of at most {MAX_TEXT} characters, e.g. units. or units.Restart.",
@@ -219,7 +230,7 @@ impl Filters {
             errors.page = Some("The paging trail is damaged; start again from the first page.".to_string());
         }
         req.page_token = self.page.clone();
-        if errors.any() { Err(errors) } else { Ok(req) }
+        if errors.any() { Err(Box::new(errors)) } else { Ok(req) }
     }
 
     /// The filters as a query string, without paging.
@@ -242,9 +253,17 @@ impl Filters {
         let mut q = self.query_string();
         if !page.is_empty() {
             let sep = if q.is_empty() { "" } else { "&" };
-            q = format!("{q}{sep}page={}&trail={}", query_value(page), query_value(&trail.join(",")));
+            q = format!(
+                "{q}{sep}page={}&trail={}",
+                query_value(page),
+                query_value(&trail.join(","))
+            );
         }
-        if q.is_empty() { "/audit".to_string() } else { format!("/audit?{q}") }
+        if q.is_empty() {
+            "/audit".to_string()
+        } else {
+            format!("/audit?{q}")
+        }
     }
 
     fn next_link(&self, next: &str) -> String {
@@ -344,7 +363,11 @@ fn blank_page(chrome: Chrome, f: &Filters) -> AuditPage {
         previous: None,
         export: {
             let q = f.query_string();
-            if q.is_empty() { "/audit/export.csv".into() } else { format!("/audit/export.csv?{q}") }
+            if q.is_empty() {
+                "/audit/export.csv".into()
+            } else {
+                format!("/audit/export.csv?{q}")
+            }
         },
     }
 }
@@ -365,7 +388,7 @@ async fn page(
     let mut page = blank_page(state.chrome(Some(nav(session, "audit"))).await, &filters);
     let request = match filters.request() {
         Ok(r) => r,
-        Err(errors) => return invalid(page, errors),
+        Err(errors) => return invalid(page, *errors),
     };
     let user = session.user.clone();
     let answer = bounded("audit query", async {
@@ -396,7 +419,7 @@ async fn export(
         Ok(r) => r,
         Err(errors) => {
             let page = blank_page(state.chrome(Some(nav(session, "audit"))).await, &filters);
-            return invalid(page, errors);
+            return invalid(page, *errors);
         }
     };
     filter.page_token.clear();
@@ -421,7 +444,9 @@ async fn export(
     };
     let body = Body::from_stream(chunks.map(|c| c.map(|c| c.data)));
     let stamp = OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year][month][day]-[hour][minute][second]"))
+        .format(time::macros::format_description!(
+            "[year][month][day]-[hour][minute][second]"
+        ))
         .unwrap_or_default();
     tracing::info!(user = %session.user, "audit log exported as CSV");
     Ok((
@@ -446,7 +471,14 @@ mod tests {
         assert_eq!(parse_datetime_local("1970-01-01T00:00"), Some(0));
         assert_eq!(parse_datetime_local("2026-11-26T18:30"), Some(1_795_717_800_000));
         assert_eq!(parse_datetime_local("2026-11-26 18:30:15"), Some(1_795_717_815_000));
-        for bad in ["2026-13-01T00:00", "2026-02-30T00:00", "yesterday", "2026-11-26", "2026-11-26T25:00", "+026-11-26T10:00"] {
+        for bad in [
+            "2026-13-01T00:00",
+            "2026-02-30T00:00",
+            "yesterday",
+            "2026-11-26",
+            "2026-11-26T25:00",
+            "+026-11-26T10:00",
+        ] {
             assert_eq!(parse_datetime_local(bad), None, "{bad}");
         }
         assert_eq!(utc_text(1_795_717_815_000), "2026-11-26 18:30:15 UTC");
@@ -463,7 +495,10 @@ mod tests {
         };
         let r = f.request().unwrap();
         assert_eq!((r.actor.as_str(), r.action.as_str()), ("console:admin", "units.*"));
-        assert_eq!((r.since_unix_ms, r.until_unix_ms, r.result), (1_795_717_800_000, 0, ResultFilter::Error as i32));
+        assert_eq!(
+            (r.since_unix_ms, r.until_unix_ms, r.result),
+            (1_795_717_800_000, 0, ResultFilter::Error as i32)
+        );
 
         let f = Filters {
             from: "2026-11-26T18:30".into(),

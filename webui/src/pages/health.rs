@@ -180,13 +180,21 @@ impl HealthDetail {
                     class,
                     required: c.required,
                     message: last.message.clone(),
-                    last_run: if ran { utc_text(last.started_unix_ms) } else { String::new() },
+                    last_run: if ran {
+                        utc_text(last.started_unix_ms)
+                    } else {
+                        String::new()
+                    },
                     ago: if ran {
                         format!("{} ago", human_ms((now - last.started_unix_ms).max(0) / 1000 * 1000))
                     } else {
                         String::new()
                     },
-                    duration: if ran { format!("{} ms", last.duration_ms) } else { String::new() },
+                    duration: if ran {
+                        format!("{} ms", last.duration_ms)
+                    } else {
+                        String::new()
+                    },
                     interval: format!("every {}", human_ms(i64::from(c.interval_ms))),
                     failures: c.consecutive_failures,
                     unit: c.unit.clone(),
@@ -218,8 +226,16 @@ impl HealthDetail {
             summary: HealthView::from(h),
             digest: h.config_digest.clone(),
             slot: gate.slot.clone(),
-            gate_deadline: if gate.deadline_unix_ms == 0 { String::new() } else { utc_text(gate.deadline_unix_ms) },
-            gate_decided: if gate.decided_unix_ms == 0 { String::new() } else { utc_text(gate.decided_unix_ms) },
+            gate_deadline: if gate.deadline_unix_ms == 0 {
+                String::new()
+            } else {
+                utc_text(gate.deadline_unix_ms)
+            },
+            gate_decided: if gate.decided_unix_ms == 0 {
+                String::new()
+            } else {
+                utc_text(gate.decided_unix_ms)
+            },
             checks,
             alerts,
             updated: utc_text(now),

@@ -81,7 +81,13 @@ async fn script() -> impl IntoResponse {
 
 /// A page that says what was wrong with the request (a bad unit name, an
 /// unknown action), with `status`.
-pub(crate) async fn message_page(state: &AppState, session: &Session, status: StatusCode, title: &str, message: String) -> Response {
+pub(crate) async fn message_page(
+    state: &AppState,
+    session: &Session,
+    status: StatusCode,
+    title: &str,
+    message: String,
+) -> Response {
     let page = ErrorPage {
         chrome: state.chrome(Some(nav(session, "services"))).await,
         code: status.as_u16(),
@@ -115,7 +121,9 @@ async fn units_client(state: &AppState) -> Result<UnitServiceClient<Channel>, Ag
 pub(crate) fn path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' | b':' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' | b':' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -276,7 +284,11 @@ async fn list(
         flash: take_flash(session),
     };
     if !q.is_empty() {
-        let pattern = if q.contains(['*', '?', '[']) { q.clone() } else { format!("*{q}*") };
+        let pattern = if q.contains(['*', '?', '[']) {
+            q.clone()
+        } else {
+            format!("*{q}*")
+        };
         if q.chars().count() > MAX_FILTER {
             page.q_error = Some(format!("Name: at most {MAX_FILTER} characters; shorten the filter."));
         } else {
@@ -318,7 +330,10 @@ async fn list(
     let user = session.user.clone();
     let answer = bounded("units list", async move {
         let mut client = units_client(&state).await?;
-        Ok(client.list_units(on_behalf_of(request, Some(&user))).await?.into_inner())
+        Ok(client
+            .list_units(on_behalf_of(request, Some(&user)))
+            .await?
+            .into_inner())
     })
     .await;
     page.units = answer.map_err(|e| e.summary()).map(|r| {
@@ -505,9 +520,17 @@ fn view_of(u: Unit) -> UnitView {
     UnitView {
         href: format!("/services/{}", path_segment(&u.name)),
         class: state_class(&u.active_state),
-        pid: if u.main_pid == 0 { String::new() } else { u.main_pid.to_string() },
+        pid: if u.main_pid == 0 {
+            String::new()
+        } else {
+            u.main_pid.to_string()
+        },
         since: time_us(u.active_enter_unix_us),
-        memory: if u.memory_bytes == 0 { String::new() } else { human_bytes(u.memory_bytes) },
+        memory: if u.memory_bytes == 0 {
+            String::new()
+        } else {
+            human_bytes(u.memory_bytes)
+        },
         name: u.name,
         description: u.description,
         load: u.load_state,
@@ -529,7 +552,10 @@ async fn last_lines(state: &AppState, user: &str, unit: &UnitName) -> Result<Vec
     };
     bounded("journal", async {
         let mut client = units_client(state).await?;
-        let mut stream = client.stream_logs(on_behalf_of(request, Some(user))).await?.into_inner();
+        let mut stream = client
+            .stream_logs(on_behalf_of(request, Some(user)))
+            .await?
+            .into_inner();
         let mut lines = Vec::new();
         while let Some(entry) = stream.message().await? {
             lines.push(LogLine::from(&entry));
@@ -563,7 +589,14 @@ async fn detail(
             return Ok(message_page(&state, session, StatusCode::NOT_FOUND, "Unit not found", msg).await);
         }
         Err(e) => {
-            return Ok(message_page(&state, session, StatusCode::BAD_GATEWAY, "Agent unreachable", e.summary()).await);
+            return Ok(message_page(
+                &state,
+                session,
+                StatusCode::BAD_GATEWAY,
+                "Agent unreachable",
+                e.summary(),
+            )
+            .await);
         }
     };
     let journal = if session.role.allows(Permission::ViewLogs) {
@@ -590,7 +623,11 @@ async fn detail(
             .map(|a| ActionLink {
                 action: a.as_str(),
                 verb: a.verb(),
-                href: format!("/services/{}/confirm?action={}", path_segment(name.as_str()), a.as_str()),
+                href: format!(
+                    "/services/{}/confirm?action={}",
+                    path_segment(name.as_str()),
+                    a.as_str()
+                ),
                 question: format!("{} {name}?", a.verb()),
             })
             .collect()
@@ -794,7 +831,13 @@ async fn journal_events(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(|v| parse_us("Last-Event-ID", v).map(|t| t + 1));
-    let since = match resume.or_else(|| query.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_us("since", s))) {
+    let since = match resume.or_else(|| {
+        query
+            .since
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_us("since", s))
+    }) {
         None => 0,
         Some(Ok(t)) => t,
         Some(Err(msg)) => return Ok(message_page(&state, session, StatusCode::BAD_REQUEST, "Bad request", msg).await),
@@ -809,7 +852,10 @@ async fn journal_events(
     let user = session.user.clone();
     let opened = bounded("journal follow", async {
         let mut client = units_client(&state).await?;
-        Ok(client.stream_logs(on_behalf_of(request, Some(&user))).await?.into_inner())
+        Ok(client
+            .stream_logs(on_behalf_of(request, Some(&user)))
+            .await?
+            .into_inner())
     })
     .await;
     let stream = match opened {
@@ -846,7 +892,10 @@ mod tests {
     #[test]
     fn segments_and_queries_are_encoded() {
         assert_eq!(path_segment("getty@tty1.service"), "getty@tty1.service");
-        assert_eq!(path_segment("dev-disk-by\\x2duuid.device"), "dev-disk-by%5Cx2duuid.device");
+        assert_eq!(
+            path_segment("dev-disk-by\\x2duuid.device"),
+            "dev-disk-by%5Cx2duuid.device"
+        );
         assert_eq!(query_value("a b&c"), "a%20b%26c");
     }
 
@@ -861,7 +910,10 @@ mod tests {
             ..Default::default()
         };
         let line = LogLine::from(&e);
-        assert_eq!((line.priority, line.class, line.source.as_str()), ("err", "log-crit", "sshd[612]"));
+        assert_eq!(
+            (line.priority, line.class, line.source.as_str()),
+            ("err", "log-crit", "sshd[612]")
+        );
         let html = line.render().unwrap();
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("2023-11-14 22:13:20 UTC"), "{html}");

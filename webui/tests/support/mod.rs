@@ -313,3 +313,33 @@ pub async fn page_csrf(app: &Router, path: &str, cookies: &str) -> String {
     assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
     page.csrf_field()
 }
+
+/// GETs `path` with `cookies` and returns the response without reading its
+/// body (for server-sent events, whose body does not end).
+pub async fn open(app: &Router, path: &str, cookies: &str) -> axum::response::Response {
+    let mut req = Request::get(path)
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::COOKIE, cookies)
+        .body(Body::empty())
+        .unwrap();
+    let addr: SocketAddr = "192.0.2.10:50000".parse().unwrap();
+    req.extensions_mut().insert(ConnectInfo(addr));
+    app.clone().oneshot(req).await.unwrap()
+}
+
+/// Reads `body` until its text so far contains `needle` (panics after
+/// `secs` seconds, showing what arrived); returns the text read.
+pub async fn read_until(body: &mut axum::body::BodyDataStream, needle: &str, secs: u64) -> String {
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !text.contains(needle) {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Some(Err(e))) => panic!("stream failed: {e}; so far: {text}"),
+            Ok(None) => panic!("stream ended before {needle:?}; got: {text}"),
+            Err(_) => panic!("no {needle:?} within {secs} s; got: {text}"),
+        }
+    }
+    text
+}
