@@ -72,6 +72,11 @@ async fn the_log_is_listed_newest_first_and_filtered() {
     assert_eq!(actors(&by_action.body), ["console:bob", "console:alice"]);
     let failed = get(&c.app, "/audit?result=error", &s).await;
     assert_eq!(actors(&failed.body), ["console:bob"]);
+    assert!(
+        failed.body.contains("<option value=\"error\" selected>"),
+        "{}",
+        failed.body
+    );
     let future = get(&c.app, "/audit?from=2999-01-01T00%3A00", &s).await;
     assert_eq!(future.status, StatusCode::OK);
     assert!(actors(&future.body).is_empty(), "{}", future.body);

@@ -59,8 +59,18 @@ async fn the_list_shows_units_sorted_with_state_badges() {
 async fn filters_narrow_the_list() {
     let c = Console::with_agent().await;
     let s = sign_in(&c.app).await;
-    let failed = listed(&get(&c.app, "/services?state=failed", &s).await.body);
-    assert_eq!(failed, ["zfs-import-cache.service"]);
+    let page = get(&c.app, "/services?state=failed", &s).await;
+    assert_eq!(listed(&page.body), ["zfs-import-cache.service"]);
+    assert!(
+        page.body.contains("<option value=\"failed\" selected>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("1 unit: 0 active, 1 failed, 0 other"),
+        "{}",
+        page.body
+    );
     let named = listed(&get(&c.app, "/services?q=debvisor", &s).await.body);
     assert_eq!(named, ["debvisor-agent.service", "debvisor-webui.service"]);
     let timers = listed(&get(&c.app, "/services?type=timer", &s).await.body);

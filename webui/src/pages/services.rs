@@ -242,8 +242,8 @@ pub struct ServicesPage {
     pub kind_error: Option<String>,
     /// The units, or why the agent could not list them.
     pub units: Result<Vec<UnitRow>, String>,
-    /// Counts for the summary line: (active, failed, other).
-    pub counts: (usize, usize, usize),
+    /// "9 units: 7 active, 1 failed, 1 other" ("" without a list).
+    pub summary: String,
     /// A message from the last action.
     pub flash: Option<Flash>,
 }
@@ -280,7 +280,7 @@ async fn list(
         state_error: None,
         kind_error: None,
         units: Ok(Vec::new()),
-        counts: (0, 0, 0),
+        summary: String::new(),
         flash: take_flash(session),
     };
     if !q.is_empty() {
@@ -344,7 +344,12 @@ async fn list(
     if let Ok(rows) = &page.units {
         let active = rows.iter().filter(|r| r.active == "active").count();
         let failed = rows.iter().filter(|r| r.active == "failed").count();
-        page.counts = (active, failed, rows.len() - active - failed);
+        let unit = if rows.len() == 1 { "unit" } else { "units" };
+        page.summary = format!(
+            "{} {unit}: {active} active, {failed} failed, {} other",
+            rows.len(),
+            rows.len() - active - failed
+        );
     }
     Ok(Html(page.render()?).into_response())
 }
