@@ -77,6 +77,19 @@ const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 22.0;
 
+/// The time windows a chart may show, shortest first.
+pub const WINDOWS_MIN: [i64; 4] = [5, 15, 30, 60];
+
+/// The shortest window (ms) that shows `span_ms` of history, at most the
+/// longest: a young history fills the chart instead of a sliver at its edge.
+pub fn window_for(span_ms: i64) -> i64 {
+    WINDOWS_MIN
+        .iter()
+        .map(|m| m * 60_000)
+        .find(|w| *w >= span_ms)
+        .unwrap_or(WINDOWS_MIN[WINDOWS_MIN.len() - 1] * 60_000)
+}
+
 /// Escapes text for SVG/HTML content and attribute values.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -182,19 +195,23 @@ pub fn render(c: &Chart<'_>) -> String {
             escape(&c.unit.format(v))
         );
     }
-    // Time ticks: the window in sixths, labelled in minutes before now.
-    for i in 0..=6 {
-        let t = c.now_ms - c.window_ms + c.window_ms * i / 6;
+    // Time ticks: whole minutes before now (sixths of the window when
+    // that gives whole minutes, else fifths).
+    let parts: i64 = if (c.window_ms / 60_000) % 6 == 0 { 6 } else { 5 };
+    for i in 0..=parts {
+        let t = c.now_ms - c.window_ms + c.window_ms * i / parts;
         let x = x_of(c, t);
-        let minutes = (c.now_ms - t) / 60_000;
-        let label = if i == 6 {
+        let seconds = (c.now_ms - t) / 1000;
+        let label = if i == parts {
             "now".to_string()
+        } else if seconds % 60 == 0 {
+            format!("−{} min", seconds / 60)
         } else {
-            format!("−{minutes} min")
+            format!("−{seconds} s")
         };
         let anchor = match i {
             0 => "start",
-            6 => "end",
+            i if i == parts => "end",
             _ => "middle",
         };
         let _ = write!(
@@ -324,6 +341,17 @@ mod tests {
         assert_eq!(Unit::BytesPerSecond.format(1536.0), "1.5 KiB/s");
         assert_eq!(Unit::BytesPerSecond.format(2.0 * 1024.0 * 1024.0), "2 MiB/s");
         assert_eq!(Unit::Percent.format(42.4), "42 %");
+        assert_eq!(window_for(0), 300_000);
+        assert_eq!(window_for(300_001), 900_000);
+        assert_eq!(window_for(10 * 3_600_000), 3_600_000);
+        let short = render(&Chart {
+            window_ms: window_for(20_000),
+            ..chart(Unit::Percent, &[])
+        });
+        assert!(
+            short.contains("−5 min") && short.contains("−1 min") && short.contains(">now<"),
+            "{short}"
+        );
     }
 
     #[test]

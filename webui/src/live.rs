@@ -208,6 +208,15 @@ impl History {
         }
     }
 
+    /// How far back the history reaches from `now_ms` (0 when empty).
+    pub fn span_ms(&self, now_ms: i64) -> i64 {
+        self.cpu
+            .points
+            .front()
+            .or(self.memory.points.front())
+            .map_or(0, |(t, _)| (now_ms - t).max(0))
+    }
+
     /// The CPU series for a chart.
     pub fn cpu_series(&self) -> Vec<Series> {
         vec![Series {
@@ -466,6 +475,8 @@ mod tests {
         assert_eq!(h.memory.points()[0], (1_000, 25.0));
         assert_eq!(h.disks["data"].points()[0], (1_000, 10.0));
         assert_eq!(h.net_series("eth0")[0].label, "received");
+        assert_eq!(h.span_ms(21_000), 20_000);
+        assert_eq!(History::new(3).span_ms(5), 0);
         assert!(h.net_series("nope").is_empty());
     }
 

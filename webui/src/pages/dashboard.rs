@@ -118,15 +118,15 @@ pub fn clock_utc(unix_ms: i64) -> String {
     format!("{:02}:{:02}:{:02} UTC", s / 3600, s % 3600 / 60, s % 60)
 }
 
-fn card(
-    title: &str,
-    unit: Unit,
+/// Where a chart's time axis starts and ends.
+#[derive(Debug, Clone, Copy)]
+struct Axis {
     now_ms: i64,
+    window_ms: i64,
     gap_ms: i64,
-    series: &[Series],
-    headline: String,
-    detail: String,
-) -> ChartCard {
+}
+
+fn card(title: &str, unit: Unit, axis: Axis, series: &[Series], headline: String, detail: String) -> ChartCard {
     ChartCard {
         title: title.to_string(),
         headline,
@@ -134,9 +134,9 @@ fn card(
         svg: charts::render(&Chart {
             title,
             unit,
-            now_ms,
-            window_ms: live::HISTORY.as_millis() as i64,
-            gap_ms,
+            now_ms: axis.now_ms,
+            window_ms: axis.window_ms,
+            gap_ms: axis.gap_ms,
             series,
         }),
         legend: charts::legend(unit, series),
@@ -151,13 +151,17 @@ pub fn build(sample: &Sample, history: &History, interval: Duration) -> Dashboar
     if let Ok(s) = &sample.status {
         let now = s.sampled_at_unix_ms;
         sampled = clock_utc(now);
+        let axis = Axis {
+            now_ms: now,
+            window_ms: charts::window_for(history.span_ms(now)),
+            gap_ms,
+        };
         let cpu = s.cpu.clone().unwrap_or_default();
         let load = s.load.unwrap_or_default();
         charts.push(card(
             "CPU",
             Unit::Percent,
-            now,
-            gap_ms,
+            axis,
             &history.cpu_series(),
             Unit::Percent.format(cpu.busy_fraction * 100.0),
             format!(
@@ -173,8 +177,7 @@ pub fn build(sample: &Sample, history: &History, interval: Duration) -> Dashboar
         charts.push(card(
             "Memory",
             Unit::Percent,
-            now,
-            gap_ms,
+            axis,
             &history.memory_series(),
             Unit::Percent.format(crate::views::percent(mem.used_bytes, mem.total_bytes)),
             format!(
@@ -196,18 +199,20 @@ pub fn build(sample: &Sample, history: &History, interval: Duration) -> Dashboar
                 )
             })
             .collect();
+        // The read-only root image is always full: rate the writable ones.
+        let writable = s.disks.iter().any(|d| !d.read_only);
         let fullest = s
             .disks
             .iter()
+            .filter(|d| !writable || !d.read_only)
             .map(|d| crate::views::percent(d.used_bytes, d.total_bytes))
             .fold(0.0, f64::max);
         charts.push(card(
             "Disks",
             Unit::Percent,
-            now,
-            gap_ms,
+            axis,
             &history.disk_series(),
-            format!("{} fullest", Unit::Percent.format(fullest)),
+            format!("{} used", Unit::Percent.format(fullest)),
             disks.join(" · "),
         ));
         let mut ordered: Vec<_> = s.interfaces.iter().collect();
@@ -223,8 +228,7 @@ pub fn build(sample: &Sample, history: &History, interval: Duration) -> Dashboar
             net_charts.push(card(
                 &format!("Network {}", i.name),
                 Unit::BytesPerSecond,
-                now,
-                gap_ms,
+                axis,
                 &series,
                 format!("↓ {} ↑ {}", last(0), last(1)),
                 format!(
