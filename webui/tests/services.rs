@@ -81,6 +81,9 @@ async fn filters_narrow_the_list() {
         "installed but not loaded units count as inactive: {inactive:?}"
     );
     assert!(!inactive.contains(&"cron.service".to_string()));
+    let by_state = listed(&get(&c.app, "/services?type=service&sort=state", &s).await.body);
+    assert_eq!(by_state[0], "zfs-import-cache.service", "failed first: {by_state:?}");
+    assert_eq!(by_state[1], "cron.service", "then active, by name: {by_state:?}");
     let page = get(&c.app, "/services?q=cron&state=active", &s).await;
     assert_eq!(listed(&page.body), ["cron.service"]);
     assert!(page.body.contains("value=\"cron\""), "the form keeps what was typed");
@@ -100,6 +103,9 @@ async fn bad_filters_are_refused_next_to_the_field() {
     let page = get(&c.app, "/services?q=a%20b%3B", &s).await;
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"q-error\""), "{}", page.body);
+    let page = get(&c.app, "/services?sort=size", &s).await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"sort-error\""), "{}", page.body);
     let page = get(&c.app, "/services?type=car", &s).await;
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"type-error\""), "{}", page.body);

@@ -194,6 +194,21 @@ pub struct ListQuery {
     state: String,
     #[serde(default, rename = "type")]
     kind: String,
+    #[serde(default)]
+    sort: String,
+}
+
+/// The orders the list offers: by name, or problems first.
+const SORTS: [(&str, &str); 2] = [("name", "name"), ("state", "state, failed first")];
+
+/// Where a state goes when the list is sorted by state.
+fn state_rank(active: &str) -> u8 {
+    match active {
+        "failed" => 0,
+        "activating" | "deactivating" | "reloading" | "maintenance" => 1,
+        "active" => 2,
+        _ => 3,
+    }
 }
 
 /// The states the list filter offers.
@@ -230,6 +245,10 @@ pub struct ServicesPage {
     pub state: String,
     /// The type filter.
     pub kind: String,
+    /// The order ("" or "name", "state").
+    pub sort: String,
+    /// The orders offered: (value, label).
+    pub sorts: &'static [(&'static str, &'static str)],
     /// The states offered.
     pub states: &'static [&'static str],
     /// The unit types offered.
@@ -240,6 +259,8 @@ pub struct ServicesPage {
     pub state_error: Option<String>,
     /// .
     pub kind_error: Option<String>,
+    /// .
+    pub sort_error: Option<String>,
     /// The units, or why the agent could not list them.
     pub units: Result<Vec<UnitRow>, String>,
     /// "9 units: 7 active, 1 failed, 1 other" ("" without a list).
@@ -274,11 +295,14 @@ async fn list(
         q: q.clone(),
         state: query.state.clone(),
         kind: query.kind.clone(),
+        sort: query.sort.clone(),
+        sorts: &SORTS,
         states: &STATES,
         types: UnitType::ALL.iter().map(|t| t.as_str()).collect(),
         q_error: None,
         state_error: None,
         kind_error: None,
+        sort_error: None,
         units: Ok(Vec::new()),
         summary: String::new(),
         flash: take_flash(session),
@@ -323,7 +347,18 @@ async fn list(
             Err(e) => page.kind_error = Some(format!("Type: {e}")),
         },
     }
-    if page.q_error.is_some() || page.state_error.is_some() || page.kind_error.is_some() {
+    let by_state = match query.sort.as_str() {
+        "" | "name" => false,
+        "state" => true,
+        other => {
+            page.sort_error = Some(format!(
+                "Sort {:?}: choose name or state.",
+                other.chars().take(32).collect::<String>()
+            ));
+            false
+        }
+    };
+    if page.q_error.is_some() || page.state_error.is_some() || page.kind_error.is_some() || page.sort_error.is_some() {
         page.units = Err("Correct the filters below.".to_string());
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(page.render()?)).into_response());
     }
@@ -338,7 +373,11 @@ async fn list(
     .await;
     page.units = answer.map_err(|e| e.summary()).map(|r| {
         let mut rows: Vec<UnitRow> = r.units.into_iter().map(row_of).collect();
-        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        if by_state {
+            rows.sort_by(|a, b| (state_rank(&a.active), &a.name).cmp(&(state_rank(&b.active), &b.name)));
+        } else {
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         rows
     });
     if let Ok(rows) = &page.units {
@@ -585,8 +624,16 @@ async fn detail(
     let unit = bounded("unit", async {
         let mut client = units_client(&state).await?;
         Ok(client.get_unit(on_behalf_of(request, Some(&user))).await?.into_inner())
-    })
-    .await;
+    });
+    // The unit and its journal are asked for side by side.
+    let logs = async {
+        if session.role.allows(Permission::ViewLogs) {
+            Some(last_lines(&state, &user, &name).await.map_err(|e| e.summary()))
+        } else {
+            None
+        }
+    };
+    let (unit, logs) = tokio::join!(unit, logs);
     let unit = match unit {
         Ok(u) => u,
         Err(AgentError::Call(s)) if s.code() == tonic::Code::NotFound => {
@@ -604,13 +651,7 @@ async fn detail(
             .await);
         }
     };
-    let journal = if session.role.allows(Permission::ViewLogs) {
-        Some(JournalFragment {
-            lines: last_lines(&state, &user, &name).await.map_err(|e| e.summary()),
-        })
-    } else {
-        None
-    };
+    let journal = logs.map(|lines| JournalFragment { lines });
     let since = journal
         .as_ref()
         .and_then(|j| j.lines.as_ref().ok())
