@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod browser;
 mod cfgdisk;
 mod host_agent;
 mod lab;

@@ -341,6 +341,7 @@ mod tests {
     fn python_results_are_checked() {
         let good = serde_json::json!({
             "services": ["debvisor.audit.v1.AuditService", "debvisor.health.v1.NodeHealthService",
+                "debvisor.config.v1.ConfigService",
                 "debvisor.node.v1.NodeService", "debvisor.units.v1.UnitService", "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection"],
             "status": {"hostname": "sim-node", "simulated": true},
@@ -348,7 +349,7 @@ mod tests {
             "restart": {"unit": "a.service", "result": "done"},
             "health": {"": "SERVING", "debvisor.node.v1.NodeService": "SERVING",
                 "debvisor.units.v1.UnitService": "SERVING", "debvisor.audit.v1.AuditService": "SERVING",
-                "debvisor.health.v1.NodeHealthService": "SERVING"},
+                "debvisor.health.v1.NodeHealthService": "SERVING", "debvisor.config.v1.ConfigService": "SERVING"},
             "node_health": {"state": "NODE_STATE_HEALTHY", "gate": "GATE_STATE_GOOD",
                 "checks": [{"name": "service/debvisor-agent", "kind": "service",
                     "status": "CHECK_STATUS_PASS", "history": 3}]},

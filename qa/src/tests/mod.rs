@@ -6,6 +6,7 @@
 mod api;
 mod boot;
 mod config;
+mod console_browser;
 mod host;
 mod supervisor;
 
@@ -73,7 +74,7 @@ pub enum Kind {
 }
 
 /// The packages whose release binaries the host tests run.
-const HOST_BINARIES: &[&str] = &["debvisor-agent", "debvisorctl"];
+const HOST_BINARIES: &[&str] = &["debvisor-agent", "debvisorctl", "debvisor-webui"];
 
 type TestFn = fn(&Ctx) -> Result<()>;
 
@@ -92,6 +93,12 @@ pub const TESTS: &[Test] = &[
         what: "a simulated agent over mTLS: Python grpcio by reflection, debvisorctl, a foreign CA refused",
         kind: Kind::Host,
         run: host::agent_sim_clients,
+    },
+    Test {
+        name: "console_browser",
+        what: "the console with a simulated agent in headless Chromium: sign-in, pages, restart audited, no CSP violation, sign-out",
+        kind: Kind::Host,
+        run: console_browser::console_browser,
     },
     Test {
         name: "boots_to_ready",

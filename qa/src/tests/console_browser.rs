@@ -1,0 +1,412 @@
+//! `console_browser`: the console in headless Chromium, on this host.
+//!
+//! Starts the release `debvisor-agent --sim` on a Unix socket (the test's
+//! user is the console's user, so the agent records `console:USER`) and the
+//! release `debvisor-webui` on 127.0.0.1 with a throwaway PKI (the server
+//! key pinned in Chromium) and an admin password made as a node's first boot
+//! makes it; then walks [`STEPS`] in Chromium. After every step the
+//! browser's console log is read and any Content Security Policy violation
+//! fails the test; every step leaves a screenshot in the artifacts.
+//!
+//! A step is a function of [`Web`]; add one to [`STEPS`] for a new page.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use super::Ctx;
+use crate::browser::Browser;
+use crate::host_agent::{TestPki, release_binary};
+
+/// The simulated node's host name (`debvisor-agent --sim`).
+const SIM_HOSTNAME: &str = "sim-node";
+/// A unit of the simulated host that may be restarted.
+const UNIT: &str = "debvisor-webui.service";
+/// How long the daemons may take to listen.
+const START: Duration = Duration::from_secs(30);
+
+/// What every step works with.
+pub struct Web {
+    /// The browser.
+    pub b: Browser,
+    /// `https://127.0.0.1:PORT`.
+    pub base: String,
+    /// The admin's password.
+    pub password: String,
+}
+
+impl Web {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Fills and submits the sign-in form.
+    async fn submit_login(&self, user: &str, password: &str) -> Result<()> {
+        self.b.goto(&self.url("/login")).await?;
+        self.b.fill("#username", user).await?;
+        self.b.fill("#password", password).await?;
+        self.b.click("form[action=\"/login\"] button[type=submit]").await
+    }
+}
+
+type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// One step of the walk.
+pub struct Step {
+    /// Its name (screenshots are named after it).
+    pub name: &'static str,
+    /// What it does.
+    pub run: for<'a> fn(&'a mut Web) -> StepFuture<'a>,
+}
+
+/// The walk, in order: each step starts where the previous one left off.
+pub const STEPS: &[Step] = &[
+    Step {
+        name: "wrong-password",
+        run: wrong_password,
+    },
+    Step {
+        name: "sign-in",
+        run: sign_in,
+    },
+    Step {
+        name: "status",
+        run: status_figures,
+    },
+    Step {
+        name: "services",
+        run: services_list,
+    },
+    Step {
+        name: "restart-audited",
+        run: restart_is_audited,
+    },
+    Step {
+        name: "health",
+        run: health_checks,
+    },
+    Step {
+        name: "settings",
+        run: settings_config,
+    },
+    Step {
+        name: "sign-out",
+        run: sign_out,
+    },
+];
+
+fn wrong_password(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.submit_login("admin", "not the password").await?;
+        let text =
+            w.b.wait_text(".login .alert", "the sign-in error", |t| !t.is_empty())
+                .await?;
+        ensure!(
+            text.contains("Wrong user name or password"),
+            "the sign-in error says {text:?}"
+        );
+        w.b.wait_path("/login").await
+    })
+}
+
+fn sign_in(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        let password = w.password.clone();
+        w.submit_login("admin", &password).await?;
+        // Signed in: the sign-out form is in the top bar.
+        w.b.wait_css("form.signout").await?;
+        let path = w.b.client().current_url().await?.path().to_string();
+        ensure!(path != "/login", "still on the sign-in page after a correct password");
+        Ok(())
+    })
+}
+
+fn status_figures(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url("/status")).await?;
+        w.b.wait_text(".topbar .host", "the host name", |t| t == SIM_HOSTNAME)
+            .await?;
+        w.b.wait_css(".sim-banner").await?;
+        let main =
+            w.b.wait_text("main", "the node's figures", |t| t.contains(SIM_HOSTNAME))
+                .await?;
+        ensure!(
+            main.contains('%') || main.contains("MiB") || main.contains("GiB"),
+            "the status page shows no resource figures: {main:?}"
+        );
+        Ok(())
+    })
+}
+
+fn services_list(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url("/services")).await?;
+        w.b.wait_text("main", "the unit list", |t| t.contains(UNIT)).await?;
+        Ok(())
+    })
+}
+
+fn restart_is_audited(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url(&format!("/services/{UNIT}"))).await?;
+        let link = w.b.wait_css("a[data-action=\"restart\"]").await?;
+        let href = link.attr("href").await?.context("the restart link has no href")?;
+        // The confirmation page (what the link opens without JavaScript).
+        w.b.goto(&w.url(&href)).await?;
+        w.b.click(".confirm-form button[type=submit]").await?;
+        w.b.wait_text(".flash", "the restart's outcome", |t| t.contains("restarted"))
+            .await?;
+        w.b.goto(&w.url("/audit")).await?;
+        w.b.wait_text("main", "the restart in the audit log", |t| {
+            t.contains("units.Restart") && t.contains(UNIT) && t.contains("console:admin")
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+fn health_checks(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url("/health")).await?;
+        w.b.wait_text("main", "the simulated checks", |t| t.contains("(simulated)"))
+            .await?;
+        Ok(())
+    })
+}
+
+fn settings_config(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url("/settings")).await?;
+        let toml =
+            w.b.wait_text("#config-toml", "the sample machine config", |t| {
+                t.contains("worker-07.edge.example")
+            })
+            .await?;
+        ensure!(
+            toml.contains("join_token = \"<redacted>\""),
+            "the join token is not redacted: {toml}"
+        );
+        w.b.wait_css("#download-bundle").await?;
+        Ok(())
+    })
+}
+
+fn sign_out(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.click("form.signout button[type=submit]").await?;
+        w.b.wait_path("/login").await?;
+        // The session is gone: a page asks for the sign-in again.
+        w.b.goto(&w.url("/settings")).await?;
+        w.b.wait_path("/login").await?;
+        w.b.wait_css("#password").await?;
+        Ok(())
+    })
+}
+
+/// A daemon started by the test, killed when dropped.
+struct Daemon {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &'static str, bin: &Path, args: &[String], log: PathBuf) -> Result<Daemon> {
+        let logf = std::fs::File::create(&log).with_context(|| format!("Cannot create {}", log.display()))?;
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(bin)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("Cannot start {} (setpriv comes with util-linux)", bin.display()))?;
+        Ok(Daemon {
+            name,
+            child: Some(child),
+            log,
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails with the log when the daemon has exited.
+    fn check(&mut self) -> Result<()> {
+        if let Some(c) = &mut self.child
+            && let Some(status) = c.try_wait()?
+        {
+            bail!(
+                "{} exited ({status}); its log ({}):\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` holds, failing early if the daemon exits.
+    fn wait(&mut self, what: &str, ready: impl Fn() -> bool) -> Result<()> {
+        let deadline = Instant::now() + START;
+        while !ready() {
+            self.check()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not {what} within {} s; its log:\n{}",
+                    self.name,
+                    START.as_secs(),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The name of the user this process runs as (the agent trusts the
+/// console's user to name the end user).
+fn user_name() -> Result<String> {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .context("Cannot look up this process's user")?
+        .with_context(|| format!("uid {uid} has no user name"))?;
+    Ok(user.name)
+}
+
+/// The test.
+pub fn console_browser(ctx: &Ctx) -> Result<()> {
+    let agent_bin = release_binary(ctx.paths, "debvisor-agent", "debvisor-agent")?;
+    let webui_bin = release_binary(ctx.paths, "debvisor-webui", "debvisor-webui")?;
+    let dir = &ctx.dir;
+    let pki = TestPki::create(&dir.join("pki"))?;
+    let hash = dir.join("admin.argon2");
+    let password = debvisor_init::credentials::ensure_admin(&hash, false)
+        .context("Cannot make the admin credential")?
+        .context("The admin credential already existed")?;
+
+    let socket = dir.join("agent.sock");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], crate::qemu::free_port()?));
+    let agent_cfg = dir.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "console_user = \"{}\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
+            user_name()?
+        ),
+    )?;
+    let s = |p: &Path| p.display().to_string();
+    let mut agent = Daemon::start(
+        "debvisor-agent",
+        &agent_bin,
+        &[
+            "--sim".into(),
+            "--no-tcp".into(),
+            "--config".into(),
+            s(&agent_cfg),
+            "--socket".into(),
+            s(&socket),
+        ],
+        dir.join("agent.log"),
+    )?;
+    agent.wait("listen on its socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })?;
+
+    let https = SocketAddr::from(([127, 0, 0, 1], crate::qemu::free_port()?));
+    let http = SocketAddr::from(([127, 0, 0, 1], crate::qemu::free_port()?));
+    let mut webui = Daemon::start(
+        "debvisor-webui",
+        &webui_bin,
+        &[
+            "--listen".into(),
+            https.to_string(),
+            "--http-listen".into(),
+            http.to_string(),
+            "--tls-cert".into(),
+            s(&pki.server_cert()),
+            "--tls-key".into(),
+            s(&pki.server_key()),
+            "--agent-socket".into(),
+            s(&socket),
+            "--admin-hash".into(),
+            s(&hash),
+            "--db".into(),
+            s(&dir.join("console.db")),
+            "--healthz-fault-file".into(),
+            s(&dir.join("healthz-fault")),
+        ],
+        dir.join("webui.log"),
+    )?;
+    webui.wait("listen for HTTPS", || std::net::TcpStream::connect(https).is_ok())?;
+
+    ctx.rt.block_on(async {
+        let b = Browser::start(dir, Some(&pki.server_cert())).await?;
+        let mut w = Web {
+            b,
+            base: format!("https://{https}"),
+            password,
+        };
+        let walked = walk(&mut w).await;
+        let log: Vec<String> = w.b.log.iter().map(|e| format!("{} {}", e.level, e.message)).collect();
+        let _ = std::fs::write(dir.join("browser-console.log"), log.join("\n"));
+        let closed = w.b.close().await;
+        walked?;
+        closed
+    })?;
+    agent.check()?;
+    webui.check()?;
+    Ok(())
+}
+
+/// Runs every step; after each one, a screenshot and the console check.
+async fn walk(w: &mut Web) -> Result<()> {
+    for step in STEPS {
+        let t = Instant::now();
+        let res = (step.run)(w).await;
+        let shot = w.b.screenshot(step.name).await;
+        res.with_context(|| format!("step {}", step.name))?;
+        let shot = shot?;
+        let csp: Vec<String> =
+            w.b.read_log()
+                .await?
+                .into_iter()
+                .filter(|e| e.is_csp_violation())
+                .map(|e| e.message)
+                .collect();
+        ensure!(
+            csp.is_empty(),
+            "step {}: the browser reported Content Security Policy violations:\n{}",
+            step.name,
+            csp.join("\n")
+        );
+        eprintln!(
+            "  step {:<16} ok ({} ms, {})",
+            step.name,
+            t.elapsed().as_millis(),
+            shot.display()
+        );
+    }
+    Ok(())
+}
