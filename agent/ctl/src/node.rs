@@ -99,6 +99,8 @@ pub fn merge_delta(current: &mut GetStatusResponse, delta: StatusDelta) {
             "agent_version" => current.agent_version = new.agent_version.clone(),
             "simulated" => current.simulated = new.simulated,
             "sampled_at_unix_ms" => current.sampled_at_unix_ms = new.sampled_at_unix_ms,
+            "cpu" => current.cpu = new.cpu.clone(),
+            "interfaces" => current.interfaces = new.interfaces.clone(),
             _ => {}
         }
     }
@@ -119,6 +121,8 @@ fn set_fields(s: &GetStatusResponse) -> Vec<String> {
         ("agent_version", !s.agent_version.is_empty()),
         ("simulated", s.simulated),
         ("sampled_at_unix_ms", s.sampled_at_unix_ms != 0),
+        ("cpu", s.cpu.is_some()),
+        ("interfaces", !s.interfaces.is_empty()),
     ];
     checks
         .iter()
@@ -142,6 +146,12 @@ pub fn render_status(s: &GetStatusResponse) -> String {
     if let Some(l) = &s.load {
         row("LOAD", format!("{:.2} {:.2} {:.2}", l.one, l.five, l.fifteen));
     }
+    if let Some(c) = &s.cpu {
+        row(
+            "CPU",
+            format!("{:.0}% busy of {} CPUs", c.busy_fraction * 100.0, c.count),
+        );
+    }
     if let Some(m) = &s.memory {
         row(
             "MEMORY",
@@ -163,6 +173,17 @@ pub fn render_status(s: &GetStatusResponse) -> String {
                 bytes(d.total_bytes),
                 percent(d.used_bytes, d.total_bytes),
                 d.mount_point
+            ),
+        );
+    }
+    for i in &s.interfaces {
+        row(
+            &format!("NET {}", i.name),
+            format!(
+                "{}, {} received, {} sent",
+                output::or_dash(&i.operstate),
+                bytes(i.rx_bytes),
+                bytes(i.tx_bytes)
             ),
         );
     }
@@ -296,6 +317,40 @@ mod tests {
              KERNEL       6.12.0\n\
              AGENT        0.1.0\n"
         );
+    }
+
+    #[test]
+    fn cpu_and_interfaces_are_shown_and_merged() {
+        let s = GetStatusResponse {
+            cpu: Some(debvisor_api::node::v1::Cpu {
+                count: 4,
+                busy_fraction: 0.125,
+                per_cpu_busy_fraction: vec![0.5, 0.0, 0.0, 0.0],
+                period_ms: 1000,
+            }),
+            interfaces: vec![debvisor_api::node::v1::NetworkInterface {
+                name: "enp0s1".into(),
+                rx_bytes: 3 << 20,
+                tx_bytes: 1 << 10,
+                up: true,
+                operstate: "up".into(),
+                ..Default::default()
+            }],
+            ..full()
+        };
+        let t = render_status(&s);
+        assert!(t.contains("CPU          12% busy of 4 CPUs\n"), "{t}");
+        assert!(t.contains("NET enp0s1   up, 3.0 MiB received, 1.0 KiB sent\n"), "{t}");
+        let mut cur = full();
+        merge_delta(
+            &mut cur,
+            StatusDelta {
+                status: Some(s.clone()),
+                full: false,
+                changed: vec!["cpu".into(), "interfaces".into()],
+            },
+        );
+        assert_eq!((cur.cpu, cur.interfaces), (s.cpu, s.interfaces));
     }
 
     #[test]
