@@ -55,6 +55,18 @@ pub fn human_ms(ms: i64) -> String {
     format!("{ms} ms")
 }
 
+/// "just now", "12 s ago", "3 min ago", "2 h ago", "4 d ago" (rounded down).
+pub fn human_ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0 => "just now".to_string(),
+        1..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
 /// (text, CSS class) of a result status.
 fn status_of(r: Option<&CheckResult>) -> (&'static str, &'static str) {
     match r.and_then(|r| CheckStatus::try_from(r.status).ok()).unwrap_or_default() {
@@ -186,7 +198,7 @@ impl HealthDetail {
                         String::new()
                     },
                     ago: if ran {
-                        format!("{} ago", human_ms((now - last.started_unix_ms).max(0) / 1000 * 1000))
+                        human_ago(now - last.started_unix_ms)
                     } else {
                         String::new()
                     },
@@ -329,6 +341,12 @@ mod tests {
         assert_eq!(human_ms(90_000), "90 s");
         assert_eq!(human_ms(3_600_000), "1 h");
         assert_eq!(human_ms(86_400_000), "1 d");
+        assert_eq!(human_ago(400), "just now");
+        assert_eq!(human_ago(-5), "just now");
+        assert_eq!(human_ago(59_999), "59 s ago");
+        assert_eq!(human_ago(125_000), "2 min ago");
+        assert_eq!(human_ago(7_200_000), "2 h ago");
+        assert_eq!(human_ago(90_000_000), "1 d ago");
     }
 
     #[test]
