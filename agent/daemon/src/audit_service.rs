@@ -1,13 +1,14 @@
 //! `debvisor.audit.v1.AuditService` over the hash-chained store, and
 //! [`Auditor`], through which every mutating call of every service records
-//! its outcome.
+//! its outcome. `Record` lets the local console (and root) append what its
+//! users do that is no agent call: signing in and out, managing users.
 
 use std::pin::Pin;
 
 use debvisor_api::audit::v1::audit_service_server::AuditService;
 use debvisor_api::audit::v1::{
-    ExportChunk, ExportRequest, Format, QueryRequest, QueryResponse, Record, Result as ResultFilter, VerifyRequest,
-    VerifyResponse,
+    ExportChunk, ExportRequest, Format, QueryRequest, QueryResponse, Record, RecordRequest, RecordResponse,
+    Result as ResultFilter, VerifyRequest, VerifyResponse,
 };
 use debvisor_audit::{AuditError, AuditLog, AuditRecord, ChainProblem, NewEntry, Outcome, Query};
 use tokio_stream::Stream;
@@ -147,6 +148,79 @@ fn record_of(r: AuditRecord) -> Record {
     }
 }
 
+/// Longest action `Record` accepts.
+const MAX_ACTION: usize = 64;
+/// Longest target `Record` accepts.
+const MAX_TARGET: usize = 256;
+/// Longest error `Record` accepts.
+const MAX_ERROR: usize = 1024;
+
+/// Whether `caller` may append records with `Record`: the console acting for
+/// one of its users (the agent accepts `x-debvisor-user`, which makes the
+/// actor `console:USER`, only from the console's uid) or root on the socket.
+fn may_record(caller: &Caller) -> bool {
+    caller.actor.starts_with("console:") || caller.actor == "uid:0"
+}
+
+/// `action` is lowercase dotted words: `[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*`.
+fn valid_action(action: &str) -> bool {
+    !action.is_empty()
+        && action.len() <= MAX_ACTION
+        && action.split('.').all(|w| {
+            let mut b = w.bytes();
+            b.next().is_some_and(|c| c.is_ascii_lowercase())
+                && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        })
+}
+
+/// One line of text without control characters, at most `max` bytes.
+fn check_line(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {} bytes, more than the {max} allowed",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: contains the control character {c:?}; send one line of printable text"
+        )));
+    }
+    Ok(())
+}
+
+/// The entry a valid `Record` request appends for `caller`.
+fn entry_of(caller: &Caller, r: RecordRequest) -> Result<NewEntry, Status> {
+    if !valid_action(&r.action) {
+        return Err(Status::invalid_argument(format!(
+            "action: {:?} is not lowercase dotted words of at most {MAX_ACTION} characters \
+             (for example \"console.user.create\")",
+            r.action.chars().take(80).collect::<String>()
+        )));
+    }
+    check_line("target", &r.target, MAX_TARGET)?;
+    check_line("error", &r.error, MAX_ERROR)?;
+    let outcome = match r.result.as_str() {
+        "ok" if r.error.is_empty() => Outcome::Ok,
+        "ok" => return Err(Status::invalid_argument("error: must be empty when result is \"ok\"")),
+        "error" if !r.error.is_empty() => Outcome::Error(r.error),
+        "error" => return Err(Status::invalid_argument("error: say why, when result is \"error\"")),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "result: {:?} is neither \"ok\" nor \"error\"",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    Ok(NewEntry {
+        actor: caller.actor.clone(),
+        source: caller.source.clone(),
+        action: r.action,
+        target: r.target,
+        outcome,
+    })
+}
+
 type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -204,6 +278,22 @@ impl AuditService for AuditApi {
             first_bad_seq,
         }))
     }
+
+    async fn record(&self, req: Request<RecordRequest>) -> Result<Response<RecordResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        if !may_record(&caller) {
+            return Err(Status::permission_denied(format!(
+                "{} may not append audit records: only the console (acting for a user) and root may",
+                caller.actor
+            )));
+        }
+        let entry = entry_of(&caller, req.into_inner())?;
+        let r = self.log.append(entry).await.map_err(audit_status)?;
+        Ok(Response::new(RecordResponse {
+            seq: r.seq,
+            hash: r.hash,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +346,105 @@ mod tests {
         let v = api.verify(Request::new(VerifyRequest {})).await.unwrap().into_inner();
         assert!(v.ok);
         assert_eq!((v.records, v.head_seq), (2, 2));
+    }
+
+    fn record_request(caller: &str, action: &str, target: &str, result: &str, error: &str) -> Request<RecordRequest> {
+        let mut req = Request::new(RecordRequest {
+            action: action.into(),
+            target: target.into(),
+            result: result.into(),
+            error: error.into(),
+        });
+        req.extensions_mut().insert(Caller {
+            actor: caller.into(),
+            source: "unix:pid=42".into(),
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn the_console_and_root_may_record_others_may_not() {
+        let log = AuditLog::open_in_memory().await.unwrap();
+        let api = AuditApi::new(log.clone());
+        let r = api
+            .record(record_request("console:alice", "console.user.create", "bob", "ok", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.seq, 1);
+        api.record(record_request(
+            "uid:0",
+            "console.login",
+            "192.0.2.1",
+            "error",
+            "wrong password",
+        ))
+        .await
+        .unwrap();
+        for who in ["uid:1000", "ops-laptop", "console"] {
+            let e = api
+                .record(record_request(who, "console.login", "", "ok", ""))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}");
+        }
+        let e = api
+            .record(Request::new(RecordRequest {
+                action: "console.login".into(),
+                result: "ok".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "no caller");
+
+        let page = log.query(&Query::default()).await.unwrap();
+        assert_eq!(page.total_matching, 2, "refused calls append nothing");
+        let first = page.records.iter().find(|r| r.seq == 1).unwrap();
+        assert_eq!(
+            (
+                first.actor.as_str(),
+                first.source.as_str(),
+                first.action.as_str(),
+                first.target.as_str()
+            ),
+            ("console:alice", "unix:pid=42", "console.user.create", "bob")
+        );
+        assert!(first.ok);
+        let second = page.records.iter().find(|r| r.seq == 2).unwrap();
+        assert!(!second.ok);
+        assert_eq!(second.error, "wrong password");
+        assert!(log.verify().await.unwrap().problem.is_none());
+    }
+
+    #[tokio::test]
+    async fn record_validates_every_field() {
+        let api = AuditApi::new(AuditLog::open_in_memory().await.unwrap());
+        let long_action = format!("console.{}", "a".repeat(60));
+        let long_target = "t".repeat(300);
+        let cases = [
+            ("", "x", "ok", "", "action"),
+            ("Console.Login", "x", "ok", "", "action"),
+            ("console..login", "x", "ok", "", "action"),
+            ("console.1login", "x", "ok", "", "action"),
+            ("console login", "x", "ok", "", "action"),
+            (long_action.as_str(), "x", "ok", "", "action"),
+            ("console.login", "a\nb", "ok", "", "target"),
+            ("console.login", long_target.as_str(), "ok", "", "target"),
+            ("console.login", "x", "maybe", "", "result"),
+            ("console.login", "x", "ok", "but failed", "error"),
+            ("console.login", "x", "error", "", "error"),
+        ];
+        for (action, target, result, error, field) in cases {
+            let e = api
+                .record(record_request("console:admin", action, target, result, error))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{action:?} {target:?}");
+            assert!(e.message().starts_with(field), "{field}: {}", e.message());
+        }
+        assert!(valid_action("console.user.create"));
+        assert!(valid_action("console.user_2.x9"));
     }
 
     #[tokio::test]
