@@ -37,6 +37,15 @@ pub enum AppError {
     /// A page failed to render.
     #[error("Cannot render the page")]
     Render(#[from] askama::Error),
+    /// The signed-in user sent more requests than the per-user rate allows.
+    #[error("Too many requests")]
+    TooManyRequests {
+        /// How long until the next request is allowed.
+        retry_after: std::time::Duration,
+    },
+    /// The console database failed (detail goes to the log only).
+    #[error(transparent)]
+    Store(#[from] crate::auth::store::StoreError),
 }
 
 /// What the error page says; put into the response extensions by
@@ -60,7 +69,11 @@ impl ErrorInfo {
             ),
             StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This page cannot be used that way."),
             StatusCode::PAYLOAD_TOO_LARGE => ("Request too large", "The form sent more data than the console accepts."),
-            StatusCode::TOO_MANY_REQUESTS => ("Too many attempts", "Wait a few minutes and try again."),
+            StatusCode::TOO_MANY_REQUESTS => (
+                "Too many requests",
+                "You sent more requests than the console allows (10 a second per user). \
+                 Wait a few seconds, then reload the page; close other tabs or scripts that reload it quickly.",
+            ),
             s if s.is_client_error() => ("Bad request", "The console could not understand the request."),
             _ => (
                 "Something went wrong",
@@ -97,6 +110,28 @@ impl IntoResponse for AppError {
                 tracing::error!(error = %e, "page rendering failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            AppError::Store(e) => {
+                let chain: Vec<String> = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+                    .map(ToString::to_string)
+                    .collect();
+                tracing::error!(error = %chain.join(": "), "console database failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            AppError::TooManyRequests { retry_after } => {
+                let info = ErrorInfo::for_status(StatusCode::TOO_MANY_REQUESTS);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [
+                        (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+                        (header::RETRY_AFTER, secs.to_string()),
+                    ],
+                    format!("{}: {}", info.title, info.message),
+                )
+                    .into_response();
+                response.extensions_mut().insert(info);
+                return response;
+            }
         };
         let info = ErrorInfo::for_status(status);
         let mut response = (
@@ -123,6 +158,13 @@ mod tests {
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(r.extensions().get::<ErrorInfo>().unwrap().title, "Request refused");
         assert_eq!(AppError::NotFound.into_response().status(), StatusCode::NOT_FOUND);
+        let r = AppError::TooManyRequests {
+            retry_after: std::time::Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.extensions().get::<ErrorInfo>().unwrap().title, "Too many requests");
         assert_eq!(
             ErrorInfo::for_status(StatusCode::BAD_GATEWAY).title,
             "Something went wrong"

@@ -10,11 +10,12 @@ use debvisor_api::node::v1::{Disk, GetStatusResponse, LoadAverage, Memory};
 use crate::agent::{AgentError, BoxFuture, NodeSource};
 use crate::auth::Clock;
 
-/// A [`Clock`] that starts at the real "now" and moves only by
-/// [`ManualClock::advance`].
+/// A [`Clock`] that starts at the real "now" (monotonic and wall clock)
+/// and moves only by [`ManualClock::advance`].
 #[derive(Debug)]
 pub struct ManualClock {
     base: Instant,
+    base_unix_ms: i64,
     offset: Mutex<Duration>,
 }
 
@@ -23,6 +24,9 @@ impl ManualClock {
     pub fn new() -> Self {
         Self {
             base: Instant::now(),
+            base_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
             offset: Mutex::new(Duration::ZERO),
         }
     }
@@ -42,6 +46,10 @@ impl Default for ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.base + *self.offset.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unix_ms(&self) -> i64 {
+        self.base_unix_ms + self.offset.lock().unwrap_or_else(|p| p.into_inner()).as_millis() as i64
     }
 }
 

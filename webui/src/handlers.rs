@@ -5,12 +5,18 @@
 //! | `GET /` | to `/dashboard` when signed in, else to `/login` |
 //! | `GET /login`, `POST /login` | sign-in form (double-submit CSRF cookie), throttled |
 //! | `POST /logout` | sign-out (session CSRF token) |
+//! | `/users...` | user management (admin; see [`crate::pages::users`]) |
 //! | `GET /status` | the node's figures and health (checks, boot gate, refused machine config) from the agent (signed in) |
 //! | `GET /healthz` | `ok` for the supervisor (503 while the fault switch file exists) |
 //! | `GET /static/app.css` | the style sheet |
 //!
 //! Every response gets the security headers; every error response becomes
-//! a friendly page.
+//! a friendly page. The session middleware looks the request's session up
+//! once (handlers get it through [`MaybeSession`] / [`RequireSession`]) and
+//! holds each signed-in user to [`crate::auth::ratelimit`]'s rate (static
+//! assets and `/healthz` are not counted). Sign-in, sign-out and failed
+//! sign-ins are recorded in the agent's audit log (`console.login`,
+//! `console.logout`).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -30,13 +36,17 @@ use axum::routing::{get, post};
 use debvisor_api::node::v1::GetStatusResponse;
 use serde::Deserialize;
 
-use crate::agent::{AgentError, NodeSource};
-use crate::auth::{
-    ADMIN_USER, AdminCredential, Clock, Session, SessionStore, SystemClock, Throttle, ThrottleKey, Verdict,
-};
+use argon2::Params;
+use debvisor_api::audit::v1::RecordRequest;
+use debvisor_api::audit::v1::audit_service_client::AuditServiceClient;
+
+use crate::agent::{AgentError, NodeSource, bounded, on_behalf_of};
+use crate::auth::ratelimit::RateLimiter;
+use crate::auth::store::{Store, UserName};
+use crate::auth::{AdminCredential, Clock, Session, SystemClock, Throttle, ThrottleKey, Verdict};
 use crate::auth::{random_token, tokens_match};
 use crate::error::{AppError, ErrorInfo};
-use crate::roles::{Permission, Role};
+use crate::roles::Permission;
 use crate::views::{Chrome, ErrorPage, HealthView, LoginPage, Nav, NodeView, StatusPage};
 
 /// The session cookie. The `__Host-` prefix makes browsers insist on
@@ -48,6 +58,8 @@ pub const CSRF_COOKIE: &str = "__Host-debvisor_csrf";
 /// foreign.
 pub const CSP: &str = "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
                        frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// Where a signed-in user lands (after sign-in, and for `/`).
+pub const HOME: &str = "/dashboard";
 /// The style sheet, compiled in.
 pub const APP_CSS: &str = include_str!("../static/app.css");
 /// How long the header's host name and simulation flag are reused on pages
@@ -70,9 +82,12 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     node: Arc<dyn NodeSource>,
     clock: Arc<dyn Clock>,
-    sessions: SessionStore,
+    store: Store,
     throttle: Throttle,
+    limiter: RateLimiter,
     credential: AdminCredential,
+    /// argon2 parameters for new passwords (the defaults unless set).
+    password_params: std::sync::OnceLock<Params>,
     /// While this file exists, `/healthz` answers 503 (fault injection for
     /// the supervisor's tests).
     healthz_fault: std::sync::OnceLock<PathBuf>,
@@ -89,18 +104,33 @@ struct HeaderFacts {
 }
 
 impl AppState {
-    /// State reading the admin hash from `admin_hash`, with the real clock.
+    /// State reading the admin hash from `admin_hash`, with the real clock
+    /// and a console database in memory (see [`AppState::with_store`]).
     pub fn new(node: Arc<dyn NodeSource>, admin_hash: impl Into<PathBuf>) -> Self {
         Self::with_clock(node, admin_hash, Arc::new(SystemClock))
     }
 
     /// Like [`AppState::new`] with a chosen clock (tests move time).
     pub fn with_clock(node: Arc<dyn NodeSource>, admin_hash: impl Into<PathBuf>, clock: Arc<dyn Clock>) -> Self {
+        let store = Store::in_memory(clock.clone());
+        Self::with_store(node, admin_hash, clock, store)
+    }
+
+    /// State with the console database `store` (see [`Store::open`]);
+    /// `clock` should be the store's.
+    pub fn with_store(
+        node: Arc<dyn NodeSource>,
+        admin_hash: impl Into<PathBuf>,
+        clock: Arc<dyn Clock>,
+        store: Store,
+    ) -> Self {
         AppState(Arc::new(Inner {
             node,
-            sessions: SessionStore::new(clock.clone()),
+            store,
             throttle: Throttle::new(clock.clone()),
+            limiter: RateLimiter::new(clock.clone()),
             credential: AdminCredential::new(admin_hash),
+            password_params: std::sync::OnceLock::new(),
             clock,
             healthz_fault: std::sync::OnceLock::new(),
             last_seen: Mutex::new(None),
@@ -114,11 +144,54 @@ impl AppState {
         self
     }
 
-    /// The session store.
-    pub fn sessions(&self) -> &SessionStore {
-        &self.0.sessions
+    /// Hashes new passwords with `params` instead of argon2's defaults
+    /// (tests use small ones). Set once; a second call keeps the first.
+    pub fn with_password_params(self, params: Params) -> Self {
+        let _ = self.0.password_params.set(params);
+        self
     }
 
+    /// The argon2 parameters for new passwords.
+    pub fn password_params(&self) -> Params {
+        self.0.password_params.get().cloned().unwrap_or_default()
+    }
+
+    /// The console database: users and sessions.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The supervisor's admin credential.
+    pub fn credential(&self) -> &AdminCredential {
+        &self.0.credential
+    }
+
+    /// Appends a record to the agent's audit log for console user `actor`
+    /// (recorded as `console:ACTOR`): `action` (e.g. `console.user.create`)
+    /// on `target`, with `result` (`Err` carries the reason shown to the
+    /// user). Fails when the agent cannot be reached or refuses.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        result: Result<(), &str>,
+    ) -> Result<(), AgentError> {
+        let request = RecordRequest {
+            action: action.to_string(),
+            target: target.to_string(),
+            result: if result.is_ok() { "ok" } else { "error" }.to_string(),
+            error: result.err().unwrap_or_default().to_string(),
+        };
+        bounded("audit record", async {
+            let channel = self.0.node.channel().await?;
+            AuditServiceClient::new(channel)
+                .record(on_behalf_of(request, Some(actor)))
+                .await?;
+            Ok(())
+        })
+        .await
+    }
     /// The agent, as the pages see it.
     pub fn node(&self) -> &Arc<dyn NodeSource> {
         &self.0.node
@@ -185,6 +258,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::pages::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), sessions_and_rate_limit))
         .layer(middleware::from_fn_with_state(state.clone(), friendly_errors))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
@@ -210,16 +284,54 @@ fn clear_cookie(name: &str) -> String {
     format!("{name}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
 }
 
+/// The session the middleware found for a request (in its extensions).
+#[derive(Clone)]
+struct Resolved(Option<Session>);
+
+/// Looks the session of `headers`' cookie up.
+async fn lookup(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, AppError> {
+    match cookie(headers, SESSION_COOKIE) {
+        Some(id) => Ok(state.store().touch(&id).await?),
+        None => Ok(None),
+    }
+}
+
+/// Whether requests to `path` are exempt from the per-user rate.
+fn rate_exempt(path: &str) -> bool {
+    path == "/healthz" || path.starts_with("/static/")
+}
+
+/// Looks the request's session up once and holds signed-in users to the
+/// request rate: beyond it, 429 with `Retry-After`.
+async fn sessions_and_rate_limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if rate_exempt(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let session = match lookup(&state, request.headers()).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(s) = &session
+        && let Err(wait) = state.0.limiter.check(&s.user)
+    {
+        tracing::warn!(user = %s.user, "request refused: over the per-user rate");
+        return AppError::TooManyRequests { retry_after: wait }.into_response();
+    }
+    request.extensions_mut().insert(Resolved(session));
+    next.run(request).await
+}
+
 /// The signed-in session of the request, if any.
 pub struct MaybeSession(pub Option<Session>);
 
 impl FromRequestParts<AppState> for MaybeSession {
-    type Rejection = std::convert::Infallible;
+    type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(MaybeSession(
-            cookie(&parts.headers, SESSION_COOKIE).and_then(|id| state.sessions().touch(&id)),
-        ))
+        if let Some(Resolved(s)) = parts.extensions.get::<Resolved>() {
+            return Ok(MaybeSession(s.clone()));
+        }
+        Ok(MaybeSession(lookup(state, &parts.headers).await?))
     }
 }
 
@@ -246,9 +358,7 @@ impl FromRequestParts<AppState> for RequireSession {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let MaybeSession(session) = MaybeSession::from_request_parts(parts, state)
-            .await
-            .unwrap_or(MaybeSession(None));
+        let MaybeSession(session) = MaybeSession::from_request_parts(parts, state).await?;
         session.map(RequireSession).ok_or(AppError::LoginRequired)
     }
 }
@@ -281,7 +391,7 @@ pub fn nav(session: &Session, current: &'static str) -> Nav {
 }
 
 async fn index(MaybeSession(session): MaybeSession) -> Redirect {
-    Redirect::to(if session.is_some() { "/dashboard" } else { "/login" })
+    Redirect::to(if session.is_some() { HOME } else { "/login" })
 }
 
 /// The supervisor's probe of the console. While the fault switch file
@@ -369,7 +479,7 @@ async fn login_form(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     if session.is_some() {
-        return Ok(Redirect::to("/status").into_response());
+        return Ok(Redirect::to(HOME).into_response());
     }
     login_page(&state, StatusCode::OK, login_csrf(&headers), String::new(), None).await
 }
@@ -388,9 +498,25 @@ async fn login(
         return Err(AppError::Csrf);
     }
     let username: String = form.username.trim().chars().take(64).collect();
+    // Failed sign-ins are audited as the name typed when it is a valid
+    // user name, else as "-".
+    let actor = if username.parse::<UserName>().is_ok() {
+        username.as_str()
+    } else {
+        "-"
+    };
+    let target = ip.to_string();
     let keys = [ThrottleKey::user(&username), ThrottleKey::ip(ip)];
     if let Err(wait) = state.0.throttle.check(&keys) {
         tracing::warn!(%ip, user = ?username, "sign-in refused: too many failures");
+        let _ = state
+            .audit(
+                actor,
+                "console.login",
+                &target,
+                Err("too many failed sign-ins: throttled"),
+            )
+            .await;
         let minutes = wait.as_secs().div_ceil(60).max(1);
         let unit = if minutes == 1 { "minute" } else { "minutes" };
         let message = format!("Too many failed sign-in attempts. Try again in {minutes} {unit}.");
@@ -407,15 +533,22 @@ async fn login(
             .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
         return Ok(response);
     }
-    match state.0.credential.verify(&username, &form.password).await {
-        Verdict::Accepted => {
+    match state
+        .0
+        .credential
+        .verify(state.store(), &username, &form.password)
+        .await?
+    {
+        Verdict::Accepted(role) => {
             state.0.throttle.reset(&keys);
             if let Some(old) = previous {
-                state.sessions().remove(&old.id);
+                state.store().remove_session(&old.id).await?;
             }
-            let session = state.sessions().create(ADMIN_USER, Role::Admin);
-            tracing::info!(%ip, user = ADMIN_USER, "signed in");
-            let mut response = Redirect::to("/status").into_response();
+            let session = state.store().create_session(&username, role).await?;
+            tracing::info!(%ip, user = %username, %role, "signed in");
+            // Best effort: sign-in works while the agent restarts.
+            let _ = state.audit(&username, "console.login", &target, Ok(())).await;
+            let mut response = Redirect::to(HOME).into_response();
             let h = response.headers_mut();
             for c in [set_cookie(SESSION_COOKIE, &session.id), clear_cookie(CSRF_COOKIE)] {
                 h.append(header::SET_COOKIE, HeaderValue::from_str(&c).expect("cookie is ASCII"));
@@ -425,6 +558,9 @@ async fn login(
         Verdict::Rejected => {
             state.0.throttle.record_failure(&keys);
             tracing::warn!(%ip, user = ?username, "sign-in failed");
+            let _ = state
+                .audit(actor, "console.login", &target, Err("wrong user name or password"))
+                .await;
             let message = "Wrong user name or password.".to_string();
             login_page(&state, StatusCode::UNAUTHORIZED, form.csrf, username, Some(message)).await
         }
@@ -446,6 +582,7 @@ async fn login(
 
 async fn logout(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     MaybeSession(session): MaybeSession,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, AppError> {
@@ -461,8 +598,11 @@ async fn logout(
         tracing::warn!("sign-out refused: missing or wrong CSRF token");
         return Err(AppError::Csrf);
     }
-    state.sessions().remove(&session.id);
+    state.store().remove_session(&session.id).await?;
     tracing::info!(user = %session.user, "signed out");
+    let _ = state
+        .audit(&session.user, "console.logout", &ip.to_string(), Ok(()))
+        .await;
     Ok((
         [(header::SET_COOKIE, clear_cookie(SESSION_COOKIE))],
         Redirect::to("/login"),

@@ -11,6 +11,8 @@ use anyhow::Context;
 use clap::Parser;
 use debvisor_api::paths;
 use debvisor_webui::agent::GrpcNodeSource;
+use debvisor_webui::auth::store::Store;
+use debvisor_webui::auth::{AdminCredential, Clock, SystemClock};
 use debvisor_webui::redirect::redirect_router;
 use debvisor_webui::tls::{bind_with_fallback, serve_https, server_config};
 use debvisor_webui::{AppState, router};
@@ -35,10 +37,16 @@ struct Cli {
     /// The agent's Unix socket.
     #[arg(long, default_value = paths::AGENT_SOCKET)]
     agent_socket: PathBuf,
-    /// The admin password hash (argon2id PHC string), re-read on every
-    /// sign-in attempt.
+    /// The admin password hash (argon2id PHC string) the supervisor writes:
+    /// the user "admin" is created from it whenever the console database has
+    /// no user of that name.
     #[arg(long, default_value = paths::ADMIN_PASSWORD_HASH)]
     admin_hash: PathBuf,
+    /// The console database (SQLite: users and sessions); its directory
+    /// must exist and be writable (systemd's StateDirectory=). Not next to
+    /// the admin credential: that directory stays root's.
+    #[arg(long, default_value = "/var/lib/debvisor/console/db/console.db")]
+    db: PathBuf,
     /// Fault switch: while this file exists, /healthz answers 503 and the
     /// supervisor sees the console as failing (for tests of remediation).
     #[arg(long, default_value = debvisor_webui::handlers::HEALTHZ_FAULT_FILE)]
@@ -56,8 +64,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let https_addr = https.local_addr().context("Cannot read the HTTPS listener's address")?;
     let http_addr = http.local_addr().context("Cannot read the HTTP listener's address")?;
 
-    let state = AppState::new(Arc::new(GrpcNodeSource::new(&cli.agent_socket)), &cli.admin_hash)
-        .with_healthz_fault_file(&cli.healthz_fault_file);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = Store::open(&cli.db, clock.clone()).await?;
+    if !AdminCredential::new(&cli.admin_hash).bootstrap(&store).await? {
+        tracing::warn!(
+            hash = %cli.admin_hash.display(),
+            "no admin user yet and no admin password hash: sign-in is unavailable until the supervisor writes it"
+        );
+    }
+    let state = AppState::with_store(
+        Arc::new(GrpcNodeSource::new(&cli.agent_socket)),
+        &cli.admin_hash,
+        clock,
+        store,
+    )
+    .with_healthz_fault_file(&cli.healthz_fault_file);
+    // The dashboard's history starts now, not at the first visit.
+    debvisor_webui::live::spawn(&state);
     let app = router(state);
     let redirector = axum::serve(http, redirect_router(https_addr.port()));
 
@@ -68,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         https = %https_addr,
         http = %http_addr,
         agent = %cli.agent_socket.display(),
+        db = %cli.db.display(),
         "console ready"
     );
 

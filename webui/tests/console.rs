@@ -143,7 +143,7 @@ async fn right_password_gives_a_strict_session_cookie_and_the_status_page() {
     let c = console(Some(FixedAgent { simulated: false })).await;
     let res = try_login(&c.app, "192.0.2.10", "admin", PASSWORD).await;
     assert_eq!(res.status, StatusCode::SEE_OTHER);
-    assert_eq!(res.header(header::LOCATION), "/status");
+    assert_eq!(res.header(header::LOCATION), "/dashboard");
     let set = res
         .set_cookies()
         .into_iter()
@@ -188,7 +188,7 @@ async fn right_password_gives_a_strict_session_cookie_and_the_status_page() {
     let home = get(&c.app, "/", &cookies).await;
     assert_eq!(home.header(header::LOCATION), "/dashboard");
     let again = get(&c.app, "/login", &cookies).await;
-    assert_eq!(again.header(header::LOCATION), "/status");
+    assert_eq!(again.header(header::LOCATION), "/dashboard");
 
     // Sign out with the session's token; the session is gone afterwards.
     let token = page.csrf_field();

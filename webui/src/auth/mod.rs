@@ -1,15 +1,20 @@
-//! Who may use the console: the admin credential, server-side sessions,
-//! CSRF tokens and login throttling.
+//! Who may use the console: users and server-side sessions in SQLite
+//! ([`store`]), the admin credential the supervisor writes, argon2id
+//! passwords, CSRF tokens, sign-in throttling and the per-user request
+//! limit ([`ratelimit`]).
 //!
-//! Sessions live in memory for now (a restart signs everybody out). Their
-//! ids are 256 random bits; the browser only ever holds the id. Every timing
-//! rule reads a [`Clock`], so tests can move time forward.
+//! Session tokens are 256 random bits; the browser holds the token, the
+//! database only its SHA-256. Every timing rule reads a [`Clock`], so tests
+//! can move time forward.
+
+pub mod ratelimit;
+pub mod store;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
@@ -17,7 +22,7 @@ use rand::RngCore;
 
 use crate::roles::Role;
 
-/// The only user of this version of the console.
+/// The user the supervisor's credential creates.
 pub const ADMIN_USER: &str = "admin";
 /// A session ends after this long without a request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -27,17 +32,24 @@ pub const ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(12 * 60 * 60);
 pub const MAX_FAILURES: u32 = 5;
 /// The throttling window.
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// At most this many sessions are kept; the least recently used goes first.
-const MAX_SESSIONS: usize = 1024;
 /// At most this many throttling windows are kept.
 const MAX_THROTTLE_ENTRIES: usize = 16 * 1024;
 /// Longer passwords are refused without hashing them.
-const MAX_PASSWORD_LEN: usize = 1024;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+/// Shorter new passwords are refused.
+pub const MIN_PASSWORD_LEN: usize = 12;
 
-/// A monotonic time source.
+/// A time source: monotonic for durations, wall clock for what is stored.
 pub trait Clock: Send + Sync + 'static {
     /// The current instant.
     fn now(&self) -> Instant;
+
+    /// The wall-clock time, milliseconds since the Unix epoch.
+    fn unix_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
 }
 
 /// The real monotonic clock.
@@ -50,7 +62,7 @@ impl Clock for SystemClock {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The maps stay consistent even if a holder panicked: every update is a
     // single insert or remove.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -75,109 +87,14 @@ pub fn tokens_match(a: &str, b: &str) -> bool {
 /// A signed-in browser, as handlers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    /// The session id (the cookie value).
+    /// The session token (the cookie value; stored only as its hash).
     pub id: String,
     /// The signed-in user.
     pub user: String,
     /// The CSRF token every POST of this session must carry.
     pub csrf: String,
-    /// The user's role when the session started.
+    /// The user's current role (read from the users table on each lookup).
     pub role: Role,
-}
-
-#[derive(Debug)]
-struct SessionEntry {
-    user: String,
-    csrf: String,
-    role: Role,
-    created: Instant,
-    last_seen: Instant,
-}
-
-impl SessionEntry {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_seen) >= IDLE_TIMEOUT
-            || now.saturating_duration_since(self.created) >= ABSOLUTE_TIMEOUT
-    }
-}
-
-/// Server-side sessions in memory.
-pub struct SessionStore {
-    clock: Arc<dyn Clock>,
-    sessions: Mutex<HashMap<String, SessionEntry>>,
-}
-
-impl SessionStore {
-    /// An empty store reading time from `clock`.
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            clock,
-            sessions: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Starts a session for `user` with `role`, fresh id and CSRF token.
-    pub fn create(&self, user: &str, role: Role) -> Session {
-        let now = self.clock.now();
-        let mut map = lock(&self.sessions);
-        map.retain(|_, s| !s.expired(now));
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        let session = Session {
-            id: random_token(),
-            user: user.to_string(),
-            csrf: random_token(),
-            role,
-        };
-        map.insert(
-            session.id.clone(),
-            SessionEntry {
-                user: session.user.clone(),
-                csrf: session.csrf.clone(),
-                role,
-                created: now,
-                last_seen: now,
-            },
-        );
-        session
-    }
-
-    /// Looks a session up and marks it used. Expired sessions are removed
-    /// and reported as absent.
-    pub fn touch(&self, id: &str) -> Option<Session> {
-        let now = self.clock.now();
-        let mut map = lock(&self.sessions);
-        let entry = map.get_mut(id)?;
-        if entry.expired(now) {
-            map.remove(id);
-            return None;
-        }
-        entry.last_seen = now;
-        Some(Session {
-            id: id.to_string(),
-            user: entry.user.clone(),
-            csrf: entry.csrf.clone(),
-            role: entry.role,
-        })
-    }
-
-    /// Ends a session (sign-out). Unknown ids are ignored.
-    pub fn remove(&self, id: &str) {
-        lock(&self.sessions).remove(id);
-    }
-
-    /// The number of sessions held, expired ones included until swept.
-    pub fn len(&self) -> usize {
-        lock(&self.sessions).len()
-    }
-
-    /// True when no session is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What failed sign-ins are counted against.
@@ -281,21 +198,54 @@ impl Throttle {
 /// The result of checking a user name and password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The password is right.
-    Accepted,
-    /// Unknown user or wrong password (deliberately not told apart).
+    /// The password is right; the user has this role.
+    Accepted(Role),
+    /// Unknown or disabled user or wrong password (deliberately not told
+    /// apart).
     Rejected,
-    /// The admin credential does not exist yet or cannot be used.
+    /// The admin credential does not exist yet or cannot be used, and there
+    /// is no admin user yet.
     Unavailable,
 }
 
+/// Hashes `password` with argon2id and `params` on the blocking pool.
+pub async fn hash_password(password: &str, params: Params) -> Result<String, String> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        let h: PasswordHash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok(h.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Checks `password` against the PHC string `hash` on the blocking pool,
+/// with the parameters the hash names.
+pub async fn verify_password(hash: Arc<String>, password: &str) -> bool {
+    if password.len() > MAX_PASSWORD_LEN {
+        return false;
+    }
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return false;
+        };
+        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// The admin credential: an argon2id PHC string in a file written by the
-/// supervisor. The file is read on every attempt, since it may appear (or
-/// change) while the console runs.
+/// supervisor. When the users table has no user `admin`, sign-in creates
+/// it from this file (which may appear while the console runs); after that
+/// the table is what counts.
 pub struct AdminCredential {
     path: PathBuf,
-    /// A hash of a random password with the parameters of the last admin
-    /// hash seen, so that unknown users cost as much as the admin.
+    /// A hash of a random password with the parameters of the last hash
+    /// seen, so that unknown users cost as much as real ones.
     dummy: Mutex<Option<(String, Arc<String>)>>,
 }
 
@@ -308,46 +258,61 @@ impl AdminCredential {
         }
     }
 
-    /// Checks `user` and `password`. The argon2 work runs on the blocking
-    /// pool. An unknown user still costs one verification.
-    pub async fn verify(&self, user: &str, password: &str) -> Verdict {
+    /// The hash in the file, when it exists and is a PHC string.
+    pub async fn read(&self) -> Option<String> {
         let stored = match tokio::fs::read_to_string(&self.path).await {
-            Ok(s) => Some(s.trim().to_string()),
+            Ok(s) => s.trim().to_string(),
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot read the admin password hash");
-                None
+                return None;
             }
         };
-        let stored = stored.filter(|s| match PasswordHash::new(s) {
-            Ok(_) => true,
+        match PasswordHash::new(&stored) {
+            Ok(_) => Some(stored),
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "the admin password hash is not a PHC string");
-                false
+                None
             }
-        });
-        let is_admin = user == ADMIN_USER;
-        if is_admin && stored.is_none() {
-            return Verdict::Unavailable;
         }
-        let hash = match (&stored, is_admin) {
-            (Some(s), true) => Arc::new(s.clone()),
-            _ => self.dummy_for(stored.as_deref()),
+    }
+
+    /// Creates the `admin` user from the file unless it exists. False when
+    /// there is no admin user and no usable credential.
+    pub async fn bootstrap(&self, store: &store::Store) -> Result<bool, store::StoreError> {
+        if store.user(ADMIN_USER).await?.is_some() {
+            return Ok(true);
+        }
+        match self.read().await {
+            Some(hash) => {
+                store.ensure_admin(&hash).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Checks `user` and `password` against the users table (bootstrapping
+    /// `admin` first when needed). Unknown and disabled users still cost
+    /// one verification and get [`Verdict::Rejected`], like a wrong
+    /// password.
+    pub async fn verify(&self, store: &store::Store, user: &str, password: &str) -> Result<Verdict, store::StoreError> {
+        let mut record = store.user(user).await?;
+        if record.is_none() && user == ADMIN_USER {
+            if !self.bootstrap(store).await? {
+                return Ok(Verdict::Unavailable);
+            }
+            record = store.user(user).await?;
+        }
+        let usable = record.as_ref().filter(|r| !r.info.disabled);
+        let hash = match usable {
+            Some(r) => Arc::new(r.hash.clone()),
+            None => self.dummy_for(record.as_ref().map(|r| r.hash.as_str())),
         };
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            let Ok(parsed) = PasswordHash::new(&hash) else {
-                return false;
-            };
-            password.len() <= MAX_PASSWORD_LEN
-                && Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+        let ok = verify_password(hash, password).await;
+        Ok(match usable {
+            Some(r) if ok => Verdict::Accepted(r.info.role),
+            _ => Verdict::Rejected,
         })
-        .await
-        .unwrap_or(false);
-        if ok && is_admin {
-            Verdict::Accepted
-        } else {
-            Verdict::Rejected
-        }
     }
 
     /// A dummy hash with the parameters of `stored` (or the defaults).
@@ -395,50 +360,6 @@ mod tests {
         assert!(!tokens_match(&t, &random_token()));
         assert!(!tokens_match(&t, &t[..63]));
         assert!(!tokens_match("", ""));
-    }
-
-    #[test]
-    fn sessions_expire_after_idle_time() {
-        let c = clock();
-        let store = SessionStore::new(c.clone());
-        let s = store.create("admin", Role::Admin);
-        c.advance(IDLE_TIMEOUT - Duration::from_secs(1));
-        assert_eq!(store.touch(&s.id).as_ref(), Some(&s));
-        // Touching renewed it: another almost-idle period is fine.
-        c.advance(IDLE_TIMEOUT - Duration::from_secs(1));
-        assert!(store.touch(&s.id).is_some());
-        c.advance(IDLE_TIMEOUT);
-        assert!(store.touch(&s.id).is_none());
-        assert!(store.is_empty(), "expired session is dropped");
-    }
-
-    #[test]
-    fn sessions_expire_after_absolute_limit_even_when_busy() {
-        let c = clock();
-        let store = SessionStore::new(c.clone());
-        let s = store.create("admin", Role::Admin);
-        let step = Duration::from_secs(10 * 60);
-        let mut elapsed = Duration::ZERO;
-        while elapsed + step < ABSOLUTE_TIMEOUT {
-            c.advance(step);
-            elapsed += step;
-            assert!(store.touch(&s.id).is_some(), "alive at {elapsed:?}");
-        }
-        c.advance(step);
-        assert!(store.touch(&s.id).is_none());
-    }
-
-    #[test]
-    fn sessions_are_distinct_and_removable() {
-        let store = SessionStore::new(clock());
-        let a = store.create("admin", Role::Admin);
-        let b = store.create("admin", Role::Admin);
-        assert_ne!(a.id, b.id);
-        assert_ne!(a.csrf, b.csrf);
-        store.remove(&a.id);
-        assert!(store.touch(&a.id).is_none());
-        assert!(store.touch(&b.id).is_some());
-        assert!(store.touch("not-a-session").is_none());
     }
 
     #[test]
@@ -497,19 +418,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn admin_credential_is_reread_and_checked() {
+    async fn admin_is_created_from_the_credential_and_then_the_table_counts() {
         let dir = std::env::temp_dir().join(format!("debvisor-webui-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("admin.argon2");
         let _ = std::fs::remove_file(&path);
         let cred = AdminCredential::new(&path);
-        assert_eq!(cred.verify("admin", "secret").await, Verdict::Unavailable);
-        std::fs::write(&path, format!("{}\n", cheap_hash("secret"))).unwrap();
-        assert_eq!(cred.verify("admin", "secret").await, Verdict::Accepted);
-        assert_eq!(cred.verify("admin", "Secret").await, Verdict::Rejected);
-        assert_eq!(cred.verify("root", "secret").await, Verdict::Rejected);
+        let store = store::Store::in_memory(clock());
+        let v = |u: &'static str, p: &'static str| {
+            let (cred, store) = (&cred, &store);
+            async move { cred.verify(store, u, p).await.unwrap() }
+        };
+        assert_eq!(v("admin", "secret").await, Verdict::Unavailable);
         std::fs::write(&path, "not a hash").unwrap();
-        assert_eq!(cred.verify("admin", "secret").await, Verdict::Unavailable);
+        assert_eq!(v("admin", "secret").await, Verdict::Unavailable);
+        std::fs::write(&path, format!("{}\n", cheap_hash("secret"))).unwrap();
+        assert_eq!(v("admin", "secret").await, Verdict::Accepted(Role::Admin));
+        assert_eq!(v("admin", "Secret").await, Verdict::Rejected);
+        assert_eq!(v("root", "secret").await, Verdict::Rejected);
+        // Once created, the table counts, not the file.
+        std::fs::write(&path, cheap_hash("other")).unwrap();
+        assert_eq!(v("admin", "secret").await, Verdict::Accepted(Role::Admin));
+        let bob: store::UserName = "bob".parse().unwrap();
+        store
+            .create_user(&bob, Role::Viewer, &cheap_hash("bobs password"))
+            .await
+            .unwrap();
+        assert_eq!(v("bob", "bobs password").await, Verdict::Accepted(Role::Viewer));
+        store.set_disabled("bob", true).await.unwrap();
+        assert_eq!(v("bob", "bobs password").await, Verdict::Rejected, "disabled");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify() {
+        let params = Params::new(256, 1, 1, None).unwrap();
+        let h = hash_password("long enough password", params).await.unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        let h = Arc::new(h);
+        assert!(verify_password(h.clone(), "long enough password").await);
+        assert!(!verify_password(h.clone(), "long enough passwore").await);
+        assert!(!verify_password(h, &"x".repeat(MAX_PASSWORD_LEN + 1)).await);
+        assert!(!verify_password(Arc::new("garbage".into()), "x").await);
     }
 }

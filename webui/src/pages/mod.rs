@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod health;
 pub mod services;
 pub mod settings;
+pub mod users;
 
 use axum::Router;
 
@@ -22,4 +23,5 @@ pub fn routes() -> Router<AppState> {
         .merge(health::routes())
         .merge(audit::routes())
         .merge(settings::routes())
+        .merge(users::routes())
 }

@@ -343,3 +343,36 @@ pub async fn read_until(body: &mut axum::body::BodyDataStream, needle: &str, sec
     }
     text
 }
+
+/// argon2 parameters small enough for debug-build tests (the console uses
+/// argon2's defaults unless told otherwise).
+pub fn cheap_params() -> Params {
+    Params::new(1024, 1, 1, None).unwrap()
+}
+
+/// A console router in front of `c`'s agent socket, admin hash and clock,
+/// with its database in the SQLite file `db` and cheap password hashing.
+/// Two routers on one file are the console before and after a restart.
+pub async fn router_on_db(c: &Console, db: &std::path::Path) -> Router {
+    let clock: Arc<dyn debvisor_webui::auth::Clock> = c.clock.clone();
+    let store = debvisor_webui::auth::store::Store::open(db, clock.clone())
+        .await
+        .unwrap();
+    let state = AppState::with_store(
+        Arc::new(GrpcNodeSource::new(c.dir.join("agent.sock"))),
+        c.dir.join("admin.argon2"),
+        clock,
+        store,
+    )
+    .with_password_params(cheap_params())
+    .with_healthz_fault_file(c.dir.join("fault"));
+    router(state)
+}
+
+/// A console in front of a real [`TestAgent`] whose database is the file
+/// `dir/console.db` (see [`router_on_db`]).
+pub async fn console_with_db() -> Console {
+    let mut c = Console::with_agent().await;
+    c.app = router_on_db(&c, &c.dir.join("console.db")).await;
+    c
+}
