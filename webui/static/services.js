@@ -1,5 +1,6 @@
-// DebVisor console: services, health and audit pages. Everything here is an
-// enhancement; the pages work without it (plain links and forms).
+// DebVisor console: the services pages (the health page's live panel uses
+// htmx's SSE extension instead). Everything here is an enhancement; the
+// pages work without it (plain links and forms).
 "use strict";
 
 (function () {
@@ -55,17 +56,6 @@
       }
     });
     list.scrollTop = list.scrollHeight;
-    window.addEventListener("pagehide", function () {
-      source.close();
-    });
-  });
-
-  // Live health: each "health" event carries the whole re-rendered panel.
-  document.querySelectorAll("[data-health-events]").forEach(function (panel) {
-    var source = new EventSource(panel.dataset.healthEvents);
-    source.addEventListener("health", function (event) {
-      panel.innerHTML = event.data;
-    });
     window.addEventListener("pagehide", function () {
       source.close();
     });

@@ -41,7 +41,7 @@ async fn the_page_shows_every_check_the_gate_and_the_config() {
         "node certificate expires in 21 days",
         "<span class=\"tag warn\">warn</span>",
         "slot A declared good (simulated)",
-        "data-health-events=\"/health/events\"",
+        "sse-connect=\"/health/events\" sse-swap=\"health\"",
     ] {
         assert!(page.body.contains(want), "{want}: {}", page.body);
     }

@@ -3,7 +3,7 @@
 //! | route | permission | what |
 //! |---|---|---|
 //! | `GET /health` | `ViewDashboard` | every check (kind, status, finding, last run, interval, result strip), node state, boot gate, machine config, alerts |
-//! | `GET /health/events` | `ViewDashboard` | server-sent events: a `health` event with the re-rendered panel on every change (Watch) |
+//! | `GET /health/events` | `ViewDashboard` | server-sent events: a `health` event with the re-rendered panel on every change (Watch); htmx's SSE extension swaps it in |
 //!
 //! The summary reuses [`HealthView`] of the status page; the rows here add
 //! what only this page shows.

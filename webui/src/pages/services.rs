@@ -8,7 +8,7 @@
 //! | `POST /services/{unit}/action` | `ControlServices` | fields `csrf`, `action`; calls the agent for the user, redirects back with a flash message |
 //! | `GET /services/{unit}/journal` | `ViewLogs` | the last 100 journal lines as an HTML fragment |
 //! | `GET /services/{unit}/journal/events` | `ViewLogs` | server-sent events: one `line` event (an escaped `<li>`) per new journal entry; `since` (µs) or `Last-Event-ID` resume |
-//! | `GET /static/services.js` | none | the script of the services, health and audit pages |
+//! | `GET /static/services.js` | none | the services pages' script (confirmation dialog, live journal, filter auto-submit) |
 //!
 //! Unit names from the path are checked with [`UnitName`] before anything is
 //! asked of the agent; a bad name gets a 400 page naming it. Every call to
@@ -45,8 +45,8 @@ use crate::handlers::{RequireSession, nav};
 use crate::roles::Permission;
 use crate::views::{Chrome, ErrorPage, human_bytes};
 
-/// The script of the services, health and audit pages (journal tail, live
-/// health, confirmation dialogs, filter auto-submit).
+/// The services pages' script (confirmation dialog, live journal tail,
+/// filter auto-submit).
 pub const SERVICES_JS: &str = include_str!("../../static/services.js");
 /// Journal lines shown without JavaScript (and before the live tail).
 const JOURNAL_LINES: u32 = 100;
