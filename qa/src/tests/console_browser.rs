@@ -75,6 +75,10 @@ pub const STEPS: &[Step] = &[
         run: sign_in,
     },
     Step {
+        name: "dashboard-live",
+        run: dashboard_live,
+    },
+    Step {
         name: "status",
         run: status_figures,
     },
@@ -122,6 +126,31 @@ fn sign_in(w: &mut Web) -> StepFuture<'_> {
         w.b.wait_css("form.signout").await?;
         let path = w.b.client().current_url().await?.path().to_string();
         ensure!(path != "/login", "still on the sign-in page after a correct password");
+        Ok(())
+    })
+}
+
+fn dashboard_live(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url("/dashboard")).await?;
+        w.b.wait_text("#live .hostname", "the host name", |t| t == SIM_HOSTNAME)
+            .await?;
+        let charts =
+            w.b.client()
+                .find_all(fantoccini::Locator::Css("#live svg.chart"))
+                .await?;
+        ensure!(!charts.is_empty(), "the dashboard shows no chart");
+        let first = w.b.wait_css("#live").await?.text().await?;
+        // A mark on the page: it survives a swap by server-sent events, not
+        // a reload.
+        w.b.client().execute("window.dvLiveMark = 1;", vec![]).await?;
+        w.b.wait_text("#live", "new figures without a reload", |t| t != first)
+            .await?;
+        let mark = w.b.client().execute("return window.dvLiveMark === 1;", vec![]).await?;
+        ensure!(
+            mark == serde_json::Value::Bool(true),
+            "the dashboard reloaded instead of updating in place"
+        );
         Ok(())
     })
 }
