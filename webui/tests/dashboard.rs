@@ -236,3 +236,37 @@ async fn the_about_page_names_versions_and_pages_keep_the_csp() {
     let events = get(&c.app, "/dashboard/events", "").await;
     assert_ne!(events.status, StatusCode::OK, "so does its stream");
 }
+
+#[tokio::test]
+async fn a_viewer_sees_the_dashboard_and_only_the_links_it_may_open() {
+    let c = support::console_with_db().await;
+    let admin = sign_in(&c.app).await;
+    let csrf = support::page_csrf(&c.app, "/users", &admin).await;
+    let pw = "a long enough password";
+    let made = support::post(
+        &c.app,
+        "192.0.2.10",
+        "/users",
+        &admin,
+        &[
+            ("name", "watcher"),
+            ("role", "viewer"),
+            ("password", pw),
+            ("confirm", pw),
+            ("csrf", &csrf),
+        ],
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let viewer = support::sign_in_as(&c.app, "watcher", pw).await;
+    let page = get(&c.app, "/dashboard", &viewer).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let nav = between(&page.body, "<nav class=\"nav\"", "</nav>");
+    for shown in ["/dashboard", "/services", "/health", "/about"] {
+        assert!(nav.contains(&format!("href=\"{shown}\"")), "{shown} in {nav}");
+    }
+    for hidden in ["/audit", "/users", "/settings"] {
+        assert!(!nav.contains(&format!("href=\"{hidden}\"")), "{hidden} in {nav}");
+    }
+    assert_eq!(get(&c.app, "/about", &viewer).await.status, StatusCode::OK);
+}
