@@ -368,3 +368,45 @@ async fn signed_out_visitors_go_to_the_sign_in_page() {
     .await;
     assert_eq!(r.header(header::LOCATION), "/login");
 }
+
+#[tokio::test]
+async fn the_unit_page_offers_what_the_role_may_use() {
+    const PW: &str = "a long enough password";
+    let c = support::console_with_db().await;
+    let admin = sign_in(&c.app).await;
+    for (role, journal, actions) in [
+        ("viewer", false, false),
+        ("developer", true, false),
+        ("operator", true, true),
+    ] {
+        c.clock.advance(Duration::from_secs(2));
+        let csrf = support::page_csrf(&c.app, "/users", &admin).await;
+        let name = format!("{role}1");
+        let form = [
+            ("name", name.as_str()),
+            ("role", role),
+            ("password", PW),
+            ("confirm", PW),
+            ("csrf", &csrf),
+        ];
+        let made = post(&c.app, "192.0.2.10", "/users", &admin, &form).await;
+        assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+        let s = support::sign_in_as(&c.app, &name, PW).await;
+        let page = get(&c.app, "/services/cron.service", &s).await;
+        assert_eq!(page.status, StatusCode::OK, "{role}");
+        assert_eq!(
+            page.body.contains("class=\"journal\""),
+            journal,
+            "{role}: {}",
+            page.body
+        );
+        assert_eq!(
+            page.body.contains("data-action=\"restart\""),
+            actions,
+            "{role}: {}",
+            page.body
+        );
+        let list = get(&c.app, "/services", &s).await;
+        assert_eq!(list.status, StatusCode::OK, "{role}");
+    }
+}
