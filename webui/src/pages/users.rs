@@ -310,8 +310,12 @@ async fn change(
     let recorded = state
         .audit(&session.user, action, target, message.as_deref().map_or(Ok(()), Err))
         .await;
-    if let Err(e) = &recorded {
-        tracing::error!(action, target, error = %e.summary(), "user change not recorded in the audit log");
+    match (&result, &recorded) {
+        (_, Err(e)) => {
+            tracing::error!(action, target, error = %e.summary(), "user change not recorded in the audit log")
+        }
+        (Ok(()), Ok(())) => tracing::info!(by = %session.user, action, target, "user change done"),
+        (Err(e), Ok(())) => tracing::warn!(by = %session.user, action, target, error = %e, "user change refused"),
     }
     match result {
         Err(StoreError::Exists(_) | StoreError::NotFound(_) | StoreError::LastAdmin(_)) => {
@@ -323,6 +327,14 @@ async fn change(
         )),
         Ok(()) => Ok(Outcome::Done),
     }
+}
+
+/// The argon2id hash of a new password.
+async fn new_hash(state: &AppState, password: &str) -> Result<String, AppError> {
+    hash_password(password, state.password_params()).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot hash a password");
+        AppError::BadRequest
+    })
 }
 
 /// Records a form refused for a bad field (best effort: nothing changed).
@@ -403,21 +415,13 @@ async fn create(
         )
         .await;
     };
-    let hash = hash_password(&form.password, state.password_params())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot hash a password");
-            AppError::BadRequest
-        })?;
+    let hash = new_hash(&state, &form.password).await?;
     let outcome = change(&state, session, "console.user.create", name.as_str(), async {
         state.store().create_user(&name, role, &hash).await
     })
     .await?;
     match outcome {
-        Outcome::Done => {
-            tracing::info!(by = %session.user, user = %name, %role, "user created");
-            Ok(Redirect::to(&format!("/users/{name}?done=created")).into_response())
-        }
+        Outcome::Done => Ok(done(name.as_str(), "created")),
         Outcome::Refused(msg) => {
             let mut errors = FieldErrors::default();
             let problem = if msg.contains("exists already") {
@@ -503,6 +507,61 @@ fn done(name: &str, what: &str) -> Response {
     Redirect::to(&format!("/users/{name}?done={what}")).into_response()
 }
 
+/// Which form of the user page a message belongs next to.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Role,
+    Password,
+    Access,
+    Delete,
+}
+
+impl Again {
+    fn at(place: Place, msg: String) -> Again {
+        let mut again = Again::default();
+        match place {
+            Place::Role => again.errors.role = msg,
+            Place::Password => again.errors.password = msg,
+            Place::Access => again.state_error = msg,
+            Place::Delete => again.delete_error = msg,
+        }
+        again
+    }
+}
+
+/// Shows the user page again (422) after a refused form.
+async fn again(state: &AppState, session: &Session, name: &str, again: Again) -> Result<Response, AppError> {
+    user_page(state, session, name, StatusCode::UNPROCESSABLE_ENTITY, again).await
+}
+
+/// The end of a change: `ok` when done, else the page with the message at
+/// `place`.
+async fn finish(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    outcome: Outcome,
+    ok: Response,
+    place: Place,
+) -> Result<Response, AppError> {
+    match outcome {
+        Outcome::Done => Ok(ok),
+        Outcome::Refused(msg) => again(state, session, name, Again::at(place, msg)).await,
+    }
+}
+
+/// Refuses (and records) `action` of an admin on their own account.
+async fn not_yourself(
+    state: &AppState,
+    session: &Session,
+    action: &str,
+    place: Place,
+    msg: &str,
+) -> Result<Response, AppError> {
+    refused(state, session, action, &session.user, msg).await;
+    again(state, session, &session.user, Again::at(place, msg.to_string())).await
+}
+
 async fn set_role(
     State(state): State<AppState>,
     required: RequireSession,
@@ -513,34 +572,19 @@ async fn set_role(
     let Form(form) = form.map_err(|_| AppError::BadRequest)?;
     check_csrf(&form.csrf, session)?;
     let name = existing(&state, &name).await?;
+    let action = "console.user.role";
     let mut errors = FieldErrors::default();
     let Some(role) = check_role(&form.role, &mut errors) else {
-        refused(&state, session, "console.user.role", &name, &errors.summary()).await;
-        let again = Again {
+        refused(&state, session, action, &name, &errors.summary()).await;
+        let shown = Again {
             role: Some(form.role.chars().take(32).collect()),
             errors,
             ..Again::default()
         };
-        return user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await;
+        return again(&state, session, &name, shown).await;
     };
-    let action = "console.user.role";
-    match change(&state, session, action, &name, state.store().set_role(&name, role)).await? {
-        Outcome::Done => {
-            tracing::info!(by = %session.user, user = %name, %role, "role assigned");
-            Ok(done(&name, "role"))
-        }
-        Outcome::Refused(msg) => {
-            let again = Again {
-                role: Some(role.as_str().into()),
-                errors: FieldErrors {
-                    role: msg,
-                    ..FieldErrors::default()
-                },
-                ..Again::default()
-            };
-            user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await
-        }
-    }
+    let outcome = change(&state, session, action, &name, state.store().set_role(&name, role)).await?;
+    finish(&state, session, &name, outcome, done(&name, "role"), Place::Role).await
 }
 
 async fn set_password(
@@ -553,39 +597,28 @@ async fn set_password(
     let Form(form) = form.map_err(|_| AppError::BadRequest)?;
     check_csrf(&form.csrf, session)?;
     let name = existing(&state, &name).await?;
+    let action = "console.user.password";
     let mut errors = FieldErrors::default();
     check_password(&form.password, &form.confirm, &mut errors);
     if errors.any() {
-        refused(&state, session, "console.user.password", &name, &errors.summary()).await;
-        let again = Again {
+        refused(&state, session, action, &name, &errors.summary()).await;
+        let shown = Again {
             errors,
             ..Again::default()
         };
-        return user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await;
+        return again(&state, session, &name, shown).await;
     }
-    let hash = hash_password(&form.password, state.password_params())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot hash a password");
-            AppError::BadRequest
-        })?;
-    let action = "console.user.password";
-    match change(&state, session, action, &name, state.store().set_password(&name, &hash)).await? {
-        Outcome::Done => {
-            tracing::info!(by = %session.user, user = %name, "password reset");
-            Ok(done(&name, "password"))
-        }
-        Outcome::Refused(msg) => {
-            let again = Again {
-                errors: FieldErrors {
-                    password: msg,
-                    ..FieldErrors::default()
-                },
-                ..Again::default()
-            };
-            user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await
-        }
-    }
+    let hash = new_hash(&state, &form.password).await?;
+    let outcome = change(&state, session, action, &name, state.store().set_password(&name, &hash)).await?;
+    finish(
+        &state,
+        session,
+        &name,
+        outcome,
+        done(&name, "password"),
+        Place::Password,
+    )
+    .await
 }
 
 /// Disables or enables a user.
@@ -607,34 +640,11 @@ async fn access(
     };
     if disable && name == session.user {
         let msg = "You cannot disable yourself: ask another admin.";
-        refused(&state, session, action, &name, msg).await;
-        let again = Again {
-            state_error: msg.into(),
-            ..Again::default()
-        };
-        return user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await;
+        return not_yourself(&state, session, action, Place::Access, msg).await;
     }
-    match change(
-        &state,
-        session,
-        action,
-        &name,
-        state.store().set_disabled(&name, disable),
-    )
-    .await?
-    {
-        Outcome::Done => {
-            tracing::info!(by = %session.user, user = %name, "user {word}");
-            Ok(done(&name, word))
-        }
-        Outcome::Refused(msg) => {
-            let again = Again {
-                state_error: msg,
-                ..Again::default()
-            };
-            user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await
-        }
-    }
+    let op = state.store().set_disabled(&name, disable);
+    let outcome = change(&state, session, action, &name, op).await?;
+    finish(&state, session, &name, outcome, done(&name, word), Place::Access).await
 }
 
 async fn delete(
@@ -650,26 +660,11 @@ async fn delete(
     let action = "console.user.delete";
     if name == session.user {
         let msg = "You cannot delete yourself: ask another admin.";
-        refused(&state, session, action, &name, msg).await;
-        let again = Again {
-            delete_error: msg.into(),
-            ..Again::default()
-        };
-        return user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await;
+        return not_yourself(&state, session, action, Place::Delete, msg).await;
     }
-    match change(&state, session, action, &name, state.store().delete_user(&name)).await? {
-        Outcome::Done => {
-            tracing::info!(by = %session.user, user = %name, "user deleted");
-            Ok(Redirect::to("/users?done=deleted").into_response())
-        }
-        Outcome::Refused(msg) => {
-            let again = Again {
-                delete_error: msg,
-                ..Again::default()
-            };
-            user_page(&state, session, &name, StatusCode::UNPROCESSABLE_ENTITY, again).await
-        }
-    }
+    let outcome = change(&state, session, action, &name, state.store().delete_user(&name)).await?;
+    let ok = Redirect::to("/users?done=deleted").into_response();
+    finish(&state, session, &name, outcome, ok, Place::Delete).await
 }
 
 #[cfg(test)]
