@@ -410,3 +410,26 @@ async fn the_unit_page_offers_what_the_role_may_use() {
         assert_eq!(list.status, StatusCode::OK, "{role}");
     }
 }
+
+#[tokio::test]
+async fn the_live_tail_resumes_after_the_lines_the_page_shows() {
+    let c = Console::with_agent().await;
+    let s = sign_in(&c.app).await;
+    let j = &c.agent().journal;
+    j.log("cron.service", 6, "cron", Some(590), "already on the page");
+    let shown = j.entries().last().unwrap().time_unix_us;
+    let page = get(&c.app, "/services/cron.service", &s).await;
+    let since = format!("/services/cron.service/journal/events?since={}", shown + 1);
+    assert!(page.body.contains(&since), "{}", page.body);
+    let res = open(&c.app, &since, &s).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body().into_data_stream();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    j.log("cron.service", 6, "cron", Some(590), "written after loading");
+    let text = read_until(&mut body, "written after loading", 10).await;
+    assert!(!text.contains("already on the page"), "no repeat: {text}");
+    assert!(
+        text.contains(&format!("id: {}", j.entries().last().unwrap().time_unix_us)),
+        "{text}"
+    );
+}
