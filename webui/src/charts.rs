@@ -273,6 +273,43 @@ pub fn render(c: &Chart<'_>) -> String {
     svg
 }
 
+/// A strip of columns, one per value (0-100 %), each with a tooltip
+/// (`labels[i]: v %`): the busy share of each CPU. Empty input gives an
+/// empty string.
+pub fn columns(title: &str, labels: &[String], percents: &[f64]) -> String {
+    if percents.is_empty() {
+        return String::new();
+    }
+    const COL: f64 = 10.0;
+    const HEIGHT: f64 = 24.0;
+    let width = COL * percents.len() as f64;
+    let title = escape(title);
+    let mut svg = format!(
+        "<svg class=\"columns\" viewBox=\"0 0 {width} {HEIGHT}\" preserveAspectRatio=\"none\" role=\"img\" \
+         aria-label=\"{title}\"><title>{title}</title>"
+    );
+    for (i, v) in percents.iter().enumerate() {
+        let v = if v.is_finite() { v.clamp(0.0, 100.0) } else { 0.0 };
+        let h = (v / 100.0 * HEIGHT).max(0.5);
+        let x = COL * i as f64;
+        let label = escape(labels.get(i).map_or("", String::as_str));
+        let _ = write!(
+            svg,
+            "<rect class=\"column-track\" x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{HEIGHT}\"></rect>\
+             <rect class=\"column {}\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\"><title>{label}: {}</title></rect>",
+            x + 1.0,
+            COL - 2.0,
+            crate::views::level(v),
+            x + 1.0,
+            HEIGHT - h,
+            COL - 2.0,
+            Unit::Percent.format(v)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 /// The legend of a chart: each series' label, colour class and last value.
 pub fn legend(unit: Unit, series: &[Series]) -> Vec<LegendItem> {
     series
@@ -399,6 +436,18 @@ mod tests {
         let l = legend(Unit::Percent, &[series(vec![]), series(vec![(NOW, 12.0)])]);
         assert_eq!((l[0].last.as_str(), l[1].last.as_str()), ("–", "12 %"));
         assert_eq!(l[1].class, "series-1");
+    }
+
+    #[test]
+    fn columns_one_per_value_with_tooltips() {
+        assert_eq!(columns("x", &[], &[]), "");
+        let labels = vec!["cpu0".to_string(), "cpu<1>".to_string()];
+        let svg = columns("Per CPU", &labels, &[100.0, f64::NAN]);
+        assert_eq!(svg.matches("<rect class=\"column ").count(), 2, "{svg}");
+        assert!(svg.contains("<title>cpu0: 100 %</title>"), "{svg}");
+        assert!(svg.contains("<title>cpu&lt;1&gt;: 0 %</title>"), "{svg}");
+        assert!(svg.contains("class=\"column crit\""), "{svg}");
+        assert!(!svg.contains("NaN"));
     }
 
     #[test]

@@ -96,6 +96,12 @@ async fn the_dashboard_shows_the_hosts_figures_and_is_the_home_page() {
     assert!(b.contains(env!("CARGO_PKG_VERSION")), "image version");
     assert!(between(b, "<dt>Booted slot</dt><dd>", "<").contains('A'));
     assert!(b.contains("4 CPUs · load"), "{b}");
+    let cpu_card = between(b, "<h2>CPU</h2>", "</section>");
+    assert_eq!(
+        cpu_card.matches("<rect class=\"column ").count(),
+        4,
+        "one column per CPU: {cpu_card}"
+    );
     assert!(b.contains("of 8.0 GiB used"), "{b}");
     assert!(b.contains("data ") && b.contains("of 100.0 GiB"), "{b}");
     assert!(b.contains("<h2>Network enp0s1</h2>"), "{b}");

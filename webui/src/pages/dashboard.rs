@@ -61,6 +61,8 @@ pub struct ChartCard {
     pub svg: String,
     /// The legend with last values.
     pub legend: Vec<LegendItem>,
+    /// An extra strip under the chart (CPU: one column per CPU), or "".
+    pub strip: String,
 }
 
 /// One interface in the table.
@@ -140,6 +142,7 @@ fn card(title: &str, unit: Unit, axis: Axis, series: &[Series], headline: String
             series,
         }),
         legend: charts::legend(unit, series),
+        strip: String::new(),
     }
 }
 
@@ -173,6 +176,13 @@ pub fn build(sample: &Sample, history: &History, interval: Duration) -> Dashboar
                 load.fifteen
             ),
         ));
+        if let Some(cpu_card) = charts.last_mut() {
+            let labels: Vec<String> = (0..cpu.per_cpu_busy_fraction.len())
+                .map(|i| format!("cpu{i}"))
+                .collect();
+            let percents: Vec<f64> = cpu.per_cpu_busy_fraction.iter().map(|f| f * 100.0).collect();
+            cpu_card.strip = charts::columns("Busy share of each CPU", &labels, &percents);
+        }
         let mem = s.memory.unwrap_or_default();
         charts.push(card(
             "Memory",
