@@ -58,7 +58,10 @@ CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or created.
-    #[error("Cannot open the console database {db}: {source}")]
+    #[error(
+        "Cannot open the console database {db} (its directory must exist and be writable: the unit's \
+         StateDirectory= makes it; or choose another file with --db)"
+    )]
     Open {
         /// Its path.
         db: String,
@@ -67,7 +70,7 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     /// A statement failed.
-    #[error("The console database failed to {op}: {source}")]
+    #[error("The console database failed to {op}")]
     Database {
         /// What was being done.
         op: &'static str,
