@@ -434,7 +434,17 @@ async fn disabling_or_deleting_a_user_ends_their_sessions_and_sign_in() {
         try_login(&c.app, "192.0.2.32", "dora", PW).await.status,
         StatusCode::UNAUTHORIZED
     );
-    sign_in_as(&c.app, "dora", new).await;
+    assert_eq!(
+        get(&c.app, "/services", &dora).await.header(header::LOCATION),
+        "/login",
+        "a password reset ends the user's sessions"
+    );
+    assert_eq!(
+        get(&c.app, "/users", &admin).await.status,
+        StatusCode::OK,
+        "not the admin's own"
+    );
+    let dora = sign_in_as(&c.app, "dora", new).await;
     let res = post_csrf(&c.app, &admin, "/users/dora/delete", &[]).await;
     assert_eq!(res.header(header::LOCATION), "/users?done=deleted");
     assert_eq!(get(&c.app, "/services", &dora).await.header(header::LOCATION), "/login");

@@ -518,6 +518,18 @@ impl Store {
         Ok(())
     }
 
+    /// Ends every session of `user` but the one of cookie token `keep`
+    /// (after a password reset: other browsers must sign in again).
+    pub async fn end_sessions(&self, user: &str, keep: Option<&str>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user = ?1 AND id_hash <> ?2")
+            .bind(user)
+            .bind(keep.map(token_hash).unwrap_or_default())
+            .execute(self.db().await?)
+            .await
+            .map_err(db_err("end a user's sessions"))?;
+        Ok(done.rows_affected())
+    }
+
     /// The number of sessions held, expired ones included until swept.
     pub async fn session_count(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT count(*) FROM sessions")
@@ -682,6 +694,10 @@ mod tests {
         s.set_disabled("carol", false).await.unwrap();
         assert!(s.touch(&c1.id).await.unwrap().is_none(), "and stays ended");
         let c3 = s.create_session("carol", Role::Viewer).await.unwrap();
+        let c4 = s.create_session("carol", Role::Viewer).await.unwrap();
+        assert_eq!(s.end_sessions("carol", Some(&c3.id)).await.unwrap(), 1);
+        assert!(s.touch(&c4.id).await.unwrap().is_none(), "ended");
+        assert!(s.touch(&c3.id).await.unwrap().is_some(), "kept");
         s.delete_user("carol").await.unwrap();
         assert!(s.touch(&c3.id).await.unwrap().is_none(), "deleted user's session ends");
         assert_eq!(s.session_count().await.unwrap(), 0);

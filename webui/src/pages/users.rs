@@ -6,7 +6,7 @@
 //! | `POST /users` | create: name, role, initial password twice (at least 12 characters) |
 //! | `GET /users/{name}` | one user: forms to assign a role, reset the password, disable/enable, delete |
 //! | `POST /users/{name}/role` | assign a role |
-//! | `POST /users/{name}/password` | set a new password (twice) |
+//! | `POST /users/{name}/password` | set a new password (twice); ends the user's other sessions |
 //! | `POST /users/{name}/disable`, `/enable` | disable (ends the user's sessions) or enable |
 //! | `POST /users/{name}/delete` | delete (not yourself) |
 //!
@@ -609,7 +609,12 @@ async fn set_password(
         return again(&state, session, &name, shown).await;
     }
     let hash = new_hash(&state, &form.password).await?;
-    let outcome = change(&state, session, action, &name, state.store().set_password(&name, &hash)).await?;
+    // Other browsers of the user must sign in with the new password.
+    let op = async {
+        state.store().set_password(&name, &hash).await?;
+        state.store().end_sessions(&name, Some(&session.id)).await.map(drop)
+    };
+    let outcome = change(&state, session, action, &name, op).await?;
     finish(
         &state,
         session,
