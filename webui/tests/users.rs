@@ -164,6 +164,79 @@ fn routes(role: Role) -> Vec<Route> {
     ]
 }
 
+/// The route patterns [`routes`] and [`every_route_with_every_role`] cover
+/// (the table, the public routes, and the sign-in/out routes that
+/// `tests/console.rs` covers).
+const COVERED: &[&str] = &[
+    "/",
+    "/login",
+    "/logout",
+    "/healthz",
+    "/static/app.css",
+    "/static/services.js",
+    "/static/vendor/{hash}/{name}",
+    "/status",
+    "/dashboard",
+    "/dashboard/events",
+    "/about",
+    "/health",
+    "/health/events",
+    "/services",
+    "/services/{unit}",
+    "/services/{unit}/confirm",
+    "/services/{unit}/action",
+    "/services/{unit}/journal",
+    "/services/{unit}/journal/events",
+    "/audit",
+    "/audit/export.csv",
+    "/settings",
+    "/settings/client-bundle",
+    "/users",
+    "/users/{name}",
+    "/users/{name}/role",
+    "/users/{name}/password",
+    "/users/{name}/disable",
+    "/users/{name}/enable",
+    "/users/{name}/delete",
+];
+
+/// Every `.route("...")` pattern in the crate's source.
+fn routes_in_source(dir: &std::path::Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            routes_in_source(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split(".route(\"").skip(1) {
+                out.push(piece.split('"').next().unwrap().to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_role_table_knows_every_route() {
+    let mut found = Vec::new();
+    routes_in_source(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    assert!(found.len() > 20, "{found:?}");
+    for route in &found {
+        assert!(
+            COVERED.contains(&route.as_str()),
+            "route {route} is not in the route x role table of tests/users.rs: add it to routes() and COVERED"
+        );
+    }
+    for covered in COVERED {
+        assert!(
+            found.iter().any(|r| r == covered),
+            "{covered} no longer exists: drop it from the table"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_route_with_every_role() {
     let (c, admin) = admin_console().await;
