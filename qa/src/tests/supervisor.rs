@@ -48,19 +48,23 @@ pub struct Recovery {
     pub answer_ms: u64,
 }
 
-/// The guest loop of one kill: note MainPID, kill -9 it, poll systemd every
-/// ~100 ms until the unit is active with another MainPID, and take the time
-/// it became active from systemd's own `ActiveEnterTimestamp` (so that the
-/// polling's resolution and load do not enter the figure); then poll the
-/// agent's socket with debvisorctl. Prints `QA-REC old new active_ms
-/// answer_ms`, or `QA-REC old timeout <state>` after 30 s.
+/// The guest loop of one kill: note MainPID, kill -9 it, wait (reading the
+/// unit's cgroup with shell builtins, so that the wait puts no load on
+/// systemd or the CPUs) until another process runs in the unit, then ask
+/// systemd every ~200 ms until the unit is active with another MainPID, and
+/// take the time it became active from systemd's own `ActiveEnterTimestamp`
+/// (so that the polling's resolution and load do not enter the figure);
+/// then poll the agent's socket with debvisorctl. Prints `QA-REC old new
+/// active_ms answer_ms`, or `QA-REC old timeout <state>` after 30 s.
 const KILL_AND_WAIT: &str = concat!(
-    "u=debvisor-agent.service; p0=$(systemctl show -p MainPID --value $u); t0=$(date +%s%N); kill -9 $p0; ",
+    "u=debvisor-agent.service; cg=/sys/fs/cgroup/system.slice/$u/cgroup.procs; ",
+    "p0=$(systemctl show -p MainPID --value $u); t0=$(date +%s%N); kill -9 $p0; ",
+    "for i in $(seq 600); do x=; read -r x < $cg 2>/dev/null; [ -n \"$x\" ] && [ \"$x\" != \"$p0\" ] && break; sleep 0.05; done; ",
     "while :; do s=$(systemctl show -p ActiveState -p MainPID $u); t=$(date +%s%N); ",
     "p=${s#*MainPID=}; p=${p%%[!0-9]*}; ",
     "case \"$s\" in *ActiveState=active*) [ \"$p\" != 0 ] && [ \"$p\" != \"$p0\" ] && break;; esac; ",
     "[ $(( (t-t0)/1000000 )) -gt 30000 ] && { echo \"QA-REC $p0 timeout $(echo $s)\"; exit_ok=1; break; }; ",
-    "sleep 0.1; done; ",
+    "sleep 0.2; done; ",
     "if [ -z \"$exit_ok\" ]; then ",
     "ae=$(busctl get-property org.freedesktop.systemd1 /org/freedesktop/systemd1/unit/debvisor_2dagent_2eservice ",
     "org.freedesktop.systemd1.Unit ActiveEnterTimestamp); ta=$(( ${ae#t } * 1000 )); ",

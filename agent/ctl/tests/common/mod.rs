@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use debvisor_api::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
 use debvisor_api::audit::v1::{
-    ExportChunk, ExportRequest, QueryRequest, QueryResponse, Record, VerifyRequest, VerifyResponse,
+    ExportChunk, ExportRequest, QueryRequest, QueryResponse, Record, RecordRequest, RecordResponse, VerifyRequest,
+    VerifyResponse,
 };
 use debvisor_api::node::v1::node_service_server::{NodeService, NodeServiceServer};
 use debvisor_api::node::v1::{
@@ -245,6 +246,11 @@ impl AuditService for Fake {
             next_page_token: String::new(),
             total_matching: 1,
         }))
+    }
+
+    /// debvisorctl never records (only the console does).
+    async fn record(&self, _: Request<RecordRequest>) -> Result<Response<RecordResponse>, Status> {
+        Err(Status::permission_denied("only the console records audit entries"))
     }
 
     type ExportStream = BoxStream<ExportChunk>;
