@@ -56,6 +56,8 @@ pub struct Browser {
     shots: u32,
     /// Every console message read so far.
     pub log: Vec<LogEntry>,
+    /// Where downloads are saved (`<artifacts>/downloads`).
+    pub downloads: PathBuf,
 }
 
 /// The base64 SHA-256 of the certificate's SubjectPublicKeyInfo, as
@@ -112,6 +114,7 @@ impl Browser {
             artifacts: artifacts.to_path_buf(),
             shots: 0,
             log: Vec::new(),
+            downloads: artifacts.join("downloads"),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         b.wait_for_driver(addr).await?;
@@ -132,7 +135,15 @@ impl Browser {
             args.push(format!("--ignore-certificate-errors-spki-list={}", spki_pin(cert)?));
         }
         let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": CHROMIUM, "args": args }));
+        std::fs::create_dir_all(&b.downloads)?;
+        let prefs = json!({
+            "download.default_directory": b.downloads.display().to_string(),
+            "download.prompt_for_download": false,
+        });
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": CHROMIUM, "args": args, "prefs": prefs }),
+        );
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
@@ -244,6 +255,33 @@ impl Browser {
             .click()
             .await
             .with_context(|| format!("Cannot click {css:?}"))
+    }
+
+    /// Waits for a finished download called `name` and returns its text.
+    pub async fn wait_download(&self, name: &str) -> Result<String> {
+        let path = self.downloads.join(name);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // Chromium writes `<name>.crdownload` and renames it when done.
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return Ok(text);
+            }
+            if Instant::now() >= deadline {
+                let seen: Vec<String> = std::fs::read_dir(&self.downloads)
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                bail!(
+                    "No download {} within {} s; the directory holds {seen:?}",
+                    path.display(),
+                    WAIT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Saves a PNG screenshot as `NN-<name>.png` in the artifacts.

@@ -99,10 +99,25 @@ pub const STEPS: &[Step] = &[
         run: settings_config,
     },
     Step {
+        name: "bundle-download",
+        run: bundle_download,
+    },
+    Step {
+        name: "users-create-viewer",
+        run: create_viewer,
+    },
+    Step {
         name: "sign-out",
         run: sign_out,
     },
+    Step {
+        name: "viewer-role",
+        run: viewer_role,
+    },
 ];
+
+/// The viewer the users step creates (a throwaway console on 127.0.0.1).
+const VIEWER: (&str, &str) = ("vera", "viewer-password-for-qa");
 
 fn wrong_password(w: &mut Web) -> StepFuture<'_> {
     Box::pin(async move {
@@ -222,6 +237,63 @@ fn settings_config(w: &mut Web) -> StepFuture<'_> {
         );
         w.b.wait_css("#download-bundle").await?;
         Ok(())
+    })
+}
+
+fn bundle_download(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.goto(&w.url("/settings")).await?;
+        w.b.click("#download-bundle").await?;
+        let name = format!("debvisor-{SIM_HOSTNAME}.toml");
+        let text = w.b.wait_download(&name).await?;
+        ensure!(
+            text.contains("SIMULATED") && text.contains("[contexts.simulated]"),
+            "the downloaded {name} is not the simulated bundle: {text}"
+        );
+        // A download leaves the page as it was.
+        w.b.wait_path("/settings").await?;
+        w.b.goto(&w.url("/audit")).await?;
+        w.b.wait_text("main", "the download in the audit log", |t| {
+            t.contains("config.bundle.download") && t.contains("console:admin")
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+fn create_viewer(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (name, password) = VIEWER;
+        w.b.goto(&w.url("/users")).await?;
+        w.b.fill("#name", name).await?;
+        w.b.click("#role option[value=\"viewer\"]").await?;
+        w.b.fill("#password", password).await?;
+        w.b.fill("#confirm", password).await?;
+        w.b.click("form[action=\"/users\"] button[type=submit]").await?;
+        // The new user's page, or the list, names the user and the role.
+        w.b.wait_text("main", "the new user", |t| t.contains(name) && t.contains("viewer"))
+            .await?;
+        Ok(())
+    })
+}
+
+fn viewer_role(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (name, password) = VIEWER;
+        w.submit_login(name, password).await?;
+        w.b.wait_css("form.signout").await?;
+        let nav =
+            w.b.wait_text("nav.nav", "the viewer's links", |t| t.contains("Dashboard"))
+                .await?;
+        for hidden in ["Settings", "Users", "Audit"] {
+            ensure!(!nav.contains(hidden), "a viewer's bar shows {hidden}: {nav:?}");
+        }
+        w.b.goto(&w.url("/settings")).await?;
+        let body = w.b.wait_text("main", "the refusal", |t| t.contains("403")).await?;
+        ensure!(!body.contains("worker-07"), "a viewer sees the machine config: {body}");
+        w.b.goto(&w.url("/dashboard")).await?;
+        w.b.click("form.signout button[type=submit]").await?;
+        w.b.wait_path("/login").await
     })
 }
 
@@ -431,7 +503,7 @@ async fn walk(w: &mut Web) -> Result<()> {
             csp.join("\n")
         );
         eprintln!(
-            "  step {:<16} ok ({} ms, {})",
+            "  step {:<20} ok ({} ms, {})",
             step.name,
             t.elapsed().as_millis(),
             shot.display()
