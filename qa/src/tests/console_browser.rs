@@ -83,6 +83,10 @@ pub const STEPS: &[Step] = &[
         run: status_figures,
     },
     Step {
+        name: "csp-canary",
+        run: csp_canary,
+    },
+    Step {
         name: "services",
         run: services_list,
     },
@@ -184,6 +188,38 @@ fn status_figures(w: &mut Web) -> StepFuture<'_> {
             "the status page shows no resource figures: {main:?}"
         );
         Ok(())
+    })
+}
+
+/// Proves that the CSP check after each step can fail: an inline script
+/// added to the page must be refused, and the refusal must reach the log.
+fn csp_canary(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        w.b.read_log().await?;
+        w.b.client()
+            .execute(
+                "const s = document.createElement('script'); s.textContent = 'window.dvInline = 1;'; \
+                 document.body.appendChild(s);",
+                vec![],
+            )
+            .await?;
+        let ran = w.b.client().execute("return window.dvInline === 1;", vec![]).await?;
+        ensure!(
+            ran == serde_json::Value::Bool(false),
+            "an inline script ran: the CSP allows it"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = w.b.read_log().await?;
+            if seen.iter().any(|e| e.is_csp_violation()) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the refused inline script left no CSP message in the browser log: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
 }
 
