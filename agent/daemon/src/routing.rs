@@ -140,6 +140,8 @@ mod tests {
         let k = KnownMethods::agent();
         assert!(k.check("/debvisor.node.v1.NodeService/GetStatus").is_none());
         assert!(k.check("/debvisor.units.v1.UnitService/Restart").is_none());
+        assert!(k.check("/debvisor.config.v1.ConfigService/GetClientBundle").is_none());
+        assert!(k.check("/debvisor.config.v1.ConfigService/GetMachineConfig").is_none());
         assert!(k.check("/grpc.health.v1.Health/Check").is_none());
         assert!(
             k.check("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
@@ -150,6 +152,7 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::Unimplemented);
         assert!(s.message().contains("debvisor.node.v1.NodeService"), "{}", s.message());
         assert!(s.message().contains("debvisor.node.v2.NodeService"), "{}", s.message());
+        assert!(s.message().contains("debvisor.config.v1.ConfigService"), "{}", s.message());
 
         let s = k.check("/debvisor.node.v1.NodeService/Explode").unwrap();
         assert!(
