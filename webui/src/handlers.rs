@@ -34,6 +34,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use debvisor_api::node::v1::GetStatusResponse;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
 use argon2::Params;
@@ -288,12 +289,43 @@ fn clear_cookie(name: &str) -> String {
 #[derive(Clone)]
 struct Resolved(Option<Session>);
 
-/// Looks the session of `headers`' cookie up.
-async fn lookup(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, AppError> {
+/// Looks the session of `headers`' cookie up; `live` requests (a browser's
+/// event stream, see [`is_live`]) do not count as use.
+async fn lookup(state: &AppState, headers: &HeaderMap, live: bool) -> Result<Option<Session>, AppError> {
     match cookie(headers, SESSION_COOKIE) {
+        Some(id) if live => Ok(state.store().peek(&id).await?),
         Some(id) => Ok(state.store().touch(&id).await?),
         None => Ok(None),
     }
+}
+
+/// Whether `path` is a live stream (server-sent events): the browser opens
+/// and reopens those by itself, so they neither keep a session from going
+/// idle nor outlive it (see [`while_signed_in`]).
+pub fn is_live(path: &str) -> bool {
+    path.ends_with("/events")
+}
+
+/// How often a live stream checks that its session still holds.
+pub const LIVE_SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// `stream`, ended as soon as `session` does (signed out, expired, user
+/// disabled or deleted), checked every [`LIVE_SESSION_CHECK`].
+pub fn while_signed_in<S: Stream + Send>(
+    state: &AppState,
+    session: &Session,
+    stream: S,
+) -> impl Stream<Item = S::Item> + Send + use<S> {
+    let (state, id) = (state.clone(), session.id.clone());
+    let ended = async move {
+        loop {
+            tokio::time::sleep(LIVE_SESSION_CHECK).await;
+            if !matches!(state.store().peek(&id).await, Ok(Some(_))) {
+                return;
+            }
+        }
+    };
+    stream.take_until(ended)
 }
 
 /// Whether requests to `path` are exempt from the per-user rate.
@@ -307,7 +339,8 @@ async fn sessions_and_rate_limit(State(state): State<AppState>, mut request: Req
     if rate_exempt(request.uri().path()) {
         return next.run(request).await;
     }
-    let session = match lookup(&state, request.headers()).await {
+    let live = is_live(request.uri().path());
+    let session = match lookup(&state, request.headers(), live).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -331,7 +364,9 @@ impl FromRequestParts<AppState> for MaybeSession {
         if let Some(Resolved(s)) = parts.extensions.get::<Resolved>() {
             return Ok(MaybeSession(s.clone()));
         }
-        Ok(MaybeSession(lookup(state, &parts.headers).await?))
+        Ok(MaybeSession(
+            lookup(state, &parts.headers, is_live(parts.uri.path())).await?,
+        ))
     }
 }
 

@@ -276,3 +276,31 @@ async fn a_viewer_sees_the_dashboard_and_only_the_links_it_may_open() {
     }
     assert_eq!(get(&c.app, "/about", &viewer).await.status, StatusCode::OK);
 }
+
+/// A live stream is the browser's doing, not the user's: reopening it does
+/// not keep an idle session alive, and it ends when the session does.
+#[tokio::test]
+async fn live_streams_neither_extend_nor_outlive_a_session() {
+    let c = Console::with_agent().await;
+    let cookies = sign_in(&c.app).await;
+    c.clock.advance(Duration::from_secs(10 * 60));
+    let res = support::open(&c.app, "/dashboard/events", &cookies).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    c.clock.advance(Duration::from_secs(6 * 60));
+    // 16 minutes since the last page: the stream's reopening did not count.
+    let page = get(&c.app, "/dashboard", &cookies).await;
+    assert_eq!(page.header(header::LOCATION), "/login", "{}", page.status);
+
+    // A stream open when its session ends (here: sign-out) stops.
+    let cookies = sign_in(&c.app).await;
+    let csrf = support::page_csrf(&c.app, "/dashboard", &cookies).await;
+    let mut body = support::open(&c.app, "/dashboard/events", &cookies)
+        .await
+        .into_body()
+        .into_data_stream();
+    let out = support::post(&c.app, "192.0.2.10", "/logout", &cookies, &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    let ended = tokio::time::timeout(Duration::from_secs(20), async { while body.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the live stream outlived its session");
+}

@@ -466,6 +466,17 @@ impl Store {
     /// sessions, and those of disabled or deleted users, are removed and
     /// reported as absent. The role is the user's current one.
     pub async fn touch(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        self.lookup(id, true).await
+    }
+
+    /// Like [`Store::touch`] without marking the session used: for what the
+    /// browser does by itself (live streams reconnecting), which must not
+    /// keep an idle session alive.
+    pub async fn peek(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        self.lookup(id, false).await
+    }
+
+    async fn lookup(&self, id: &str, mark_used: bool) -> Result<Option<Session>, StoreError> {
         let now = self.now_ms();
         let key = token_hash(id);
         let db = self.db().await?;
@@ -491,7 +502,7 @@ impl Store {
                 return Ok(None);
             }
         };
-        if now - last_seen >= TOUCH_EVERY_MS {
+        if mark_used && now - last_seen >= TOUCH_EVERY_MS {
             sqlx::query("UPDATE sessions SET last_seen_ms = ?2 WHERE id_hash = ?1")
                 .bind(&key)
                 .bind(now)

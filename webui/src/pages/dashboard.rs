@@ -305,7 +305,7 @@ async fn events(
     State(state): State<AppState>,
     required: RequireSession,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    required.require(Permission::ViewDashboard)?;
+    let session = required.require(Permission::ViewDashboard)?.clone();
     let live = live::spawn(&state);
     let rx = live.subscribe();
     let deadline = tokio::time::Instant::now() + STREAM_LIFETIME;
@@ -324,6 +324,7 @@ async fn events(
             }
         }
     });
+    let stream = crate::handlers::while_signed_in(&state, &session, stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

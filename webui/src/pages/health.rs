@@ -326,6 +326,7 @@ async fn events(State(state): State<AppState>, required: RequireSession) -> Resu
                 }
             }
         });
+    let events = crate::handlers::while_signed_in(&state, session, events);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 

@@ -928,6 +928,7 @@ async fn journal_events(
                 }
             }
         });
+    let events = crate::handlers::while_signed_in(&state, session, events);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
