@@ -9,6 +9,7 @@
 //! | `GET /status` | the node's figures and health (checks, boot gate, refused machine config) from the agent (signed in) |
 //! | `GET /healthz` | `ok` for the supervisor (503 while the fault switch file exists) |
 //! | `GET /static/app.css` | the style sheet |
+//! | `GET /static/favicon.svg`, `GET /favicon.ico` | the icon (SVG) |
 //!
 //! Every response gets the security headers; every error response becomes
 //! a friendly page. The session middleware looks the request's session up
@@ -63,6 +64,8 @@ pub const CSP: &str = "default-src 'self'; style-src 'self'; script-src 'self'; 
 pub const HOME: &str = "/dashboard";
 /// The style sheet, compiled in.
 pub const APP_CSS: &str = include_str!("../static/app.css");
+/// The console's icon, compiled in.
+pub const FAVICON_SVG: &str = include_str!("../static/favicon.svg");
 /// How long the header's host name and simulation flag are reused on pages
 /// that do not ask the agent themselves.
 const CHROME_TTL: Duration = Duration::from_secs(10);
@@ -256,6 +259,8 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/healthz", get(healthz))
         .route("/static/app.css", get(stylesheet))
+        .route("/static/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .merge(crate::pages::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -330,7 +335,7 @@ pub fn while_signed_in<S: Stream + Send>(
 
 /// Whether requests to `path` are exempt from the per-user rate.
 fn rate_exempt(path: &str) -> bool {
-    path == "/healthz" || path.starts_with("/static/")
+    path == "/healthz" || path == "/favicon.ico" || path.starts_with("/static/")
 }
 
 /// Looks the request's session up once and holds signed-in users to the
@@ -453,6 +458,16 @@ async fn stylesheet() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         APP_CSS,
+    )
+}
+
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON_SVG,
     )
 }
 

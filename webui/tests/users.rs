@@ -173,6 +173,8 @@ const COVERED: &[&str] = &[
     "/logout",
     "/healthz",
     "/static/app.css",
+    "/static/favicon.svg",
+    "/favicon.ico",
     "/static/services.js",
     "/static/vendor/{hash}/{name}",
     "/status",
@@ -289,7 +291,14 @@ async fn every_route_with_every_role() {
         }
     }
     // The public ones.
-    for path in ["/login", "/healthz", "/static/app.css", "/static/services.js"] {
+    for path in [
+        "/login",
+        "/healthz",
+        "/static/app.css",
+        "/static/favicon.svg",
+        "/favicon.ico",
+        "/static/services.js",
+    ] {
         assert_eq!(status_of(&c.app, "GET", path, "", &[]).await, StatusCode::OK, "{path}");
     }
     // The viewer's denial is a friendly page.
