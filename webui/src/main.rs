@@ -47,6 +47,10 @@ struct Cli {
     /// the admin credential: that directory stays root's.
     #[arg(long, default_value = "/var/lib/debvisor/console/db/console.db")]
     db: PathBuf,
+    /// Seconds a session may go unused before it ends (10 to 43200; kiosks
+    /// and tests shorten it).
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=43_200))]
+    idle_timeout: u64,
     /// Fault switch: while this file exists, /healthz answers 503 and the
     /// supervisor sees the console as failing (for tests of remediation).
     #[arg(long, default_value = debvisor_webui::handlers::HEALTHZ_FAULT_FILE)]
@@ -65,7 +69,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let http_addr = http.local_addr().context("Cannot read the HTTP listener's address")?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Store::open(&cli.db, clock.clone()).await?;
+    let store = Store::open(&cli.db, clock.clone())
+        .await?
+        .with_idle_timeout(std::time::Duration::from_secs(cli.idle_timeout));
     if !AdminCredential::new(&cli.admin_hash).bootstrap(&store).await? {
         tracing::warn!(
             hash = %cli.admin_hash.display(),

@@ -188,6 +188,7 @@ pub struct Store {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
     ready: Arc<tokio::sync::OnceCell<()>>,
+    idle: Duration,
 }
 
 impl Store {
@@ -212,6 +213,7 @@ impl Store {
             pool,
             clock,
             ready: Arc::new(tokio::sync::OnceCell::new()),
+            idle: IDLE_TIMEOUT,
         };
         store.db().await.map_err(|e| match e {
             StoreError::Database { source, .. } => StoreError::Open { db, source },
@@ -235,7 +237,21 @@ impl Store {
             pool,
             clock,
             ready: Arc::new(tokio::sync::OnceCell::new()),
+            idle: IDLE_TIMEOUT,
         }
+    }
+
+    /// Ends sessions after `idle` without use instead of [`IDLE_TIMEOUT`]
+    /// (the console's `--idle-timeout`); at most the absolute limit.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle.min(ABSOLUTE_TIMEOUT);
+        self
+    }
+
+    /// How long a session may go unused.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle
     }
 
     /// The pool, with the schema in place.
@@ -428,7 +444,7 @@ impl Store {
         let db = self.db().await?;
         let mut tx = db.begin_with("BEGIN IMMEDIATE").await.map_err(db_err("begin"))?;
         sqlx::query("DELETE FROM sessions WHERE last_seen_ms <= ?1 OR created_ms <= ?2")
-            .bind(now - IDLE_TIMEOUT.as_millis() as i64)
+            .bind(now - self.idle.as_millis() as i64)
             .bind(now - ABSOLUTE_TIMEOUT.as_millis() as i64)
             .execute(&mut *tx)
             .await
@@ -494,7 +510,7 @@ impl Store {
         let role: Option<String> = row.get("role");
         let disabled: Option<i64> = row.get("disabled");
         let expired =
-            now - last_seen >= IDLE_TIMEOUT.as_millis() as i64 || now - created >= ABSOLUTE_TIMEOUT.as_millis() as i64;
+            now - last_seen >= self.idle.as_millis() as i64 || now - created >= ABSOLUTE_TIMEOUT.as_millis() as i64;
         let role = match (role, disabled) {
             (Some(role), Some(0)) if !expired => role_of(&role),
             _ => {
@@ -655,6 +671,20 @@ mod tests {
         assert!(s.ensure_admin("h-new").await.unwrap());
         assert!(!s.ensure_admin("h-other").await.unwrap());
         assert_eq!(s.user("admin").await.unwrap().unwrap().hash, "h-new");
+    }
+
+    #[tokio::test]
+    async fn a_shorter_idle_timeout_and_peeking_does_not_renew() {
+        let (clock, s) = store().await;
+        let s = s.with_idle_timeout(Duration::from_secs(30));
+        assert_eq!(s.idle_timeout(), Duration::from_secs(30));
+        let a = s.create_session("admin", Role::Admin).await.unwrap();
+        clock.advance(Duration::from_secs(20));
+        assert!(s.peek(&a.id).await.unwrap().is_some());
+        clock.advance(Duration::from_secs(10));
+        assert!(s.touch(&a.id).await.unwrap().is_none(), "peeking did not renew it");
+        let ceiling = Store::in_memory(clock.clone()).with_idle_timeout(Duration::from_secs(1 << 30));
+        assert_eq!(ceiling.idle_timeout(), ABSOLUTE_TIMEOUT);
     }
 
     #[tokio::test]
