@@ -152,7 +152,11 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::Unimplemented);
         assert!(s.message().contains("debvisor.node.v1.NodeService"), "{}", s.message());
         assert!(s.message().contains("debvisor.node.v2.NodeService"), "{}", s.message());
-        assert!(s.message().contains("debvisor.config.v1.ConfigService"), "{}", s.message());
+        assert!(
+            s.message().contains("debvisor.config.v1.ConfigService"),
+            "{}",
+            s.message()
+        );
 
         let s = k.check("/debvisor.node.v1.NodeService/Explode").unwrap();
         assert!(
