@@ -343,6 +343,112 @@ impl Drop for Browser {
     }
 }
 
+/// Fetches the TLS certificate that 127.0.0.1:`port` presents, accepted
+/// only when its SHA-256 is `fingerprint` (hex, as a node prints it), and
+/// saves it as PEM at `out`: the certificate to pin in [`Browser::start`]
+/// for a node's console.
+pub async fn save_pinned_cert(port: u16, fingerprint: &str, out: &Path) -> Result<PathBuf> {
+    let pin = debvisor_api::client::parse_fingerprint(fingerprint)?;
+    let mut cfg = debvisor_api::client::pinned_client_config(pin);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("Cannot connect to 127.0.0.1:{port}"))?;
+    let name = rustls::pki_types::ServerName::try_from("debvisor-node")?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS handshake with 127.0.0.1:{port} (certificate pinned to {fingerprint}) failed"))?;
+    let der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("The server sent no certificate")?;
+    let seen = debvisor_api::client::fingerprint(der.as_ref());
+    anyhow::ensure!(
+        seen == hex::encode(pin),
+        "127.0.0.1:{port} presented certificate {seen}, not the pinned {fingerprint}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line)?);
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    std::fs::write(out, pem).with_context(|| format!("Cannot write {}", out.display()))?;
+    Ok(out.to_path_buf())
+}
+
+impl Browser {
+    /// [`Browser::wait_text`] with its own timeout (a node under TCG is
+    /// slower than [`WAIT`] allows).
+    pub async fn wait_text_within(
+        &self,
+        css: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut text = String::new();
+        loop {
+            if let Ok(e) = self.client().find(Locator::Css(css)).await {
+                text = e.text().await.unwrap_or_default();
+                if ok(&text) {
+                    return Ok(text);
+                }
+            }
+            if Instant::now() >= deadline {
+                let url = match self.client().current_url().await {
+                    Ok(u) => u.to_string(),
+                    Err(e) => format!("an unknown page ({e})"),
+                };
+                bail!(
+                    "{css:?} on {url} does not show {what} after {} s; it shows {text:?}",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Content Security Policy violations the browser reported since
+    /// the last [`Browser::read_log`].
+    pub async fn csp_violations(&mut self) -> Result<Vec<String>> {
+        Ok(self
+            .read_log()
+            .await?
+            .into_iter()
+            .filter(LogEntry::is_csp_violation)
+            .map(|e| e.message)
+            .collect())
+    }
+
+    /// Runs `script` (which returns an array of strings or of arrays of
+    /// strings) and returns its rows, each as a list of cells.
+    pub async fn rows(&self, script: &str) -> Result<Vec<Vec<String>>> {
+        let v = self
+            .client()
+            .execute(script, vec![])
+            .await
+            .context("Cannot run a script in the page")?;
+        let cell = |c: &Value| c.as_str().unwrap_or_default().trim().to_string();
+        Ok(v.as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| match r.as_array() {
+                        Some(cells) => cells.iter().map(cell).collect(),
+                        None => vec![cell(r)],
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,7 @@ pub struct Web {
 }
 
 impl Web {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -54,7 +54,7 @@ impl Web {
     }
 }
 
-type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+pub(crate) type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 
 /// One step of the walk.
 pub struct Step {
@@ -137,7 +137,7 @@ fn wrong_password(w: &mut Web) -> StepFuture<'_> {
     })
 }
 
-fn sign_in(w: &mut Web) -> StepFuture<'_> {
+pub(crate) fn sign_in(w: &mut Web) -> StepFuture<'_> {
     Box::pin(async move {
         let password = w.password.clone();
         w.submit_login("admin", &password).await?;
@@ -333,7 +333,7 @@ fn viewer_role(w: &mut Web) -> StepFuture<'_> {
     })
 }
 
-fn sign_out(w: &mut Web) -> StepFuture<'_> {
+pub(crate) fn sign_out(w: &mut Web) -> StepFuture<'_> {
     Box::pin(async move {
         w.b.click("form.signout button[type=submit]").await?;
         w.b.wait_path("/login").await?;

@@ -7,6 +7,7 @@ mod api;
 mod boot;
 mod config;
 mod console_browser;
+mod console_node;
 mod host;
 mod supervisor;
 
@@ -111,6 +112,12 @@ pub const TESTS: &[Test] = &[
         what: "admin logs in to the console over HTTPS",
         kind: Kind::Vm,
         run: boot::console_login_https,
+    },
+    Test {
+        name: "console_node_browser",
+        what: "the console of a booted node in headless Chromium: sign-in, live dashboard, a real restart audited, health, sign-out",
+        kind: Kind::Vm,
+        run: console_node::console_node_browser,
     },
     Test {
         name: "agent_status_mtls",
