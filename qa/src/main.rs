@@ -3,8 +3,10 @@
 
 mod bench;
 mod bench_agent;
+mod bench_console;
 mod browser;
 mod cfgdisk;
+mod console_host;
 mod host_agent;
 mod lab;
 mod node;
@@ -69,6 +71,9 @@ enum BenchCmd {
     /// GetStatus throughput, latency, memory and CPU of the agent over mTLS
     /// on this host.
     Agent(bench_agent::AgentArgs),
+    /// Sign-in, dashboard under many users, Chromium load and memory of the
+    /// web console in front of a simulated agent on this host.
+    Console(bench_console::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +100,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Agent(a),
         } => bench_agent::agent(&paths, &rt, a).map(|()| true),
+        Cmd::Bench {
+            cmd: BenchCmd::Console(a),
+        } => bench_console::console(&paths, &rt, a).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,
