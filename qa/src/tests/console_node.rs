@@ -31,9 +31,11 @@ use super::console_browser::{self, StepFuture, Web};
 use crate::browser::{self, Browser};
 use crate::probes;
 
-/// The unit restarted from the console: in the image (recipes/node.toml
-/// installs systemd-timesyncd) and harmless to restart.
-const UNIT: &str = "systemd-timesyncd.service";
+/// The unit restarted from the console: running on every node and harmless
+/// to restart. (Not systemd-timesyncd: on the node it fails to start,
+/// "Failed to set up mount namespacing: /run/systemd/unit-root/dev:
+/// Read-only file system".)
+const UNIT: &str = "systemd-udevd.service";
 /// The agent, which the services page must list as active.
 const AGENT_UNIT: &str = "debvisor-agent.service";
 /// How long a page's content may take to show under TCG.
@@ -50,7 +52,7 @@ struct NodeWeb {
     version: String,
     /// mTLS to the agent as admin.
     agent: Channel,
-    /// [`UNIT`]'s main PID before the restart (0: none).
+    /// [`UNIT`]'s main PID before the restart.
     old_pid: u32,
 }
 
@@ -199,7 +201,9 @@ fn unit_before(n: &mut NodeWeb) -> StepFuture<'_> {
         n.w.b
             .wait_text_within("h1", "the unit's name", LOAD, |t| t.contains(UNIT))
             .await?;
-        let shown = page_pid(&n.w.b).await?.unwrap_or(0);
+        let shown = page_pid(&n.w.b)
+            .await?
+            .with_context(|| format!("{UNIT} has no main PID before the restart: it is not running"))?;
         let real = agent_pid(&n.agent).await?;
         ensure!(
             shown == real,
