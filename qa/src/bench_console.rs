@@ -704,6 +704,11 @@ pub fn console(paths: &Paths, rt: &tokio::runtime::Runtime, a: &ConsoleArgs) -> 
     );
     println!(
         "{:<44} {:>10.1} MB",
+        format!("console RSS after {} users created, signed in", a.users),
+        mb(signed_in_kb)
+    );
+    println!(
+        "{:<44} {:>10.1} MB",
         format!("console RSS peak, {} users", a.users),
         mb(load.rss_peak_kb)
     );
