@@ -26,12 +26,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(name: &'static str, bin: &Path, args: &[String], log: PathBuf) -> Result<Daemon> {
+    fn start(
+        name: &'static str,
+        bin: &Path,
+        env: &[(String, String)],
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Daemon> {
         let logf = std::fs::File::create(&log).with_context(|| format!("Cannot create {}", log.display()))?;
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--"])
             .arg(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
@@ -124,6 +131,27 @@ pub struct ConsoleHost {
     pub pki: TestPki,
 }
 
+/// The `Environment=` settings of the node's unit `unit` (from the image's
+/// overlay), so that a daemon on the host runs as it does on a node.
+pub fn unit_environment(paths: &Paths, unit: &str) -> Result<Vec<(String, String)>> {
+    let file = paths
+        .root
+        .join("recipes/overlay/node/usr/lib/systemd/system")
+        .join(unit);
+    let text = std::fs::read_to_string(&file).with_context(|| format!("Cannot read {}", file.display()))?;
+    Ok(parse_environment(&text))
+}
+
+/// The `KEY=VALUE` pairs of a unit's `Environment=` lines (one pair per
+/// line, no quoting: what our units use).
+fn parse_environment(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
 impl ConsoleHost {
     /// Starts both daemons with their files in `dir` (which must exist) and
     /// waits until the console listens for HTTPS.
@@ -150,6 +178,7 @@ impl ConsoleHost {
         let mut agent = Daemon::start(
             "debvisor-agent",
             &agent_bin,
+            &unit_environment(paths, "debvisor-agent.service")?,
             &[
                 "--sim".into(),
                 "--no-tcp".into(),
@@ -169,6 +198,7 @@ impl ConsoleHost {
         let mut webui = Daemon::start(
             "debvisor-webui",
             &webui_bin,
+            &unit_environment(paths, "debvisor-webui.service")?,
             &[
                 "--listen".into(),
                 https.to_string(),
@@ -208,5 +238,22 @@ impl ConsoleHost {
     pub fn check(&mut self) -> Result<()> {
         self.agent.check()?;
         self.webui.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_lines_of_a_unit() {
+        let unit = "[Service]\n# Environment=NOT=this\nEnvironment=GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304\nExecStart=/x\n";
+        assert_eq!(
+            parse_environment(unit),
+            [(
+                "GLIBC_TUNABLES".to_string(),
+                "glibc.malloc.mmap_threshold=4194304".to_string()
+            )]
+        );
     }
 }

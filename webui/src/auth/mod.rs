@@ -208,9 +208,24 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// How many argon2 hashes run at once: one per CPU, at most 4. Each takes
+/// its memory cost (19 MiB by default) for as long as it runs; without a
+/// bound, a burst of sign-ins runs one per blocking thread, and the memory
+/// they took stays with those threads (50 sign-ins left the console at
+/// about 850 MB). Sign-ins beyond the bound wait their turn.
+fn hashing_turn() -> impl std::future::Future<Output = Option<tokio::sync::SemaphorePermit<'static>>> {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let turns = TURNS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cpus.clamp(1, 4))
+    });
+    async move { turns.acquire().await.ok() }
+}
+
 /// Hashes `password` with argon2id and `params` on the blocking pool.
 pub async fn hash_password(password: &str, params: Params) -> Result<String, String> {
     let password = password.to_string();
+    let _turn = hashing_turn().await;
     tokio::task::spawn_blocking(move || {
         let h: PasswordHash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password(password.as_bytes())
@@ -228,6 +243,7 @@ pub async fn verify_password(hash: Arc<String>, password: &str) -> bool {
         return false;
     }
     let password = password.to_string();
+    let _turn = hashing_turn().await;
     tokio::task::spawn_blocking(move || {
         let Ok(parsed) = PasswordHash::new(&hash) else {
             return false;
