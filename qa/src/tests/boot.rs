@@ -110,6 +110,30 @@ pub(super) fn root_read_only(ctx: &Ctx) -> Result<()> {
     );
     let (_, opts) = g.exec("findmnt -n -o OPTIONS /", CMD)?;
     ensure!(opts.trim().split(',').any(|o| o == "ro"), "/ is not mounted ro: {opts}");
+    // /tmp is a writable tmpfs, so sandboxed services (PrivateDevices=,
+    // PrivateTmp=) can set up their namespaces: timesyncd runs.
+    let (_, fstype) = g.exec("findmnt -n -o FSTYPE /tmp", CMD)?;
+    ensure!(fstype.trim() == "tmpfs", "/tmp is not a tmpfs: {fstype:?}");
+    let (rc, out) = g.exec("touch /tmp/qa && rm /tmp/qa 2>&1", CMD)?;
+    ensure!(rc == 0, "/tmp is not writable: {out}");
+    let (rc, out) = g.exec(
+        "systemctl start systemd-timesyncd.service 2>&1; systemctl is-active systemd-timesyncd.service; \
+         journalctl -b -u systemd-timesyncd.service --no-pager -o cat | tail -n 3",
+        CMD,
+    )?;
+    ensure!(
+        rc == 0 && out.lines().any(|l| l.trim() == "active"),
+        "systemd-timesyncd (a sandboxed service) does not run on the read-only root: {out}"
+    );
+    let (_, failed) = g.exec("systemctl --failed --no-legend --plain --no-pager", CMD)?;
+    eprintln!(
+        "  failed units: {}",
+        if failed.trim().is_empty() {
+            "none"
+        } else {
+            failed.trim()
+        }
+    );
     Ok(())
 }
 
