@@ -156,6 +156,12 @@ impl ConsoleHost {
     /// Starts both daemons with their files in `dir` (which must exist) and
     /// waits until the console listens for HTTPS.
     pub fn start(paths: &Paths, dir: &Path) -> Result<ConsoleHost> {
+        Self::start_with(paths, dir, &[])
+    }
+
+    /// Like [`ConsoleHost::start`], with more flags for the console (for
+    /// example a short `--idle-timeout`).
+    pub fn start_with(paths: &Paths, dir: &Path, webui_flags: &[String]) -> Result<ConsoleHost> {
         let agent_bin = release_binary(paths, "debvisor-agent", "debvisor-agent")?;
         let webui_bin = release_binary(paths, "debvisor-webui", "debvisor-webui")?;
         let pki = TestPki::create(&dir.join("pki"))?;
@@ -216,7 +222,10 @@ impl ConsoleHost {
                 s(&dir.join("console.db")),
                 "--healthz-fault-file".into(),
                 s(&dir.join("healthz-fault")),
-            ],
+            ]
+            .into_iter()
+            .chain(webui_flags.iter().cloned())
+            .collect::<Vec<String>>(),
             dir.join("webui.log"),
         )?;
         webui.wait("listen for HTTPS", || std::net::TcpStream::connect(https).is_ok())?;

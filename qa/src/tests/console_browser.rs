@@ -113,7 +113,35 @@ pub const STEPS: &[Step] = &[
         name: "viewer-role",
         run: viewer_role,
     },
+    Step {
+        name: "idle-expiry",
+        run: idle_expiry,
+    },
 ];
+
+/// The console's idle limit in this test (`--idle-timeout`): short, so that
+/// the expiry step waits for it, yet longer than any pause between two
+/// requests of the other steps.
+const IDLE_TIMEOUT_SECS: u64 = 30;
+
+/// Signed in on the live dashboard, the user does nothing: the page's
+/// live stream does not count as use, so after the idle limit the session
+/// is gone and the next page asks for the sign-in.
+fn idle_expiry(w: &mut Web) -> StepFuture<'_> {
+    Box::pin(async move {
+        let password = w.password.clone();
+        w.submit_login("admin", &password).await?;
+        w.b.wait_css("form.signout").await?;
+        w.b.goto(&w.url("/dashboard")).await?;
+        w.b.wait_css("#live").await?;
+        // Waiting is the point here: the server must end the session.
+        tokio::time::sleep(Duration::from_secs(IDLE_TIMEOUT_SECS + 3)).await;
+        w.b.goto(&w.url("/services")).await?;
+        w.b.wait_path("/login").await?;
+        w.b.wait_css("#password").await?;
+        Ok(())
+    })
+}
 
 /// The viewer the users step creates (a throwaway console on 127.0.0.1).
 const VIEWER: (&str, &str) = ("vera", "viewer-password-for-qa");
@@ -343,7 +371,8 @@ pub(crate) fn sign_out(w: &mut Web) -> StepFuture<'_> {
 /// The test.
 pub fn console_browser(ctx: &Ctx) -> Result<()> {
     let dir = &ctx.dir;
-    let mut host = ConsoleHost::start(ctx.paths, dir)?;
+    let idle = ["--idle-timeout".to_string(), IDLE_TIMEOUT_SECS.to_string()];
+    let mut host = ConsoleHost::start_with(ctx.paths, dir, &idle)?;
     ctx.rt.block_on(async {
         let b = Browser::start(dir, Some(&host.pki.server_cert())).await?;
         let mut w = Web {
