@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/debvisor/audit/v1/audit.proto",
         "proto/debvisor/health/v1/health.proto",
         "proto/debvisor/config/v1/config.proto",
+        "proto/debvisor/update/v1/update.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -61,6 +61,15 @@ pub mod config_api {
     }
 }
 
+/// `debvisor.update.v1`: the A/B root slots and their updates through RAUC.
+pub mod update {
+    /// Version 1 of the update service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.update.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every DebVisor protobuf, for
 /// `tonic-reflection`.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/debvisor_descriptor.bin"));
