@@ -7,6 +7,7 @@ mod bench_console;
 mod browser;
 mod cfgdisk;
 mod console_host;
+mod fileserve;
 mod host_agent;
 mod lab;
 mod node;

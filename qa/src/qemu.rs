@@ -216,6 +216,9 @@ pub struct Vm {
     pub workdir: PathBuf,
     pub started: Instant,
     keep: bool,
+    /// QEMU's arguments, for [`Vm::power_cycle`].
+    args: Vec<String>,
+    detach: bool,
 }
 
 impl Vm {
@@ -244,8 +247,6 @@ impl Vm {
         let overlay = wd.join("overlay.qcow2");
         let serial = wd.join("serial.sock");
         let qmp = wd.join("qmp.sock");
-        let _ = std::fs::remove_file(&serial);
-        let _ = std::fs::remove_file(&qmp);
 
         let mut args: Vec<String> = vec![
             "-name".into(),
@@ -330,49 +331,7 @@ impl Vm {
             "none".into(),
         ]);
 
-        let log = File::create(wd.join("qemu.log"))?;
-        let started = Instant::now();
-        let mut child = if spec.detach {
-            // Own session: no pdeathsig, no terminal signals.
-            let mut cmd = Command::new("setsid");
-            cmd.arg(QEMU).args(&args);
-            cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-            cmd.spawn().context("Cannot start setsid qemu-system-x86_64")?
-        } else {
-            let mut cmd = Command::new("setpriv");
-            cmd.args(["--pdeathsig", "KILL", "--", QEMU]).args(&args);
-            cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-            cmd.process_group(0);
-            spawn_from_keeper(cmd).context("Cannot start setpriv qemu-system-x86_64")?
-        };
-        let pid = child.id();
-        register(pid, qmp.clone());
-
-        // Connect to the serial socket; QEMU holds the guest until we do.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(&serial) {
-                break s;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                unregister(pid);
-                let log = std::fs::read_to_string(wd.join("qemu.log")).unwrap_or_default();
-                let hint = if log.contains("host forwarding") {
-                    "\nA forwarded port is taken: pick other --console-port/--agent-port, or omit them"
-                } else {
-                    ""
-                };
-                bail!("QEMU exited at start ({status}): {}{hint}", log.trim());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                unregister(pid);
-                bail!("QEMU did not open its serial socket {} within 30 s", serial.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let console = Console::start(stream, &spec.console_log, started)?;
+        let (child, pid, console, started) = launch(&args, spec.detach, &wd, &spec.console_log)?;
         Ok(Vm {
             child: Some(child),
             pid,
@@ -382,7 +341,24 @@ impl Vm {
             workdir: wd,
             started,
             keep: false,
+            args,
+            detach: spec.detach,
         })
+    }
+
+    /// Cuts the power and turns it back on: kills QEMU at once (no
+    /// shutdown, no flush by the guest) and starts it again with the same
+    /// disk overlay, firmware variables and forwarded ports, as a machine
+    /// whose power failed. The serial console is logged to `console_log`
+    /// from then on; `started` restarts.
+    pub fn power_cycle(&mut self, console_log: &Path) -> Result<()> {
+        self.kill();
+        let (child, pid, console, started) = launch(&self.args, self.detach, &self.workdir, console_log)?;
+        self.child = Some(child);
+        self.pid = pid;
+        self.console = console;
+        self.started = started;
+        Ok(())
     }
 
     /// True while QEMU runs.
@@ -410,6 +386,59 @@ impl Vm {
         self.child = None;
         self.keep = true;
     }
+}
+
+/// Starts QEMU with `args` in `wd` (which holds its sockets and qemu.log)
+/// and connects to its serial socket, logging the console to `console_log`.
+fn launch(args: &[String], detach: bool, wd: &Path, console_log: &Path) -> Result<(Child, u32, Console, Instant)> {
+    let serial = wd.join("serial.sock");
+    let qmp = wd.join("qmp.sock");
+    let _ = std::fs::remove_file(&serial);
+    let _ = std::fs::remove_file(&qmp);
+    let log = File::create(wd.join("qemu.log"))?;
+    let started = Instant::now();
+    let mut child = if detach {
+        // Own session: no pdeathsig, no terminal signals.
+        let mut cmd = Command::new("setsid");
+        cmd.arg(QEMU).args(args);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.spawn().context("Cannot start setsid qemu-system-x86_64")?
+    } else {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", QEMU]).args(args);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.process_group(0);
+        spawn_from_keeper(cmd).context("Cannot start setpriv qemu-system-x86_64")?
+    };
+    let pid = child.id();
+    register(pid, qmp);
+
+    // Connect to the serial socket; QEMU holds the guest until we do.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        if let Ok(s) = UnixStream::connect(&serial) {
+            break s;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            unregister(pid);
+            let log = std::fs::read_to_string(wd.join("qemu.log")).unwrap_or_default();
+            let hint = if log.contains("host forwarding") {
+                "\nA forwarded port is taken: pick other --console-port/--agent-port, or omit them"
+            } else {
+                ""
+            };
+            bail!("QEMU exited at start ({status}): {}{hint}", log.trim());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            unregister(pid);
+            bail!("QEMU did not open its serial socket {} within 30 s", serial.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let console = Console::start(stream, console_log, started)?;
+    Ok((child, pid, console, started))
 }
 
 impl Drop for Vm {
