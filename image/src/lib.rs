@@ -1,7 +1,8 @@
 //! The DebVisor image builder as a library: recipe parsing, the host's apt
-//! mirror, rootfs, initrd, slot and disk steps. The `debvisor-image` binary
+//! mirror, rootfs, initrd, slot, disk and RAUC bundle steps. The `debvisor-image` binary
 //! drives them; `debvisor-qa` reuses the mirror lookup for its peer system.
 
+pub mod bundle;
 pub mod cmd;
 pub mod disk;
 pub mod grubenv;
@@ -11,4 +12,6 @@ pub mod mirror;
 pub mod progress;
 pub mod recipe;
 pub mod rootfs;
+pub mod signing;
 pub mod slot;
+pub mod variant;

@@ -2,7 +2,7 @@
 //!
 //! recipe -> base rootfs (mmdebstrap, cached) -> customised root with initrd
 //! -> `slot.img` (squashfs: gzip, xz or lzo) -> `disk.img` (GPT: esp | root_a | root_b |
-//! data) and `manifest.json`.
+//! data), `update.raucb` (signed RAUC verity bundle of the slot) and `manifest.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 
 use debvisor_image::progress::Progress;
 use debvisor_image::recipe::Recipe;
-use debvisor_image::{cmd, disk, grubenv, initrd, manifest, mirror, rootfs, slot};
+use debvisor_image::signing::{self, Signing};
+use debvisor_image::variant::{MarkFile, Variant};
+use debvisor_image::{bundle, cmd, disk, grubenv, initrd, manifest, mirror, rootfs, slot};
 
 /// Builds DebVisor images.
 #[derive(Debug, Parser)]
@@ -23,7 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Builds slot.img, disk.img and manifest.json from a recipe (run as root).
+    /// Builds slot.img, disk.img, update.raucb and manifest.json from a recipe (run as root).
     Build(BuildArgs),
 }
 
@@ -50,6 +52,25 @@ struct BuildArgs {
     /// Keep the work tree (<out>/.work) for inspection.
     #[arg(long)]
     keep_work: bool,
+    /// Bundle signing certificate: PEM file or PKCS#11 URI (default: the
+    /// development CA's signing certificate in <cache>/signing/).
+    #[arg(long, value_name = "FILE|URI")]
+    signing_cert: Option<String>,
+    /// Bundle signing key: PEM file or PKCS#11 URI (with --signing-cert and --keyring).
+    #[arg(long, value_name = "FILE|URI")]
+    signing_key: Option<String>,
+    /// CA certificate(s) (PEM) the node trusts; installed as /etc/rauc/keyring.pem.
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+    /// Test variant: build with this image version instead of the recipe's.
+    #[arg(long, value_name = "VERSION")]
+    version: Option<String>,
+    /// Test variant: write a file into the image, e.g. /etc/debvisor-marker=v2 (repeatable).
+    #[arg(long, value_name = "PATH=CONTENT")]
+    mark_file: Vec<MarkFile>,
+    /// Test variant: mask a unit in addition to the recipe's (repeatable).
+    #[arg(long, value_name = "UNIT")]
+    mask: Vec<String>,
 }
 
 fn main() {
@@ -69,7 +90,7 @@ fn workspace_root() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-const STEPS: usize = 10;
+const STEPS: usize = 11;
 
 fn build(args: &BuildArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -81,16 +102,36 @@ fn build(args: &BuildArgs) -> Result<()> {
 
     // 1. Recipe and mirror.
     let step = progress.step("Reading recipe");
-    let recipe = Recipe::from_file(&args.recipe)?;
+    let mut recipe = Recipe::from_file(&args.recipe)?;
+    let variant = Variant {
+        version: args.version.clone(),
+        mark_files: args.mark_file.clone(),
+        mask: args.mask.clone(),
+    };
+    variant.apply(&mut recipe)?;
     let mirror = mirror::resolve(args.mirror.as_deref(), &recipe.debian.suite)?;
     let cache = args.cache.clone().unwrap_or_else(|| ws.join("target/debvisor-cache"));
+    let flags = signing::Flags {
+        cert: args.signing_cert.clone(),
+        key: args.signing_key.clone(),
+        keyring: args.keyring.clone(),
+    };
+    let signing = signing::resolve(&flags, &cache)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("Creating {}", args.out.display()))?;
     let out = args.out.canonicalize()?;
     let work = out.join(".work");
     std::fs::create_dir_all(&work)?;
     step.finish(&format!(
-        "{} {} ({}, mirror {mirror})",
-        recipe.image.name, recipe.image.version, recipe.debian.suite
+        "{} {} ({}, mirror {mirror}{}; bundle key: {})",
+        recipe.image.name,
+        recipe.image.version,
+        recipe.debian.suite,
+        if variant.is_empty() { "" } else { ", test variant" },
+        if signing.development {
+            format!("development CA in {}", cache.join("signing").display())
+        } else {
+            signing.cert.clone()
+        }
     ));
 
     // 2. Workspace binaries.
@@ -128,6 +169,8 @@ fn build(args: &BuildArgs) -> Result<()> {
     rootfs::apply_overlays(&recipe.overlay_dirs(), &root)?;
     rootfs::install_binaries(&recipe.binaries.names, &bin_dir, &root)?;
     rootfs::configure(&recipe, &root)?;
+    bundle::install_config(&root, &recipe.image.compatible, &signing.keyring)?;
+    variant.write_marks(&root)?;
     step.finish("");
 
     // 6. Initrd.
@@ -173,20 +216,42 @@ fn build(args: &BuildArgs) -> Result<()> {
     disk::make_disk(&layout, &seed, &disk_path, &esp, &slot_path, &progress)?;
     step.finish(&human(layout.total));
 
-    // 10. Manifest.
+    // 10. Update bundle.
+    let step = progress.step("RAUC update bundle (verity, signed)");
+    let build_time = manifest::build_time();
+    let slot_artifact = hash(&progress, &slot_path)?;
+    let bundle_path = out.join("update.raucb");
+    let description = format!("{} {}", recipe.image.name, recipe.image.version);
+    let contents = bundle::Contents {
+        compatible: &recipe.image.compatible,
+        version: &recipe.image.version,
+        description: &description,
+        build: &build_time,
+    };
+    let bundle_info = make_bundle(
+        &slot_path,
+        &work,
+        &bundle_path,
+        &contents,
+        &signing,
+        &slot_artifact,
+        &step,
+    )?;
+    step.finish(&format!(
+        "{} ({}, signed by {})",
+        human(bundle_info.size),
+        bundle_info.file,
+        bundle_info.signer
+    ));
+
+    // 11. Manifest.
     let step = progress.step("Checksums and manifest.json");
-    let mut artifacts = Vec::new();
-    for path in [&slot_path, &disk_path] {
-        let len = std::fs::metadata(path)?.len();
-        let bar = progress.bytes(&format!("sha256 {}", path.display()), len);
-        artifacts.push(manifest::artifact(path, |n| bar.set_position(n))?);
-        bar.finish_and_clear();
-    }
+    let artifacts = vec![slot_artifact, hash(&progress, &disk_path)?];
     let m = manifest::Manifest {
         name: recipe.image.name.clone(),
         version: recipe.image.version.clone(),
         compatible: recipe.image.compatible.clone(),
-        build_time: manifest::build_time(),
+        build_time,
         builder: format!("debvisor-image {}", env!("CARGO_PKG_VERSION")),
         debian: manifest::DebianInfo {
             suite: recipe.debian.suite.clone(),
@@ -203,6 +268,8 @@ fn build(args: &BuildArgs) -> Result<()> {
             .map(|(name, version)| manifest::Package { name, version })
             .collect(),
         artifacts,
+        bundle: bundle_info,
+        variant: (!variant.is_empty()).then(|| variant.clone()),
     };
     let manifest_path = out.join("manifest.json");
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&m)? + "\n")?;
@@ -211,15 +278,62 @@ fn build(args: &BuildArgs) -> Result<()> {
     }
     step.finish(&format!("{} packages", m.packages.len()));
     progress.log(&format!(
-        "Built {} {} in {:.0}s: {} (slot {}, disk {})",
+        "Built {} {} in {:.0}s: {} (slot {}, disk {}, bundle {})",
         m.name,
         m.version,
         progress.elapsed().as_secs_f64(),
         out.display(),
         human(slot_len),
-        human(layout.total)
+        human(layout.total),
+        human(m.bundle.size)
     ));
     Ok(())
+}
+
+/// sha256 of an output file, with a byte bar.
+fn hash(progress: &Progress, path: &Path) -> Result<manifest::Artifact> {
+    let len = std::fs::metadata(path)?.len();
+    let bar = progress.bytes(&format!("sha256 {}", path.display()), len);
+    let a = manifest::artifact(path, |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    Ok(a)
+}
+
+/// Builds the bundle, then verifies it as a node would (the node's
+/// system.conf and the keyring that goes into the image) and fails the
+/// build if it does not verify or does not carry this slot.
+fn make_bundle(
+    slot_path: &Path,
+    work: &Path,
+    bundle_path: &Path,
+    contents: &bundle::Contents<'_>,
+    signing: &Signing,
+    slot: &manifest::Artifact,
+    step: &debvisor_image::progress::Step,
+) -> Result<bundle::BundleInfo> {
+    bundle::build(slot_path, work, bundle_path, contents, signing, step)?;
+    let (signer, image) = bundle::verify(bundle_path, work, contents, &signing.keyring, &slot.sha256)
+        .with_context(|| {
+            format!(
+                "The bundle just built does not verify; {} was not kept",
+                bundle_path.display()
+            )
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(bundle_path);
+        })?;
+    let file = manifest::artifact(bundle_path, |_| {})?;
+    Ok(bundle::BundleInfo {
+        file: file.file,
+        size: file.size,
+        sha256: file.sha256,
+        format: bundle::FORMAT.into(),
+        compatible: contents.compatible.to_owned(),
+        version: contents.version.to_owned(),
+        image,
+        signer,
+        development_key: signing.development,
+    })
 }
 
 /// Fills the recipe's extra kernel arguments into the A/B script.

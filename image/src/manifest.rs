@@ -33,6 +33,11 @@ pub struct Manifest {
     pub packages: Vec<Package>,
     /// The files produced.
     pub artifacts: Vec<Artifact>,
+    /// The RAUC update bundle (also a file in the output directory).
+    pub bundle: crate::bundle::BundleInfo,
+    /// Test variant flags the image was built with (absent for the recipe as written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<crate::variant::Variant>,
 }
 
 /// Debian inputs recorded in the manifest.

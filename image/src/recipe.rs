@@ -477,10 +477,11 @@ fn is_kernel_arg(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid recipe (also used by the variant tests).
+    pub(crate) const MINIMAL: &str = r#"
 [image]
 name = "node"
 version = "1.0"

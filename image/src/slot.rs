@@ -46,13 +46,22 @@ pub fn build(root: &Path, out: &Path, compression: Compression, step: &Step) -> 
         ],
     );
     cmd::run_streaming(&mut c, |line| step.detail(line)).map_err(err)?;
-    let len = std::fs::metadata(out)
-        .map_err(|e| {
-            err(CmdError::Spawn {
-                program: "mksquashfs (output)".into(),
-                source: e,
-            })
-        })?
-        .len();
+    let output_err = |e| {
+        err(CmdError::Spawn {
+            program: "mksquashfs (output)".into(),
+            source: e,
+        })
+    };
+    let mut len = std::fs::metadata(out).map_err(output_err)?.len();
+    // mksquashfs pads to 4 KiB already; RAUC's block-hash-index needs it, so
+    // make sure (zeros after the file system are ignored by squashfs).
+    if len % 4096 != 0 {
+        len = len.next_multiple_of(4096);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .and_then(|f| f.set_len(len))
+            .map_err(output_err)?;
+    }
     Ok(len)
 }
