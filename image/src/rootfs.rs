@@ -292,8 +292,8 @@ pub fn configure(recipe: &Recipe, root: &Path) -> Result<(), RootfsError> {
     write(
         &root.join("etc/fstab"),
         "# DebVisor: / is the read-only slot; /etc and /var are overlays on /data\n\
-         # (set up by the initramfs). The ESP holds GRUB and its environment.\n\
-         PARTLABEL=esp  /boot/efi  vfat  umask=0077,nofail,x-systemd.device-timeout=10s  0  2\n",
+         # (set up by the initramfs). The ESP (GRUB and its A/B environment) is\n\
+         # mounted read-write at /boot/efi by boot-efi.mount.\n",
     )?;
     write(&root.join("etc/hostname"), &format!("{}\n", recipe.image.name))?;
     write(
