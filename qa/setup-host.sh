@@ -7,6 +7,8 @@ packages=(
   # image builder (e2fsprogs also makes the config media of the system tests)
   mmdebstrap squashfs-tools fdisk mtools dosfstools e2fsprogs xz-utils
   grub-efi-amd64-bin grub-common uidmap
+  # the update bundle (rauc bundle / rauc info) and its development CA
+  rauc openssl
   # lab and system tests
   qemu-system-x86 qemu-utils ovmf util-linux
   # build of the workspace

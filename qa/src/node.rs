@@ -67,6 +67,68 @@ impl Paths {
 /// passing its progress display through. `cache` overrides the builder's
 /// cache directory. Returns the wall time of the image build alone.
 pub fn build_image(paths: &Paths, out: &Path, cache: Option<&Path>) -> Result<Duration> {
+    let opts = ImageOptions {
+        cache: cache.map(Path::to_path_buf),
+        ..ImageOptions::default()
+    };
+    build_image_with(paths, out, &opts)
+}
+
+/// Options of an image build beyond the recipe (see image/README.md).
+#[derive(Debug, Clone, Default)]
+pub struct ImageOptions {
+    /// The builder's cache directory (default: target/debvisor-cache).
+    pub cache: Option<PathBuf>,
+    /// Recipe file (default: recipes/node.toml).
+    pub recipe: Option<PathBuf>,
+    /// Test variant: image version instead of the recipe's (`--version`).
+    pub version: Option<String>,
+    /// Test variant: files written into the image, (absolute path, one line of text) (`--mark-file`).
+    pub mark_files: Vec<(String, String)>,
+    /// Test variant: units masked in addition to the recipe's (`--mask`).
+    pub mask: Vec<String>,
+    /// Use the workspace binaries already in target/release (`--no-cargo`).
+    pub no_cargo: bool,
+}
+
+impl ImageOptions {
+    /// A test variant of the node recipe: another version, a marker file
+    /// `/etc/debvisor-marker` holding `marker`, and `mask`ed units. It reuses
+    /// the cached base root file system of the node image.
+    pub fn variant(version: &str, marker: &str, mask: &[&str]) -> Self {
+        Self {
+            version: Some(version.to_owned()),
+            mark_files: vec![("/etc/debvisor-marker".to_owned(), marker.to_owned())],
+            mask: mask.iter().map(|u| (*u).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The builder's arguments after `build --recipe R --out DIR`.
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(c) = &self.cache {
+            a.extend(["--cache".into(), c.into()]);
+        }
+        if let Some(v) = &self.version {
+            a.extend(["--version".into(), v.into()]);
+        }
+        for (path, text) in &self.mark_files {
+            a.extend(["--mark-file".into(), format!("{path}={text}").into()]);
+        }
+        for unit in &self.mask {
+            a.extend(["--mask".into(), unit.into()]);
+        }
+        if self.no_cargo {
+            a.push("--no-cargo".into());
+        }
+        a
+    }
+}
+
+/// Builds an image into `out` with `opts` (see [`build_image`]); `out` then
+/// holds disk.img, slot.img, update.raucb and manifest.json.
+pub fn build_image_with(paths: &Paths, out: &Path, opts: &ImageOptions) -> Result<Duration> {
     let status = Command::new("cargo")
         .args(["build", "--release", "-p", "debvisor-image"])
         .current_dir(&paths.root)
@@ -76,13 +138,14 @@ pub fn build_image(paths: &Paths, out: &Path, cache: Option<&Path>) -> Result<Du
         bail!("cargo build -p debvisor-image failed: fix the image builder, or pass --image DIR / --no-build");
     }
     let builder = paths.root.join("target/release/debvisor-image");
-    let recipe = paths.root.join("recipes/node.toml");
+    let recipe = opts
+        .recipe
+        .clone()
+        .unwrap_or_else(|| paths.root.join("recipes/node.toml"));
     std::fs::create_dir_all(out)?;
     let mut cmd = Command::new(&builder);
     cmd.arg("build").arg("--recipe").arg(&recipe).arg("--out").arg(out);
-    if let Some(c) = cache {
-        cmd.arg("--cache").arg(c);
-    }
+    cmd.args(opts.args());
     cmd.current_dir(&paths.root);
     eprintln!("Building the image: {cmd:?}");
     let t = Instant::now();
@@ -92,11 +155,18 @@ pub fn build_image(paths: &Paths, out: &Path, cache: Option<&Path>) -> Result<Du
     if !status.success() {
         bail!("The image build failed ({status}); see its output above");
     }
-    let disk = out.join("disk.img");
-    if !disk.exists() {
-        bail!("The image builder finished but {} is missing", disk.display());
+    for file in ["disk.img", "update.raucb"] {
+        let path = out.join(file);
+        if !path.exists() {
+            bail!("The image builder finished but {} is missing", path.display());
+        }
     }
     Ok(t.elapsed())
+}
+
+/// The update bundle of an image built by [`build_image_with`].
+pub fn bundle_path(image: &Path) -> PathBuf {
+    image.join("update.raucb")
 }
 
 /// The image version recorded in manifest.json.
@@ -377,6 +447,26 @@ pub fn wait_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variant_options_become_builder_flags() {
+        let mut o = ImageOptions::variant("0.1.2", "v3", &["debvisor-agent.service"]);
+        o.no_cargo = true;
+        let args: Vec<String> = o.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "--version",
+                "0.1.2",
+                "--mark-file",
+                "/etc/debvisor-marker=v3",
+                "--mask",
+                "debvisor-agent.service",
+                "--no-cargo"
+            ]
+        );
+        assert!(ImageOptions::default().args().is_empty());
+    }
 
     #[test]
     fn bundle_dump_parses() {
