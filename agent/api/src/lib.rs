@@ -81,4 +81,5 @@ pub const SUPPORTED_SERVICES: &[&str] = &[
     "debvisor.audit.v1.AuditService",
     "debvisor.health.v1.NodeHealthService",
     "debvisor.config.v1.ConfigService",
+    "debvisor.update.v1.UpdateService",
 ];

@@ -75,6 +75,25 @@ fn roots(certs: Vec<CertificateDer<'static>>) -> RootCertStore {
     roots
 }
 
+/// Debian's bundle of trusted CA certificates (package ca-certificates).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A rustls client configuration for HTTPS clients of public servers (e.g.
+/// the agent fetching an update bundle): TLS 1.3 and 1.2, ring, trusting the
+/// certificates of `ca_bundle` (normally [`SYSTEM_CA_BUNDLE`]); a missing or
+/// unreadable bundle leaves no trusted root, so every HTTPS server is then
+/// refused at the handshake rather than trusted.
+pub fn public_client_config(ca_bundle: &std::path::Path) -> rustls::ClientConfig {
+    let certs = CertificateDer::pem_file_iter(ca_bundle)
+        .map(|it| it.flatten().collect())
+        .unwrap_or_default();
+    rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .expect("ring supports TLS 1.3 and 1.2")
+        .with_root_certificates(roots(certs))
+        .with_no_client_auth()
+}
+
 /// A rustls server configuration for the agent's mTLS endpoint: the server
 /// presents `cert_pem` (leaf first, chain after) with `key_pem`, and every
 /// client must present a certificate that chains to `client_ca_pem`, is

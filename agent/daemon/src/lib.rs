@@ -1,7 +1,7 @@
 //! The DebVisor node agent: the one door to a node.
 //!
-//! Serves the `debvisor.*.v1` gRPC services (node, units, audit, and health,
-//! which it forwards to debvisor-init) over a Unix socket (authorised by peer
+//! Serves the `debvisor.*.v1` gRPC services (node, units, audit, config,
+//! update through RAUC, and health, which it forwards to debvisor-init) over a Unix socket (authorised by peer
 //! credentials) and over TCP with mutual TLS. Host facilities sit behind
 //! traits ([`host::HostFacts`], [`health_service::HealthSource`], and the
 //! systemd units and journal of `debvisor-systemd`) with a production
@@ -20,6 +20,7 @@ pub mod server;
 pub mod service;
 pub mod status;
 pub mod units_service;
+pub mod update_service;
 
 /// An error and all its sources on one line, for status messages: the wire
 /// carries no error chain, so the cause has to travel in the text.

@@ -142,6 +142,20 @@ mod tests {
         assert!(k.check("/debvisor.units.v1.UnitService/Restart").is_none());
         assert!(k.check("/debvisor.config.v1.ConfigService/GetClientBundle").is_none());
         assert!(k.check("/debvisor.config.v1.ConfigService/GetMachineConfig").is_none());
+        for m in [
+            "GetSlots",
+            "Install",
+            "Upload",
+            "WatchInstall",
+            "MarkGood",
+            "MarkBad",
+            "Rollback",
+        ] {
+            assert!(
+                k.check(&format!("/debvisor.update.v1.UpdateService/{m}")).is_none(),
+                "{m}"
+            );
+        }
         assert!(k.check("/grpc.health.v1.Health/Check").is_none());
         assert!(
             k.check("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")

@@ -1,6 +1,6 @@
 //! The agent's transports: the Unix socket (peer credentials) and TCP with
 //! mutual TLS, both serving the same services (node, units, audit, node
-//! health, config, grpc.health.v1 and reflection) behind the same middleware: tracing,
+//! health, config, update, grpc.health.v1 and reflection) behind the same middleware: tracing,
 //! metrics, caller identity, per-client rate limiting and an UNIMPLEMENTED
 //! answer that names the supported versions.
 
@@ -14,6 +14,7 @@ use debvisor_api::config_api::v1::config_service_server::ConfigServiceServer;
 use debvisor_api::health::v1::node_health_service_server::NodeHealthServiceServer;
 use debvisor_api::node::v1::node_service_server::NodeServiceServer;
 use debvisor_api::units::v1::unit_service_server::UnitServiceServer;
+use debvisor_api::update::v1::update_service_server::UpdateServiceServer;
 use debvisor_audit::AuditLog;
 use debvisor_systemd::{Journal, Units};
 use debvisor_telemetry::{Metrics, RateLimitLayer, TraceLayer};
@@ -32,6 +33,7 @@ use crate::routing::{KnownMethods, UnknownMethodLayer};
 use crate::service::NodeApi;
 use crate::status::{MAX_AGE, StatusCache};
 use crate::units_service::UnitsApi;
+use crate::update_service::{UpdateApi, UpdateBackend};
 
 /// Where and how the agent serves.
 #[derive(Debug, Clone)]
@@ -166,8 +168,25 @@ pub fn default_config_origin(host: &dyn HostFacts) -> ConfigOrigin {
     }
 }
 
+/// What the update service works on by default: RAUC on the system bus and
+/// the data partition, or a fake RAUC and a directory under the temporary
+/// directory when the host is simulated (`--sim`).
+pub fn default_update_backend(host: &dyn HostFacts) -> UpdateBackend {
+    match host.status() {
+        Ok(s) if s.simulated => {
+            UpdateBackend::simulated(std::env::temp_dir().join(format!("debvisor-sim-updates-{}", std::process::id())))
+        }
+        _ => UpdateBackend::production(),
+    }
+}
+
 /// Every service, routed by path; shared by both transports.
-async fn routes(b: &Backends, config: ConfigOrigin, cfg: &AgentConfig) -> anyhow::Result<Routes> {
+async fn routes(
+    b: &Backends,
+    config: ConfigOrigin,
+    update: UpdateBackend,
+    cfg: &AgentConfig,
+) -> anyhow::Result<Routes> {
     let auditor = Auditor::new(b.audit.clone());
     let status = Arc::new(StatusCache::new(b.host.clone(), MAX_AGE));
     let max = cfg.max_message_bytes;
@@ -180,9 +199,15 @@ async fn routes(b: &Backends, config: ConfigOrigin, cfg: &AgentConfig) -> anyhow
         max
     );
     let config = tuned!(
-        ConfigServiceServer::new(ConfigApi::new(config, b.health.clone(), b.host.clone(), auditor)),
+        ConfigServiceServer::new(ConfigApi::new(
+            config,
+            b.health.clone(),
+            b.host.clone(),
+            auditor.clone()
+        )),
         max
     );
+    let update = tuned!(UpdateServiceServer::new(UpdateApi::new(update, auditor)), max);
     let audit = tuned!(AuditServiceServer::new(AuditApi::new(b.audit.clone())), max);
     let node_health = tuned!(NodeHealthServiceServer::new(HealthApi::new(b.health.clone())), max);
 
@@ -192,6 +217,7 @@ async fn routes(b: &Backends, config: ConfigOrigin, cfg: &AgentConfig) -> anyhow
     reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
     reporter.set_serving::<NodeHealthServiceServer<HealthApi>>().await;
     reporter.set_serving::<ConfigServiceServer<ConfigApi>>().await;
+    reporter.set_serving::<UpdateServiceServer<UpdateApi>>().await;
     fn reflection() -> tonic_reflection::server::Builder<'static> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(debvisor_api::DESCRIPTOR_SET)
@@ -208,6 +234,7 @@ async fn routes(b: &Backends, config: ConfigOrigin, cfg: &AgentConfig) -> anyhow
         .add_service(audit)
         .add_service(node_health)
         .add_service(config)
+        .add_service(update)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
@@ -237,7 +264,22 @@ pub async fn serve_with_config(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let routes = routes(&backends, config, &cfg).await?;
+    let update = default_update_backend(backends.host.as_ref());
+    serve_with_update(bound, backends, config, update, cfg, metrics, shutdown).await
+}
+
+/// [`serve_with_config`], with the update service working on `update`
+/// (tests hand it a fake RAUC they control).
+pub async fn serve_with_update(
+    bound: Bound,
+    backends: Backends,
+    config: ConfigOrigin,
+    update: UpdateBackend,
+    cfg: AgentConfig,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let routes = routes(&backends, config, update, &cfg).await?;
     let known = KnownMethods::agent();
     let limit = RateLimitLayer::new(cfg.rate_limit).context("Bad rate limit")?;
 

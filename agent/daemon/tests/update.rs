@@ -1,0 +1,580 @@
+//! `debvisor.update.v1` through the agent's gRPC server on its Unix socket,
+//! with a fake RAUC and a real audit log: installs from a local HTTP server
+//! and from uploads, progress streams, one install at a time, followers,
+//! refusals, classified errors, marks and rollback.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use debvisor_agent::config::AgentConfig;
+use debvisor_agent::fakes::FakeHost;
+use debvisor_agent::server::{self, Backends, ServeConfig};
+use debvisor_agent::update_service::UpdateBackend;
+use debvisor_api::update::v1::update_service_client::UpdateServiceClient;
+use debvisor_api::update::v1::{
+    ErrorKind, GetSlotsRequest, InstallProgress, InstallRequest, MarkRequest, Phase, RollbackRequest, UploadChunk,
+    UploadHeader, WatchInstallRequest,
+};
+use debvisor_audit::{AuditLog, Query};
+use debvisor_rauc::fakes::FakeRauc;
+use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
+use debvisor_telemetry::Metrics;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const COMPATIBLE: &str = "debvisor-node-x86_64";
+
+/// A bundle the fake RAUC accepts (squashfs magic, manifest lines).
+fn fake_bundle(compatible: &str, version: &str, pad: usize) -> Vec<u8> {
+    let mut b = format!("hsqs\0[update]\ncompatible={compatible}\nversion={version}\n").into_bytes();
+    b.extend(std::iter::repeat_n(0x42u8, pad));
+    b
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+struct Agent {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    updates: PathBuf,
+    rauc: FakeRauc,
+    audit: AuditLog,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Agent {
+    async fn start(step: Duration) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = ServeConfig {
+            socket: dir.path().join("agent.sock"),
+            tls: None,
+            metrics: None,
+        };
+        let bound = server::bind(&serve).await.unwrap();
+        let journal = Arc::new(FakeJournal::new());
+        let audit = AuditLog::open_in_memory().await.unwrap();
+        let backends = Backends {
+            host: Arc::new(FakeHost::new("update-test")),
+            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
+            journal,
+            audit: audit.clone(),
+            health: Arc::new(debvisor_agent::fakes::SimHealth::new()),
+        };
+        let rauc = FakeRauc::new(COMPATIBLE).with_step(step);
+        let updates = dir.path().join("updates");
+        let update = UpdateBackend::with_rauc(Arc::new(rauc.clone()), updates.clone(), true);
+        let config = server::default_config_origin(backends.host.as_ref());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server::serve_with_update(
+            bound,
+            backends,
+            config,
+            update,
+            AgentConfig::default(),
+            Metrics::new(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Agent {
+            socket: serve.socket,
+            updates,
+            rauc,
+            audit,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> UpdateServiceClient<Channel> {
+        UpdateServiceClient::new(debvisor_api::client::connect_unix(&self.socket).await.unwrap())
+    }
+
+    async fn actions(&self) -> Vec<(String, String, bool, String)> {
+        let page = self
+            .audit
+            .query(&Query {
+                action: Some("update.*".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        page.records
+            .into_iter()
+            .rev()
+            .map(|r| (r.action, r.target, r.ok, r.error))
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn collect(mut s: Streaming<InstallProgress>) -> Vec<InstallProgress> {
+    let mut all = Vec::new();
+    loop {
+        match tokio::time::timeout(LIMIT, s.message())
+            .await
+            .expect("progress within the limit")
+        {
+            Ok(Some(p)) => all.push(p),
+            Ok(None) => return all,
+            Err(e) => panic!("stream error {e:?} after {all:?}"),
+        }
+    }
+}
+
+fn last(all: &[InstallProgress]) -> &InstallProgress {
+    all.last().expect("at least one progress message")
+}
+
+/// A one-shot HTTP/1.1 server: `/bundle.raucb` is `body`, anything else 404.
+async fn http_server(body: Vec<u8>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let (status, body) = if line.starts_with("GET /bundle.raucb ") {
+                    ("200 OK", body)
+                } else {
+                    ("404 Not Found", b"no such bundle".to_vec())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn slots_and_install_from_url() {
+    let agent = Agent::start(Duration::from_millis(5)).await;
+    let mut c = agent.client().await;
+
+    let st = c.get_slots(GetSlotsRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.compatible, COMPATIBLE);
+    assert_eq!(
+        (st.booted_slot.as_str(), st.booted_bootname.as_str()),
+        ("rootfs.0", "A")
+    );
+    assert_eq!(st.primary_slot, "rootfs.0");
+    assert!(st.booted_good && st.simulated);
+    assert_eq!(st.slots.len(), 2);
+    assert!(st.slots[0].booted && st.slots[0].primary);
+    assert_eq!(st.slots[1].boot_status, "bad");
+    assert!(st.install.is_none());
+
+    let bundle = fake_bundle(COMPATIBLE, "0.2.0", 300_000);
+    let base = http_server(bundle.clone()).await;
+    let url = format!("{base}/bundle.raucb");
+    let all = collect(
+        c.install(InstallRequest {
+            url: url.clone(),
+            sha256: sha256(&bundle).to_uppercase(),
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+    )
+    .await;
+    let phases: Vec<i32> = all.iter().map(|p| p.phase).collect();
+    for want in [Phase::Downloading, Phase::Verifying, Phase::Installing, Phase::Done] {
+        assert!(phases.contains(&(want as i32)), "{want:?} missing in {all:?}");
+    }
+    let end = last(&all);
+    assert_eq!(end.phase, Phase::Done as i32, "{end:?}");
+    assert_eq!(
+        (end.target_slot.as_str(), end.bundle_version.as_str()),
+        ("rootfs.1", "0.2.0")
+    );
+    assert_eq!(end.http_status, 200);
+    assert_eq!(
+        (end.bytes_done, end.bytes_total),
+        (bundle.len() as u64, bundle.len() as u64)
+    );
+    assert_eq!(end.started_by, "uid:0");
+    assert_eq!(end.source, url);
+    assert!(
+        all.iter()
+            .any(|p| p.message == "Copying image to rootfs.1" && p.depth == 3)
+    );
+    assert!(
+        files_in(&agent.updates).is_empty(),
+        "bundle deleted: {:?}",
+        files_in(&agent.updates)
+    );
+
+    let st = c.get_slots(GetSlotsRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.primary_slot, "rootfs.1");
+    assert_eq!(st.slots[1].bundle_version, "0.2.0");
+    assert!(st.slots[1].primary && st.slots[1].boot_status == "good");
+    assert_eq!(st.install.unwrap().job_id, end.job_id);
+
+    // A missing URL: the HTTP status is named.
+    let all = collect(
+        c.install(InstallRequest {
+            url: format!("{base}/nothing.raucb"),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+    )
+    .await;
+    let end = last(&all);
+    assert_eq!(end.error_kind, ErrorKind::DownloadFailed as i32, "{end:?}");
+    assert_eq!(end.http_status, 404);
+    assert!(end.error.contains("HTTP 404 Not Found"), "{}", end.error);
+
+    // A checksum that does not match.
+    let all = collect(
+        c.install(InstallRequest {
+            url: url.clone(),
+            sha256: "0".repeat(64),
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+    )
+    .await;
+    assert_eq!(last(&all).error_kind, ErrorKind::ChecksumMismatch as i32, "{all:?}");
+    assert!(files_in(&agent.updates).is_empty());
+
+    // Bad arguments are refused before anything starts.
+    let e = c
+        .install(InstallRequest {
+            url: "ftp://example.org/b.raucb".into(),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("url: "), "{}", e.message());
+
+    let actions = agent.actions().await;
+    let names: Vec<&str> = actions.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "update.install",
+            "update.install.finished",
+            "update.install",
+            "update.install.finished",
+            "update.install",
+            "update.install.finished",
+            "update.install"
+        ]
+    );
+    assert!(actions[1].2 && !actions[3].2 && !actions[6].2);
+    assert_eq!(actions[0].1, url);
+    assert!(actions[3].3.contains("HTTP 404"), "{:?}", actions[3]);
+}
+
+#[tokio::test]
+async fn one_install_at_a_time_and_watchers() {
+    let agent = Agent::start(Duration::from_millis(60)).await;
+    let mut c = agent.client().await;
+    let e = c.watch_install(WatchInstallRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    let bundle = fake_bundle(COMPATIBLE, "0.3.0", 10);
+    let url = format!("{}/bundle.raucb", http_server(bundle).await);
+    let mut first = c
+        .install(InstallRequest {
+            url: url.clone(),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = first.message().await.unwrap().unwrap();
+    let job = p.job_id.clone();
+
+    let e = c
+        .install(InstallRequest {
+            url: url.clone(),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains(&format!("Install {job} of {url}")),
+        "{}",
+        e.message()
+    );
+
+    // A second client follows the running install to its end; the first
+    // client goes away without stopping it.
+    let mut other = agent.client().await;
+    let watched = collect(other.watch_install(WatchInstallRequest {}).await.unwrap().into_inner()).await;
+    drop(first);
+    assert!(watched.iter().all(|p| p.job_id == job));
+    let end = last(&watched);
+    assert_eq!(end.phase, Phase::Done as i32, "{end:?}");
+    // Later watchers get the final state at once.
+    let again = collect(other.watch_install(WatchInstallRequest {}).await.unwrap().into_inner()).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].phase, Phase::Done as i32);
+}
+
+#[tokio::test]
+async fn uploads_and_classified_errors() {
+    let agent = Agent::start(Duration::from_millis(2)).await;
+    let mut c = agent.client().await;
+    let upload = |data: Vec<u8>, size: u64, sha: String| {
+        let mut chunks: Vec<UploadChunk> = data
+            .chunks(64 * 1024)
+            .map(|d| UploadChunk {
+                header: None,
+                data: d.to_vec(),
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(UploadChunk::default());
+        }
+        chunks[0].header = Some(UploadHeader {
+            size_bytes: size,
+            sha256: sha,
+            filename: "update.raucb".into(),
+        });
+        tokio_stream::iter(chunks)
+    };
+
+    let good = fake_bundle(COMPATIBLE, "0.4.0", 200_000);
+    let all = collect(
+        c.upload(upload(good.clone(), good.len() as u64, sha256(&good)))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let end = last(&all);
+    assert_eq!(end.phase, Phase::Done as i32, "{end:?}");
+    assert_eq!(end.source, "upload:update.raucb");
+    assert_eq!(end.bundle_version, "0.4.0");
+
+    let wrong = fake_bundle("some-other-board", "9", 10);
+    let all = collect(
+        c.upload(upload(wrong.clone(), wrong.len() as u64, String::new()))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let end = last(&all);
+    assert_eq!(end.error_kind, ErrorKind::WrongCompatible as i32, "{end:?}");
+    assert!(
+        end.error.contains("this node is 'debvisor-node-x86_64'"),
+        "{}",
+        end.error
+    );
+    assert!(end.error.contains("some-other-board"), "{}", end.error);
+
+    agent
+        .rauc
+        .fail_next_install("signature verification failed: error:02000068:rsa routines::bad signature");
+    let all = collect(
+        c.upload(upload(good.clone(), good.len() as u64, String::new()))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let end = last(&all);
+    assert_eq!(end.error_kind, ErrorKind::BadSignature as i32, "{end:?}");
+    assert!(end.error.contains("bad signature"), "{}", end.error);
+    assert!(
+        all.iter().all(|p| p.phase != Phase::Installing as i32),
+        "never written: {all:?}"
+    );
+
+    let junk = b"not a bundle at all".to_vec();
+    let all = collect(
+        c.upload(upload(junk.clone(), junk.len() as u64, String::new()))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(last(&all).error_kind, ErrorKind::InvalidBundle as i32, "{all:?}");
+
+    // Fewer bytes than announced.
+    let all = collect(
+        c.upload(upload(good[..1000].to_vec(), 5000, String::new()))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let end = last(&all);
+    assert_eq!(end.error_kind, ErrorKind::UploadFailed as i32, "{end:?}");
+    assert!(
+        end.error.contains("1000 bytes; its header announced 5000"),
+        "{}",
+        end.error
+    );
+
+    // Wrong checksum.
+    let all = collect(
+        c.upload(upload(good.clone(), good.len() as u64, "f".repeat(64)))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(last(&all).error_kind, ErrorKind::ChecksumMismatch as i32);
+
+    // More than fits: refused before anything is stored.
+    let e = c
+        .upload(upload(vec![1, 2, 3], 1 << 40, String::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("NOT_ENOUGH_SPACE"), "{}", e.message());
+
+    let e = c
+        .upload(tokio_stream::iter(vec![UploadChunk {
+            header: None,
+            data: vec![1],
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("header: "), "{}", e.message());
+    assert!(files_in(&agent.updates).is_empty(), "{:?}", files_in(&agent.updates));
+}
+
+#[tokio::test]
+async fn marks_rollback_and_the_good_slot_rule() {
+    let agent = Agent::start(Duration::from_millis(1)).await;
+    let mut c = agent.client().await;
+
+    // Nothing to roll back to: the other slot is bad.
+    let e = c.rollback(RollbackRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("rootfs.1 (B) is marked \"bad\""),
+        "{}",
+        e.message()
+    );
+
+    // The booted slot not yet good: installs are refused.
+    agent.rauc.set_booted_status("bad");
+    let e = c
+        .install(InstallRequest {
+            url: "http://127.0.0.1:9/b.raucb".into(),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("rootfs.0 (A) is not marked good"),
+        "{}",
+        e.message()
+    );
+    assert!(e.message().contains("debvisorctl update mark-good"), "{}", e.message());
+
+    let r = c
+        .mark_good(MarkRequest { slot: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.slot.as_str(), r.message.as_str()),
+        ("rootfs.0", "marked slot rootfs.0 as good")
+    );
+    assert!(r.state.unwrap().booted_good);
+
+    let r = c
+        .mark_good(MarkRequest { slot: "other".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.slot, "rootfs.1");
+    let r = c.rollback(RollbackRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.message, "activated slot rootfs.1");
+    assert_eq!(r.state.unwrap().primary_slot, "rootfs.1");
+    let r = c
+        .mark_bad(MarkRequest {
+            slot: "rootfs.1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.message, "marked slot rootfs.1 as bad");
+
+    let e = c
+        .mark_bad(MarkRequest {
+            slot: "rootfs.9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = c.mark_good(MarkRequest { slot: "../x".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    agent.rauc.set_unreachable(true);
+    let e = c.get_slots(GetSlotsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("rauc.service"), "{}", e.message());
+
+    let actions = agent.actions().await;
+    let summary: Vec<(&str, &str, bool)> = actions.iter().map(|a| (a.0.as_str(), a.1.as_str(), a.2)).collect();
+    assert_eq!(
+        summary,
+        [
+            ("update.rollback", "other", false),
+            ("update.install", "http://127.0.0.1:9/b.raucb", false),
+            ("update.mark-good", "", true),
+            ("update.mark-good", "other", true),
+            ("update.rollback", "other", true),
+            ("update.mark-bad", "rootfs.1", true),
+            ("update.mark-bad", "rootfs.9", false),
+            ("update.mark-good", "../x", false),
+        ]
+    );
+}
