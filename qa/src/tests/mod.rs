@@ -10,6 +10,7 @@ mod console_browser;
 mod console_node;
 mod host;
 mod supervisor;
+mod update;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -97,7 +98,7 @@ pub const TESTS: &[Test] = &[
     },
     Test {
         name: "console_browser",
-        what: "the console with a simulated agent in headless Chromium: sign-in, pages, restart audited, no CSP violation, sign-out",
+        what: "the console with a simulated agent in headless Chromium: sign-in, pages, restart audited, no CSP violation, sign-out; then with JavaScript off: forms, confirmation, audit, users",
         kind: Kind::Host,
         run: console_browser::console_browser,
     },
@@ -172,6 +173,18 @@ pub const TESTS: &[Test] = &[
         what: "a config medium with VLAN id 5000 is refused on the console; the node stays reachable",
         kind: Kind::Vm,
         run: config::config_invalid,
+    },
+    Test {
+        name: "update_ab",
+        what: "RAUC: v1 -> v2 into slot B (A stays good); bad bundles refused; v3 fails its boot gate and falls back to v2",
+        kind: Kind::Vm,
+        run: update::update_ab,
+    },
+    Test {
+        name: "update_power_cut",
+        what: "RAUC: power cut early, in the middle and late in an install; the good slot boots and a retry succeeds",
+        kind: Kind::Vm,
+        run: update::update_power_cut,
     },
 ];
 
