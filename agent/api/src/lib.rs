@@ -68,6 +68,20 @@ pub mod update {
     pub mod v1 {
         tonic::include_proto!("debvisor.update.v1");
     }
+
+    /// An install phase as one lower-case word for people and logs:
+    /// `downloading`, `verifying`, `installing`, `done`, `failed`, or
+    /// `unknown` for a value this build does not know.
+    pub fn phase_word(phase: i32) -> &'static str {
+        match v1::Phase::try_from(phase) {
+            Ok(v1::Phase::Downloading) => "downloading",
+            Ok(v1::Phase::Verifying) => "verifying",
+            Ok(v1::Phase::Installing) => "installing",
+            Ok(v1::Phase::Done) => "done",
+            Ok(v1::Phase::Failed) => "failed",
+            _ => "unknown",
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of every DebVisor protobuf, for

@@ -89,6 +89,9 @@ pub enum Cmd {
     /// Query, export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// A/B updates: the slot table, installs, boot marks and rollback.
+    #[command(subcommand)]
+    Update(UpdateCmd),
     /// Reboot the node.
     Reboot(PowerArgs),
     /// Power the node off.
@@ -210,6 +213,50 @@ pub struct LogsArgs {
     /// Keep printing new entries until Ctrl-C.
     #[arg(short, long)]
     pub follow: bool,
+}
+
+/// `update ...`.
+#[derive(Debug, Subcommand)]
+pub enum UpdateCmd {
+    /// Show the slots: booted, primary (next boot), boot marks, installed
+    /// bundle versions, and the running or last install.
+    Status,
+    /// Install a RAUC bundle into the slot that is not booted, with a
+    /// progress bar; reboot afterwards to run it.
+    ///
+    /// SOURCE is an http:// or https:// URL (the agent downloads it) or a
+    /// local file (uploaded to the agent). Ctrl-C stops following, not the
+    /// install; `debvisorctl update watch` follows it again.
+    Install(InstallArgs),
+    /// Follow the running install (or show how the last one ended).
+    Watch,
+    /// Make the other slot the one to boot next, if it is marked good;
+    /// reboot afterwards.
+    Rollback,
+    /// Mark a slot good: the boot loader keeps booting it.
+    MarkGood(MarkArgs),
+    /// Mark a slot bad: the boot loader no longer boots it.
+    MarkBad(MarkArgs),
+}
+
+/// `update install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// An http(s) URL of the bundle, or a local bundle file (update.raucb).
+    #[arg(value_name = "URL|FILE")]
+    pub source: String,
+    /// The bundle's expected sha256 (64 hex digits); for files it is
+    /// computed when omitted.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+}
+
+/// `update mark-good|mark-bad`.
+#[derive(Debug, Args)]
+pub struct MarkArgs {
+    /// booted, other, or a slot name such as rootfs.1.
+    #[arg(value_name = "SLOT", default_value = "booted")]
+    pub slot: String,
 }
 
 /// `audit ...`.

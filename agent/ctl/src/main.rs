@@ -20,6 +20,7 @@ mod output;
 mod rpc;
 mod timefmt;
 mod units;
+mod update;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -77,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Logs(args) => logs::run(&ctx, args).await?,
         Cmd::Health(args) => return health::run(&ctx, args).await,
         Cmd::Audit(cmd) => return audit::run(&ctx, cmd).await,
+        Cmd::Update(cmd) => update::run(&ctx, cmd).await?,
         Cmd::Reboot(args) => node::power(&ctx, Power::Reboot, args).await?,
         Cmd::Shutdown(args) => node::power(&ctx, Power::Shutdown, args).await?,
     }

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::Status;
 
+pub use debvisor_api::update::phase_word as phase_name;
+
 /// How many finished installs are remembered.
 const HISTORY: usize = 8;
 
@@ -206,18 +208,6 @@ impl Drop for Job {
             );
             self.end();
         }
-    }
-}
-
-/// `PHASE_DOWNLOADING` as `downloading`.
-pub fn phase_name(phase: i32) -> &'static str {
-    match Phase::try_from(phase) {
-        Ok(Phase::Downloading) => "downloading",
-        Ok(Phase::Verifying) => "verifying",
-        Ok(Phase::Installing) => "installing",
-        Ok(Phase::Done) => "done",
-        Ok(Phase::Failed) => "failed",
-        _ => "unknown",
     }
 }
 
