@@ -398,6 +398,32 @@ mod tests {
     }
 
     #[test]
+    fn node_recipe_mounts_the_esp_where_rauc_writes_grubenv() {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let recipe = crate::recipe::Recipe::from_file(&ws.join("recipes/node.toml")).unwrap();
+        assert!(recipe.systemd.enable.iter().any(|u| u == "boot-efi.mount"));
+        assert!(recipe.debian.packages.iter().any(|p| p == "rauc-service"));
+        assert!(
+            recipe.debian.packages.iter().any(|p| p == "grub-common"),
+            "grub-editenv"
+        );
+        let unit =
+            std::fs::read_to_string(ws.join("recipes/overlay/node/usr/lib/systemd/system/boot-efi.mount")).unwrap();
+        let value = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in boot-efi.mount"))
+                .to_owned()
+        };
+        assert_eq!(value("Where="), "/boot/efi");
+        assert_eq!(value("What="), "/dev/disk/by-partlabel/esp");
+        assert_eq!(value("Type="), "vfat");
+        assert!(value("Options=").split(',').any(|o| o == "rw"));
+        // The ESP file the image builder writes (disk.rs: ::/EFI/debvisor/grubenv).
+        assert_eq!(GRUBENV_PATH, "/boot/efi/EFI/debvisor/grubenv");
+    }
+
+    #[test]
     fn reads_readable_fields() {
         let text = "Compatible: \t'x'\nBundle Format: \tverity\n  Verity Salt: \t'ab'\n";
         assert_eq!(field(text, "Bundle Format:"), Some("verity"));

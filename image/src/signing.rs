@@ -137,11 +137,17 @@ pub fn development(cache: &Path) -> Result<Signing, SigningError> {
         }
         create_private_dir(&tmp)?;
         generate(&DevFiles::in_dir(&tmp), &tmp)?;
-        if dir.exists() {
+        if dir.exists() && !files.complete() {
             // An incomplete set from an older builder: replace it.
             std::fs::remove_dir_all(&dir).map_err(io("Removing incomplete", &dir))?;
         }
-        std::fs::rename(&tmp, &dir).map_err(io("Renaming", &tmp))?;
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            // A build running beside this one made the set first: use theirs.
+            std::fs::remove_dir_all(&tmp).map_err(io("Removing", &tmp))?;
+            if !files.complete() {
+                return Err(io("Renaming", &tmp)(e).into());
+            }
+        }
     }
     Ok(Signing {
         cert: files.signing_cert.to_string_lossy().into_owned(),
