@@ -14,6 +14,7 @@
 //! - [`live`]: the dashboard's sampler, history and live updates;
 //! - [`charts`]: SVG line and area charts rendered on the server;
 //! - [`assets`]: the vendored front-end files (htmx) embedded at build time;
+//! - [`flash`]: one-shot messages for a session's next page;
 //! - [`error`]: the one mapping from errors to friendly pages;
 //! - [`tls`]: the rustls configuration and the HTTPS accept loop;
 //! - [`redirect`]: the plain-HTTP listener that sends browsers to HTTPS;
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod charts;
 pub mod error;
 pub mod fakes;
+pub mod flash;
 pub mod handlers;
 pub mod live;
 pub mod pages;

@@ -35,7 +35,6 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use debvisor_api::node::v1::GetStatusResponse;
-use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
 use argon2::Params;
@@ -63,9 +62,9 @@ pub const CSP: &str = "default-src 'self'; style-src 'self'; script-src 'self'; 
 /// Where a signed-in user lands (after sign-in, and for `/`).
 pub const HOME: &str = "/dashboard";
 /// The style sheet, compiled in.
-pub const APP_CSS: &str = include_str!("../static/app.css");
+pub const APP_CSS: &str = include_str!("../../static/app.css");
 /// The console's icon, compiled in.
-pub const FAVICON_SVG: &str = include_str!("../static/favicon.svg");
+pub const FAVICON_SVG: &str = include_str!("../../static/favicon.svg");
 /// How long the header's host name and simulation flag are reused on pages
 /// that do not ask the agent themselves.
 const CHROME_TTL: Duration = Duration::from_secs(10);
@@ -78,177 +77,16 @@ const MAX_BODY: usize = 16 * 1024;
 /// fail (only root can write under /run/debvisor).
 pub const HEALTHZ_FAULT_FILE: &str = "/run/debvisor/faults/console-healthz";
 
-/// Shared state of the console: the agent, the credential, sessions and
-/// throttling.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+mod events;
+mod login;
+mod state;
 
-struct Inner {
-    node: Arc<dyn NodeSource>,
-    clock: Arc<dyn Clock>,
-    store: Store,
-    throttle: Throttle,
-    limiter: RateLimiter,
-    credential: AdminCredential,
-    /// argon2 parameters for new passwords (the defaults unless set).
-    password_params: std::sync::OnceLock<Params>,
-    /// While this file exists, `/healthz` answers 503 (fault injection for
-    /// the supervisor's tests).
-    healthz_fault: std::sync::OnceLock<PathBuf>,
-    /// When the agent was last asked, and what it said the last time it
-    /// answered.
-    last_seen: Mutex<Option<(Instant, Option<HeaderFacts>)>>,
-}
-
-/// What the page header needs from the agent.
-#[derive(Debug, Clone)]
-struct HeaderFacts {
-    hostname: String,
-    simulated: bool,
-}
-
-impl AppState {
-    /// State reading the admin hash from `admin_hash`, with the real clock
-    /// and a console database in memory (see [`AppState::with_store`]).
-    pub fn new(node: Arc<dyn NodeSource>, admin_hash: impl Into<PathBuf>) -> Self {
-        Self::with_clock(node, admin_hash, Arc::new(SystemClock))
-    }
-
-    /// Like [`AppState::new`] with a chosen clock (tests move time).
-    pub fn with_clock(node: Arc<dyn NodeSource>, admin_hash: impl Into<PathBuf>, clock: Arc<dyn Clock>) -> Self {
-        let store = Store::in_memory(clock.clone());
-        Self::with_store(node, admin_hash, clock, store)
-    }
-
-    /// State with the console database `store` (see [`Store::open`]);
-    /// `clock` should be the store's.
-    pub fn with_store(
-        node: Arc<dyn NodeSource>,
-        admin_hash: impl Into<PathBuf>,
-        clock: Arc<dyn Clock>,
-        store: Store,
-    ) -> Self {
-        AppState(Arc::new(Inner {
-            node,
-            store,
-            throttle: Throttle::new(clock.clone()),
-            limiter: RateLimiter::new(clock.clone()),
-            credential: AdminCredential::new(admin_hash),
-            password_params: std::sync::OnceLock::new(),
-            clock,
-            healthz_fault: std::sync::OnceLock::new(),
-            last_seen: Mutex::new(None),
-        }))
-    }
-
-    /// Makes `/healthz` answer 503 while `file` exists.
-    /// Set once; a second call keeps the first file.
-    pub fn with_healthz_fault_file(self, file: impl Into<PathBuf>) -> Self {
-        let _ = self.0.healthz_fault.set(file.into());
-        self
-    }
-
-    /// Hashes new passwords with `params` instead of argon2's defaults
-    /// (tests use small ones). Set once; a second call keeps the first.
-    pub fn with_password_params(self, params: Params) -> Self {
-        let _ = self.0.password_params.set(params);
-        self
-    }
-
-    /// The argon2 parameters for new passwords.
-    pub fn password_params(&self) -> Params {
-        self.0.password_params.get().cloned().unwrap_or_default()
-    }
-
-    /// The console database: users and sessions.
-    pub fn store(&self) -> &Store {
-        &self.0.store
-    }
-
-    /// The supervisor's admin credential.
-    pub fn credential(&self) -> &AdminCredential {
-        &self.0.credential
-    }
-
-    /// Appends a record to the agent's audit log for console user `actor`
-    /// (recorded as `console:ACTOR`): `action` (e.g. `console.user.create`)
-    /// on `target`, with `result` (`Err` carries the reason shown to the
-    /// user). Fails when the agent cannot be reached or refuses.
-    pub async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        result: Result<(), &str>,
-    ) -> Result<(), AgentError> {
-        let request = RecordRequest {
-            action: action.to_string(),
-            target: target.to_string(),
-            result: if result.is_ok() { "ok" } else { "error" }.to_string(),
-            error: result.err().unwrap_or_default().to_string(),
-        };
-        bounded("audit record", async {
-            let channel = self.0.node.channel().await?;
-            AuditServiceClient::new(channel)
-                .record(on_behalf_of(request, Some(actor)))
-                .await?;
-            Ok(())
-        })
-        .await
-    }
-    /// The agent, as the pages see it.
-    pub fn node(&self) -> &Arc<dyn NodeSource> {
-        &self.0.node
-    }
-
-    /// The clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.0.clock
-    }
-
-    fn remember(&self, answer: Option<HeaderFacts>) {
-        let mut last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        let keep = last.as_ref().and_then(|(_, a)| a.clone());
-        *last = Some((self.0.clock.now(), answer.or(keep)));
-    }
-
-    /// Asks the agent for the node's status, for `user` (None: the
-    /// console's own request), and remembers the header facts.
-    async fn status(&self, user: Option<&str>) -> Result<GetStatusResponse, AgentError> {
-        let result = self.0.node.status(user).await;
-        self.remember(result.as_ref().ok().map(|s| HeaderFacts {
-            hostname: s.hostname.clone(),
-            simulated: s.simulated,
-        }));
-        result
-    }
-
-    /// The page chrome, asking the agent only when the last answer is stale.
-    pub async fn chrome(&self, nav: Option<Nav>) -> Chrome {
-        let fresh = {
-            let last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-            match last.as_ref() {
-                Some((at, answer)) if self.0.clock.now().saturating_duration_since(*at) < CHROME_TTL => {
-                    Some(answer.clone())
-                }
-                _ => None,
-            }
-        };
-        let answer = match fresh {
-            Some(answer) => answer,
-            None => {
-                let _ = tokio::time::timeout(CHROME_TIMEOUT, self.status(None)).await;
-                let last = self.0.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-                last.as_ref().and_then(|(_, a)| a.clone())
-            }
-        };
-        Chrome {
-            hostname: answer.as_ref().map(|f| f.hostname.clone()).filter(|h| !h.is_empty()),
-            simulated: answer.is_some_and(|f| f.simulated),
-            nav,
-        }
-    }
-}
+pub use events::{LIVE_SESSION_CHECK, is_live, live_events, while_signed_in};
+#[cfg(test)]
+use login::login_csrf;
+pub use login::{CsrfForm, LoginForm};
+use login::{login, login_form, logout};
+pub use state::AppState;
 
 /// The console's router with all routes and middleware.
 pub fn router(state: AppState) -> Router {
@@ -302,35 +140,6 @@ async fn lookup(state: &AppState, headers: &HeaderMap, live: bool) -> Result<Opt
         Some(id) => Ok(state.store().touch(&id).await?),
         None => Ok(None),
     }
-}
-
-/// Whether `path` is a live stream (server-sent events): the browser opens
-/// and reopens those by itself, so they neither keep a session from going
-/// idle nor outlive it (see [`while_signed_in`]).
-pub fn is_live(path: &str) -> bool {
-    path.ends_with("/events")
-}
-
-/// How often a live stream checks that its session still holds.
-pub const LIVE_SESSION_CHECK: Duration = Duration::from_secs(5);
-
-/// `stream`, ended as soon as `session` does (signed out, expired, user
-/// disabled or deleted), checked every [`LIVE_SESSION_CHECK`].
-pub fn while_signed_in<S: Stream + Send>(
-    state: &AppState,
-    session: &Session,
-    stream: S,
-) -> impl Stream<Item = S::Item> + Send + use<S> {
-    let (state, id) = (state.clone(), session.id.clone());
-    let ended = async move {
-        loop {
-            tokio::time::sleep(LIVE_SESSION_CHECK).await;
-            if !matches!(state.store().peek(&id).await, Ok(Some(_))) {
-                return;
-            }
-        }
-    };
-    stream.take_until(ended)
 }
 
 /// Whether requests to `path` are exempt from the per-user rate.
@@ -473,191 +282,6 @@ async fn favicon() -> impl IntoResponse {
 
 async fn not_found() -> AppError {
     AppError::NotFound
-}
-
-/// The sign-in form's fields.
-#[derive(Debug, Deserialize)]
-pub struct LoginForm {
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    csrf: String,
-}
-
-/// A form that only carries a CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-/// Renders the sign-in page with `status`, (re)setting the CSRF cookie.
-async fn login_page(
-    state: &AppState,
-    status: StatusCode,
-    csrf: String,
-    username: String,
-    error: Option<String>,
-) -> Result<Response, AppError> {
-    let page = LoginPage {
-        chrome: state.chrome(None).await,
-        csrf: csrf.clone(),
-        username,
-        error,
-    };
-    let html = page.render()?;
-    Ok((
-        status,
-        [(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &csrf))],
-        Html(html),
-    )
-        .into_response())
-}
-
-/// A well-formed CSRF cookie is reused, so that two open tabs both work.
-fn login_csrf(headers: &HeaderMap) -> String {
-    cookie(headers, CSRF_COOKIE)
-        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_else(random_token)
-}
-
-async fn login_form(
-    State(state): State<AppState>,
-    MaybeSession(session): MaybeSession,
-    headers: HeaderMap,
-) -> Result<Response, AppError> {
-    if session.is_some() {
-        return Ok(Redirect::to(HOME).into_response());
-    }
-    login_page(&state, StatusCode::OK, login_csrf(&headers), String::new(), None).await
-}
-
-async fn login(
-    State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    MaybeSession(previous): MaybeSession,
-    headers: HeaderMap,
-    form: Result<Form<LoginForm>, FormRejection>,
-) -> Result<Response, AppError> {
-    let Form(form) = form.map_err(|_| AppError::BadRequest)?;
-    let expected = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
-    if !tokens_match(&form.csrf, &expected) {
-        tracing::warn!(%ip, "sign-in refused: missing or wrong CSRF token");
-        return Err(AppError::Csrf);
-    }
-    let username: String = form.username.trim().chars().take(64).collect();
-    // Failed sign-ins are audited as the name typed when it is a valid
-    // user name, else as "-".
-    let actor = if username.parse::<UserName>().is_ok() {
-        username.as_str()
-    } else {
-        "-"
-    };
-    let target = ip.to_string();
-    let keys = [ThrottleKey::user(&username), ThrottleKey::ip(ip)];
-    if let Err(wait) = state.0.throttle.check(&keys) {
-        tracing::warn!(%ip, user = ?username, "sign-in refused: too many failures");
-        let _ = state
-            .audit(
-                actor,
-                "console.login",
-                &target,
-                Err("too many failed sign-ins: throttled"),
-            )
-            .await;
-        let minutes = wait.as_secs().div_ceil(60).max(1);
-        let unit = if minutes == 1 { "minute" } else { "minutes" };
-        let message = format!("Too many failed sign-in attempts. Try again in {minutes} {unit}.");
-        let mut response = login_page(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            form.csrf,
-            username,
-            Some(message),
-        )
-        .await?;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
-        return Ok(response);
-    }
-    match state
-        .0
-        .credential
-        .verify(state.store(), &username, &form.password)
-        .await?
-    {
-        Verdict::Accepted(role) => {
-            state.0.throttle.reset(&keys);
-            if let Some(old) = previous {
-                state.store().remove_session(&old.id).await?;
-            }
-            let session = state.store().create_session(&username, role).await?;
-            tracing::info!(%ip, user = %username, %role, "signed in");
-            // Best effort: sign-in works while the agent restarts.
-            let _ = state.audit(&username, "console.login", &target, Ok(())).await;
-            let mut response = Redirect::to(HOME).into_response();
-            let h = response.headers_mut();
-            for c in [set_cookie(SESSION_COOKIE, &session.id), clear_cookie(CSRF_COOKIE)] {
-                h.append(header::SET_COOKIE, HeaderValue::from_str(&c).expect("cookie is ASCII"));
-            }
-            Ok(response)
-        }
-        Verdict::Rejected => {
-            state.0.throttle.record_failure(&keys);
-            tracing::warn!(%ip, user = ?username, "sign-in failed");
-            let _ = state
-                .audit(actor, "console.login", &target, Err("wrong user name or password"))
-                .await;
-            let message = "Wrong user name or password.".to_string();
-            login_page(&state, StatusCode::UNAUTHORIZED, form.csrf, username, Some(message)).await
-        }
-        Verdict::Unavailable => {
-            let message = "Sign-in is not available yet: the admin password has not been set up. \
-                           The supervisor creates it at first boot; try again in a minute."
-                .to_string();
-            login_page(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                form.csrf,
-                username,
-                Some(message),
-            )
-            .await
-        }
-    }
-}
-
-async fn logout(
-    State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    MaybeSession(session): MaybeSession,
-    form: Result<Form<CsrfForm>, FormRejection>,
-) -> Result<Response, AppError> {
-    let Some(session) = session else {
-        return Ok((
-            [(header::SET_COOKIE, clear_cookie(SESSION_COOKIE))],
-            Redirect::to("/login"),
-        )
-            .into_response());
-    };
-    let Form(form) = form.map_err(|_| AppError::Csrf)?;
-    if !tokens_match(&form.csrf, &session.csrf) {
-        tracing::warn!("sign-out refused: missing or wrong CSRF token");
-        return Err(AppError::Csrf);
-    }
-    state.store().remove_session(&session.id).await?;
-    tracing::info!(user = %session.user, "signed out");
-    let _ = state
-        .audit(&session.user, "console.logout", &ip.to_string(), Ok(()))
-        .await;
-    Ok((
-        [(header::SET_COOKIE, clear_cookie(SESSION_COOKIE))],
-        Redirect::to("/login"),
-    )
-        .into_response())
 }
 
 async fn status(State(state): State<AppState>, RequireSession(session): RequireSession) -> Result<Response, AppError> {

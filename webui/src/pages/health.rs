@@ -8,24 +8,22 @@
 //! The summary reuses [`HealthView`] of the status page; the rows here add
 //! what only this page shows.
 
-use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use debvisor_api::health::v1::node_health_service_client::NodeHealthServiceClient;
 use debvisor_api::health::v1::{CheckResult, CheckStatus, ListRequest, NodeHealth, Severity, WatchRequest};
-use futures_util::StreamExt;
 
 use crate::AppState;
 use crate::agent::{bounded, on_behalf_of};
 use crate::error::AppError;
-use crate::handlers::{RequireSession, nav};
+use crate::handlers::{RequireSession, live_events, nav};
 use crate::pages::audit::utc_text;
 use crate::pages::services::message_page;
 use crate::roles::Permission;
@@ -312,22 +310,12 @@ async fn events(State(state): State<AppState>, required: RequireSession) -> Resu
     };
     // Ends with the agent's stream; dropping it (the browser left) cancels
     // the Watch call at the agent.
-    let events = stream
-        .take_while(|item| std::future::ready(item.is_ok()))
-        .filter_map(|item| async move {
-            let panel = HealthPanel {
-                health: Ok(HealthDetail::new(&item.ok()?, now_ms())),
-            };
-            match panel.render() {
-                Ok(html) => Some(Ok::<_, Infallible>(Event::default().event("health").data(html))),
-                Err(e) => {
-                    tracing::error!(error = %e, "health panel rendering failed");
-                    None
-                }
-            }
-        });
-    let events = crate::handlers::while_signed_in(&state, session, events);
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok(live_events(&state, session, "health panel", stream, |health| {
+        let panel = HealthPanel {
+            health: Ok(HealthDetail::new(&health, now_ms())),
+        };
+        Ok(Event::default().event("health").data(panel.render()?))
+    }))
 }
 
 #[cfg(test)]
