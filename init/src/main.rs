@@ -278,14 +278,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let since_boot = gate::uptime(&std::fs::read_to_string("/proc/uptime").unwrap_or_default()).unwrap_or_default();
     let gate_state = Some(gate::GATE_STATE.into());
     let reload_alerts = alerts.clone();
-    tokio::spawn(gate::run(
-        health.clone(),
-        alerts,
-        gate_deadline,
-        since_boot,
-        slot,
-        gate_state,
-    ));
+    let gate_actions = gate::SlotActions {
+        rauc: Arc::new(debvisor_rauc::LazyRauc::default()),
+        units: units.clone(),
+        alerts: alerts.clone(),
+        attempts: 10,
+        retry_delay: Duration::from_secs(3),
+    };
+    let gate_health = health.clone();
+    tokio::spawn(async move {
+        let verdict = gate::run(gate_health, alerts, gate_deadline, since_boot, slot.clone(), gate_state).await;
+        gate::act(&verdict, &slot, &gate_actions, Some(gate::GATE_ACTIONS.as_ref())).await;
+    });
 
     let rx = health.subscribe();
     tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedVariant, Variant};
 
@@ -163,6 +163,34 @@ impl Rauc for DbusRauc {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(follow_install(self.proxy.clone(), props, completed, owner, tx));
         Ok(rx)
+    }
+}
+
+/// [`DbusRauc`] on the system bus, connected on first use: a process starts
+/// (and does everything else) where the bus or RAUC is missing, and each call
+/// reports their absence instead. A failed connection is tried again on the
+/// next call.
+#[derive(Default)]
+pub struct LazyRauc {
+    inner: OnceCell<DbusRauc>,
+}
+
+impl LazyRauc {
+    async fn get(&self) -> Result<&DbusRauc, RaucError> {
+        self.inner.get_or_try_init(DbusRauc::connect).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Rauc for LazyRauc {
+    async fn status(&self) -> Result<RaucStatus, RaucError> {
+        self.get().await?.status().await
+    }
+    async fn mark(&self, state: MarkState, slot: &SlotRef) -> Result<MarkOutcome, RaucError> {
+        self.get().await?.mark(state, slot).await
+    }
+    async fn install(&self, bundle: &Path) -> Result<mpsc::Receiver<InstallEvent>, RaucError> {
+        self.get().await?.install(bundle).await
     }
 }
 

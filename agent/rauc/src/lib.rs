@@ -1,7 +1,7 @@
 //! RAUC behind a trait, for the DebVisor agent and supervisor.
 //!
 //! [`Rauc`] reads the slot status, marks slots and installs bundles;
-//! [`DbusRauc`] implements it over RAUC's D-Bus API
+//! [`DbusRauc`] (or [`LazyRauc`], connecting on first use) implements it over RAUC's D-Bus API
 //! (`de.pengutronix.rauc.Installer` at `/` on the system bus, as RAUC 1.8
 //! has it: `InstallBundle(sa{sv})`, `Mark(ss) -> (ss)`,
 //! `GetSlotStatus() -> a(sa{sv})`, `GetPrimary() -> s`, the properties
@@ -18,7 +18,7 @@ pub mod fakes;
 mod rauc;
 mod types;
 
-pub use dbus::{DbusRauc, INTERFACE, SERVICE};
+pub use dbus::{DbusRauc, INTERFACE, LazyRauc, SERVICE};
 pub use error::RaucError;
 pub use rauc::Rauc;
 pub use types::{

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use debvisor_rauc::fakes::FakeRauc;
-use debvisor_rauc::{DbusRauc, InstallEvent, MarkOutcome, MarkState, Rauc, RaucError, RaucStatus, SlotRef};
-use tokio::sync::{OnceCell, mpsc};
+use debvisor_rauc::{LazyRauc, Rauc};
 
 /// Where bundles are stored on a node while they are installed (on the data
 /// partition).
@@ -79,31 +78,4 @@ pub fn http_client(ca_bundle: &Path) -> reqwest::Client {
         .user_agent(concat!("debvisor-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()
-}
-
-/// [`DbusRauc`] connected on first use, so that an agent starts (and serves
-/// everything else) on a system bus without RAUC; each call reports RAUC's
-/// absence instead.
-#[derive(Default)]
-pub struct LazyRauc {
-    inner: OnceCell<DbusRauc>,
-}
-
-impl LazyRauc {
-    async fn get(&self) -> Result<&DbusRauc, RaucError> {
-        self.inner.get_or_try_init(DbusRauc::connect).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Rauc for LazyRauc {
-    async fn status(&self) -> Result<RaucStatus, RaucError> {
-        self.get().await?.status().await
-    }
-    async fn mark(&self, state: MarkState, slot: &SlotRef) -> Result<MarkOutcome, RaucError> {
-        self.get().await?.mark(state, slot).await
-    }
-    async fn install(&self, bundle: &Path) -> Result<mpsc::Receiver<InstallEvent>, RaucError> {
-        self.get().await?.install(bundle).await
-    }
 }
