@@ -47,6 +47,15 @@ impl LogEntry {
     }
 }
 
+/// Whether pages may run JavaScript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scripts {
+    /// As a browser comes.
+    On,
+    /// Blocked for every site (the browser's own driver scripts still run).
+    Off,
+}
+
 /// A headless Chromium session.
 pub struct Browser {
     driver: Option<Child>,
@@ -88,6 +97,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium that trusts the server
     /// key of `pinned_cert` (PEM) and nothing else self-signed.
     pub async fn start(artifacts: &Path, pinned_cert: Option<&Path>) -> Result<Browser> {
+        Self::start_with(artifacts, pinned_cert, Scripts::On).await
+    }
+
+    /// Like [`Browser::start`]; with [`Scripts::Off`] the pages run no
+    /// JavaScript at all (a user who turned it off).
+    pub async fn start_with(artifacts: &Path, pinned_cert: Option<&Path>, scripts: Scripts) -> Result<Browser> {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             if !Path::new(bin).is_file() {
                 bail!("{bin} not found: install the Debian packages chromium and chromium-driver (qa/setup-host.sh)");
@@ -136,10 +151,16 @@ impl Browser {
         }
         let mut caps = serde_json::Map::new();
         std::fs::create_dir_all(&b.downloads)?;
-        let prefs = json!({
+        let mut prefs = json!({
             "download.default_directory": b.downloads.display().to_string(),
             "download.prompt_for_download": false,
         });
+        if scripts == Scripts::Off {
+            // The content setting a user gets from "Don't allow sites to use
+            // JavaScript" (2 = block), for every site.
+            prefs["profile.managed_default_content_settings.javascript"] = json!(2);
+            prefs["profile.default_content_setting_values.javascript"] = json!(2);
+        }
         caps.insert(
             "goog:chromeOptions".into(),
             json!({ "binary": CHROMIUM, "args": args, "prefs": prefs }),

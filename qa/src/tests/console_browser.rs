@@ -9,6 +9,11 @@
 //! fails the test; every step leaves a screenshot in the artifacts.
 //!
 //! A step is a function of [`Web`]; add one to [`STEPS`] for a new page.
+//!
+//! Then a second Chromium session with JavaScript blocked walks
+//! [`nojs::STEPS`]: the same console through plain links and forms.
+
+mod nojs;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 
 use super::Ctx;
-use crate::browser::Browser;
+use crate::browser::{Browser, Scripts};
 use crate::console_host::ConsoleHost;
 
 /// The simulated node's host name (`debvisor-agent --sim`).
@@ -374,25 +379,32 @@ pub fn console_browser(ctx: &Ctx) -> Result<()> {
     let idle = ["--idle-timeout".to_string(), IDLE_TIMEOUT_SECS.to_string()];
     let mut host = ConsoleHost::start_with(ctx.paths, dir, &idle)?;
     ctx.rt.block_on(async {
-        let b = Browser::start(dir, Some(&host.pki.server_cert())).await?;
-        let mut w = Web {
-            b,
-            base: host.base(),
-            password: host.password.clone(),
-        };
-        let walked = walk(&mut w).await;
-        let log: Vec<String> = w.b.log.iter().map(|e| format!("{} {}", e.level, e.message)).collect();
-        let _ = std::fs::write(dir.join("browser-console.log"), log.join("\n"));
-        let closed = w.b.close().await;
-        walked?;
-        closed
+        session(&host, dir, Scripts::On, STEPS).await?;
+        eprintln!("  JavaScript off ({}):", dir.join("nojs").display());
+        session(&host, &dir.join("nojs"), Scripts::Off, nojs::STEPS).await
     })?;
     host.check()
 }
 
+/// One Chromium session (artifacts in `dir`) that walks `steps`.
+async fn session(host: &ConsoleHost, dir: &std::path::Path, scripts: Scripts, steps: &[Step]) -> Result<()> {
+    let b = Browser::start_with(dir, Some(&host.pki.server_cert()), scripts).await?;
+    let mut w = Web {
+        b,
+        base: host.base(),
+        password: host.password.clone(),
+    };
+    let walked = walk(&mut w, steps).await;
+    let log: Vec<String> = w.b.log.iter().map(|e| format!("{} {}", e.level, e.message)).collect();
+    let _ = std::fs::write(dir.join("browser-console.log"), log.join("\n"));
+    let closed = w.b.close().await;
+    walked?;
+    closed
+}
+
 /// Runs every step; after each one, a screenshot and the console check.
-async fn walk(w: &mut Web) -> Result<()> {
-    for step in STEPS {
+async fn walk(w: &mut Web, steps: &[Step]) -> Result<()> {
+    for step in steps {
         let t = Instant::now();
         let res = (step.run)(w).await;
         let shot = w.b.screenshot(step.name).await;
