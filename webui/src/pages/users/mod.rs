@@ -17,15 +17,21 @@
 //! log as `console:ADMIN` (`console.user.create`, `.disable`, `.enable`,
 //! `.password`, `.role`, `.delete`); while the agent cannot be reached,
 //! changes are refused, so that none happens unaudited.
+//!
+//! Every form handler takes an [`AdminForm`] (session, role, form, CSRF);
+//! [`user`] holds one user's page and its forms.
+
+mod user;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use user::{access, delete, done, set_password, set_role, show};
 
 use crate::AppState;
 use crate::auth::store::{StoreError, UserInfo, UserName};
@@ -42,8 +48,8 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{name}", get(show))
         .route("/users/{name}/role", post(set_role))
         .route("/users/{name}/password", post(set_password))
-        .route("/users/{name}/disable", post(|s, r, p, f| access(s, r, p, f, true)))
-        .route("/users/{name}/enable", post(|s, r, p, f| access(s, r, p, f, false)))
+        .route("/users/{name}/disable", post(|s, p, f| access(s, p, f, true)))
+        .route("/users/{name}/enable", post(|s, p, f| access(s, p, f, false)))
         .route("/users/{name}/delete", post(delete))
 }
 
@@ -242,12 +248,61 @@ pub struct CsrfOnly {
     csrf: String,
 }
 
-fn check_csrf(sent: &str, session: &Session) -> Result<(), AppError> {
-    if tokens_match(sent, &session.csrf) {
-        Ok(())
-    } else {
-        tracing::warn!(user = %session.user, "user change refused: missing or wrong CSRF token");
-        Err(AppError::Csrf)
+/// A form of the users pages: it carries the session's CSRF token.
+pub trait UsersForm: DeserializeOwned + Send {
+    /// The token sent.
+    fn csrf(&self) -> &str;
+    /// The error for a body that is not such a form.
+    fn unreadable() -> AppError {
+        AppError::BadRequest
+    }
+}
+
+macro_rules! users_form {
+    ($($form:ty),*) => {
+        $(impl UsersForm for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        })*
+    };
+}
+users_form!(CreateForm, RoleForm, PasswordForm);
+
+impl UsersForm for CsrfOnly {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+    // A button's form holds nothing but the token.
+    fn unreadable() -> AppError {
+        AppError::Csrf
+    }
+}
+
+/// What every users form handler starts with: the session of an admin
+/// ([`Permission::ManageUsers`]), the form parsed, its CSRF token checked.
+pub struct AdminForm<T> {
+    /// The admin's session.
+    pub session: Session,
+    /// The form.
+    pub form: T,
+}
+
+impl<T: UsersForm> FromRequest<AppState> for AdminForm<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, AppError> {
+        let (mut parts, body) = request.into_parts();
+        let required = RequireSession::from_request_parts(&mut parts, state).await?;
+        let session = required.require(Permission::ManageUsers)?.clone();
+        let Form(form) = Form::<T>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|_| T::unreadable())?;
+        if !tokens_match(form.csrf(), &session.csrf) {
+            tracing::warn!(user = %session.user, "user change refused: missing or wrong CSRF token");
+            return Err(AppError::Csrf);
+        }
+        Ok(AdminForm { session, form })
     }
 }
 
@@ -390,12 +445,9 @@ async fn list(
 
 async fn create(
     State(state): State<AppState>,
-    required: RequireSession,
-    form: Result<Form<CreateForm>, FormRejection>,
+    AdminForm { session, form }: AdminForm<CreateForm>,
 ) -> Result<Response, AppError> {
-    let session = required.require(Permission::ManageUsers)?;
-    let Form(form) = form.map_err(|_| AppError::BadRequest)?;
-    check_csrf(&form.csrf, session)?;
+    let session = &session;
     let typed: String = form.name.trim().chars().take(64).collect();
     let mut errors = FieldErrors::default();
     let name = typed.parse::<UserName>().map_err(|e| errors.name = e).ok();
@@ -442,234 +494,6 @@ async fn create(
             .await
         }
     }
-}
-
-/// How the user page is shown again.
-#[derive(Default)]
-struct Again {
-    role: Option<String>,
-    errors: FieldErrors,
-    state_error: String,
-    delete_error: String,
-    problem: Option<String>,
-    notice: Option<String>,
-}
-
-async fn user_page(
-    state: &AppState,
-    session: &Session,
-    name: &str,
-    status: StatusCode,
-    again: Again,
-) -> Result<Response, AppError> {
-    let Some(user) = state.store().user(name).await? else {
-        return Err(AppError::NotFound);
-    };
-    let selected = again.role.unwrap_or_else(|| user.info.role.as_str().to_string());
-    let page = UserPage {
-        chrome: state.chrome(Some(nav(session, "users"))).await,
-        csrf: session.csrf.clone(),
-        is_self: user.info.name == session.user,
-        user: UserRow::from(&user.info),
-        roles: role_options(&selected),
-        errors: again.errors,
-        state_error: again.state_error,
-        delete_error: again.delete_error,
-        problem: again.problem,
-        notice: again.notice,
-    };
-    Ok((status, Html(page.render()?)).into_response())
-}
-
-async fn show(
-    State(state): State<AppState>,
-    required: RequireSession,
-    Path(name): Path<String>,
-    Query(done): Query<Done>,
-) -> Result<Response, AppError> {
-    let session = required.require(Permission::ManageUsers)?;
-    let again = Again {
-        notice: done.notice(&name),
-        ..Again::default()
-    };
-    user_page(&state, session, &name, StatusCode::OK, again).await
-}
-
-/// The user of a `/users/{name}/...` route, which must exist.
-async fn existing(state: &AppState, name: &str) -> Result<String, AppError> {
-    match state.store().user(name).await? {
-        Some(u) => Ok(u.info.name),
-        None => Err(AppError::NotFound),
-    }
-}
-
-fn done(name: &str, what: &str) -> Response {
-    Redirect::to(&format!("/users/{name}?done={what}")).into_response()
-}
-
-/// Which form of the user page a message belongs next to.
-#[derive(Debug, Clone, Copy)]
-enum Place {
-    Role,
-    Password,
-    Access,
-    Delete,
-}
-
-impl Again {
-    fn at(place: Place, msg: String) -> Again {
-        let mut again = Again::default();
-        match place {
-            Place::Role => again.errors.role = msg,
-            Place::Password => again.errors.password = msg,
-            Place::Access => again.state_error = msg,
-            Place::Delete => again.delete_error = msg,
-        }
-        again
-    }
-}
-
-/// Shows the user page again (422) after a refused form.
-async fn again(state: &AppState, session: &Session, name: &str, again: Again) -> Result<Response, AppError> {
-    user_page(state, session, name, StatusCode::UNPROCESSABLE_ENTITY, again).await
-}
-
-/// The end of a change: `ok` when done, else the page with the message at
-/// `place`.
-async fn finish(
-    state: &AppState,
-    session: &Session,
-    name: &str,
-    outcome: Outcome,
-    ok: Response,
-    place: Place,
-) -> Result<Response, AppError> {
-    match outcome {
-        Outcome::Done => Ok(ok),
-        Outcome::Refused(msg) => again(state, session, name, Again::at(place, msg)).await,
-    }
-}
-
-/// Refuses (and records) `action` of an admin on their own account.
-async fn not_yourself(
-    state: &AppState,
-    session: &Session,
-    action: &str,
-    place: Place,
-    msg: &str,
-) -> Result<Response, AppError> {
-    refused(state, session, action, &session.user, msg).await;
-    again(state, session, &session.user, Again::at(place, msg.to_string())).await
-}
-
-async fn set_role(
-    State(state): State<AppState>,
-    required: RequireSession,
-    Path(name): Path<String>,
-    form: Result<Form<RoleForm>, FormRejection>,
-) -> Result<Response, AppError> {
-    let session = required.require(Permission::ManageUsers)?;
-    let Form(form) = form.map_err(|_| AppError::BadRequest)?;
-    check_csrf(&form.csrf, session)?;
-    let name = existing(&state, &name).await?;
-    let action = "console.user.role";
-    let mut errors = FieldErrors::default();
-    let Some(role) = check_role(&form.role, &mut errors) else {
-        refused(&state, session, action, &name, &errors.summary()).await;
-        let shown = Again {
-            role: Some(form.role.chars().take(32).collect()),
-            errors,
-            ..Again::default()
-        };
-        return again(&state, session, &name, shown).await;
-    };
-    let outcome = change(&state, session, action, &name, state.store().set_role(&name, role)).await?;
-    finish(&state, session, &name, outcome, done(&name, "role"), Place::Role).await
-}
-
-async fn set_password(
-    State(state): State<AppState>,
-    required: RequireSession,
-    Path(name): Path<String>,
-    form: Result<Form<PasswordForm>, FormRejection>,
-) -> Result<Response, AppError> {
-    let session = required.require(Permission::ManageUsers)?;
-    let Form(form) = form.map_err(|_| AppError::BadRequest)?;
-    check_csrf(&form.csrf, session)?;
-    let name = existing(&state, &name).await?;
-    let action = "console.user.password";
-    let mut errors = FieldErrors::default();
-    check_password(&form.password, &form.confirm, &mut errors);
-    if errors.any() {
-        refused(&state, session, action, &name, &errors.summary()).await;
-        let shown = Again {
-            errors,
-            ..Again::default()
-        };
-        return again(&state, session, &name, shown).await;
-    }
-    let hash = new_hash(&state, &form.password).await?;
-    // Other browsers of the user must sign in with the new password.
-    let op = async {
-        state.store().set_password(&name, &hash).await?;
-        state.store().end_sessions(&name, Some(&session.id)).await.map(drop)
-    };
-    let outcome = change(&state, session, action, &name, op).await?;
-    finish(
-        &state,
-        session,
-        &name,
-        outcome,
-        done(&name, "password"),
-        Place::Password,
-    )
-    .await
-}
-
-/// Disables or enables a user.
-async fn access(
-    State(state): State<AppState>,
-    required: RequireSession,
-    Path(name): Path<String>,
-    form: Result<Form<CsrfOnly>, FormRejection>,
-    disable: bool,
-) -> Result<Response, AppError> {
-    let session = required.require(Permission::ManageUsers)?;
-    let Form(form) = form.map_err(|_| AppError::Csrf)?;
-    check_csrf(&form.csrf, session)?;
-    let name = existing(&state, &name).await?;
-    let (action, word) = if disable {
-        ("console.user.disable", "disabled")
-    } else {
-        ("console.user.enable", "enabled")
-    };
-    if disable && name == session.user {
-        let msg = "You cannot disable yourself: ask another admin.";
-        return not_yourself(&state, session, action, Place::Access, msg).await;
-    }
-    let op = state.store().set_disabled(&name, disable);
-    let outcome = change(&state, session, action, &name, op).await?;
-    finish(&state, session, &name, outcome, done(&name, word), Place::Access).await
-}
-
-async fn delete(
-    State(state): State<AppState>,
-    required: RequireSession,
-    Path(name): Path<String>,
-    form: Result<Form<CsrfOnly>, FormRejection>,
-) -> Result<Response, AppError> {
-    let session = required.require(Permission::ManageUsers)?;
-    let Form(form) = form.map_err(|_| AppError::Csrf)?;
-    check_csrf(&form.csrf, session)?;
-    let name = existing(&state, &name).await?;
-    let action = "console.user.delete";
-    if name == session.user {
-        let msg = "You cannot delete yourself: ask another admin.";
-        return not_yourself(&state, session, action, Place::Delete, msg).await;
-    }
-    let outcome = change(&state, session, action, &name, state.store().delete_user(&name)).await?;
-    let ok = Redirect::to("/users?done=deleted").into_response();
-    finish(&state, session, &name, outcome, ok, Place::Delete).await
 }
 
 #[cfg(test)]
