@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod health;
 pub mod services;
 pub mod settings;
+pub mod updates;
 pub mod users;
 
 use axum::Router;
@@ -24,4 +25,5 @@ pub fn routes() -> Router<AppState> {
         .merge(audit::routes())
         .merge(settings::routes())
         .merge(users::routes())
+        .merge(updates::routes())
 }

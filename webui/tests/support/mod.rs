@@ -376,3 +376,72 @@ pub async fn console_with_db() -> Console {
     c.app = router_on_db(&c, &c.dir.join("console.db")).await;
     c
 }
+
+/// A console (database in `console.db`, cheap password hashing) in front of
+/// a real agent whose update service works on `rauc`, a fake RAUC the test
+/// keeps a clone of (clones share its state), and stores bundles in
+/// `dir/updates`. The agent's other facilities are [`TestAgent`]'s.
+pub async fn console_with_rauc(rauc: debvisor_rauc::fakes::FakeRauc) -> Console {
+    let dir = temp_dir();
+    let journal = Arc::new(FakeJournal::new());
+    let units = Arc::new(FakeUnits::new().with_journal(journal.clone()));
+    let audit = AuditLog::open_in_memory().await.unwrap();
+    let host = Arc::new(FakeHost::new("edge-node-7"));
+    let config = server::default_config_origin(host.as_ref());
+    let update = debvisor_agent::update_service::UpdateBackend::with_rauc(Arc::new(rauc), dir.join("updates"), true);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = ServeConfig {
+        socket: dir.join("agent.sock"),
+        tls: None,
+        metrics: None,
+    };
+    tokio::spawn(server::serve_with_update(
+        server::bind(&serve).await.unwrap(),
+        Backends {
+            host,
+            units: units.clone(),
+            journal: journal.clone(),
+            audit: audit.clone(),
+            health: Arc::new(SimHealth::new()),
+        },
+        config,
+        update,
+        AgentConfig {
+            console_user: nix_user_name(),
+            ..AgentConfig::default()
+        },
+        debvisor_telemetry::Metrics::new(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let mut c = Console::new(dir);
+    c.agent = Some(TestAgent {
+        units,
+        journal,
+        audit,
+        stop: Some(tx),
+    });
+    c.app = router_on_db(&c, &c.dir.join("console.db")).await;
+    c
+}
+
+/// Creates user `name` with `role` and `password` on the users page, as the
+/// admin whose session cookie is `admin`.
+pub async fn add_user(app: &Router, admin: &str, name: &str, role: &str, password: &str) -> Reply {
+    let csrf = page_csrf(app, "/users", admin).await;
+    let form = [
+        ("name", name),
+        ("role", role),
+        ("password", password),
+        ("confirm", password),
+    ];
+    post(
+        app,
+        "192.0.2.10",
+        "/users",
+        admin,
+        &[&form[..], &[("csrf", &csrf)]].concat(),
+    )
+    .await
+}
