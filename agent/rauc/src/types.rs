@@ -313,7 +313,10 @@ pub fn classify(error: &str) -> InstallErrorKind {
         || e.contains("verity")
         || e.contains("hash mismatch")
         || e.contains("bad message")
-        || (e.contains("bundle") && e.contains("input/output error"))
+        // A verity bundle's payload is checked by dm-verity as RAUC reads
+        // it, so a corrupt payload shows up as an I/O error while copying.
+        || (e.contains("input/output error")
+            && ["bundle", "read", "splic", "copy", "squashfs"].iter().any(|w| e.contains(w)))
     {
         InstallErrorKind::BadSignature
     } else if e.contains("no space left") || e.contains("not enough space") || e.contains("is larger than") {
@@ -431,6 +434,11 @@ mod tests {
             ),
             ("Failed writing image: No space left on device", NotEnoughSpace),
             ("Failed mounting bundle: Failed to open /dev/mapper/control", Other),
+            (
+                "Failed updating slot rootfs.1: failed to copy image: Error splicing data: Input/output error",
+                BadSignature,
+            ),
+            ("Failed to open slot device: Permission denied", Other),
         ];
         for (text, kind) in cases {
             assert_eq!(classify(text), kind, "{text}");
