@@ -13,7 +13,7 @@ use debvisor_api::node::v1::node_service_client::NodeServiceClient;
 use debvisor_api::node::v1::{GetStatusRequest, GetStatusResponse};
 use debvisor_api::tls::connect_mtls;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::transport::Channel;
 
 /// A parsed HTTP response.
@@ -37,69 +37,119 @@ impl Response {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+impl Response {
+    /// Fails unless the status is `want`, with the start of the body.
+    pub fn expect(self, want: u16, what: &str) -> Result<Response> {
+        if self.status != want {
+            let text = self.text();
+            let head: String = text.chars().take(400).collect();
+            bail!("{what}: HTTP {} (expected {want}); body: {head}", self.status);
+        }
+        Ok(self)
+    }
 }
 
-/// Parses a whole HTTP/1.1 response read until the server closed the
-/// connection: Content-Length, chunked, or read-to-close bodies.
-pub fn parse_response(raw: &[u8]) -> Result<Response> {
-    let head_end = find(raw, b"\r\n\r\n").context("HTTP response has no end of headers")?;
-    let head = std::str::from_utf8(&raw[..head_end]).context("HTTP headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.split_whitespace();
-    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        bail!("Not an HTTP/1 response: {status_line:?}");
+/// How a response without Content-Length or chunks ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The server closes the connection (`Connection: close` requests).
+    Close,
+    /// Such a body is an error: the connection is kept for the next request.
+    KeepAlive,
+}
+
+async fn read_line<R: AsyncBufRead + Unpin>(io: &mut R) -> Result<String> {
+    let mut line = String::new();
+    if io.read_line(&mut line).await? == 0 {
+        bail!("the server closed the connection");
     }
-    let status: u16 = parts
-        .next()
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// The status of `HTTP/1.1 200 OK`.
+fn parse_status_line(line: &str) -> Result<u16> {
+    let mut w = line.split_whitespace();
+    if !w.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        bail!("Not an HTTP/1 response: {line:?}");
+    }
+    w.next()
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("Bad HTTP status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &raw[head_end + 4..];
-    let resp = Response {
+        .with_context(|| format!("Bad HTTP status line {line:?}"))
+}
+
+/// The size of a chunk-size line (hex, optional extensions).
+fn parse_chunk_size(line: &str) -> Result<usize> {
+    let hex = line.split(';').next().unwrap_or_default().trim();
+    usize::from_str_radix(hex, 16).with_context(|| format!("Bad chunk size {line:?}"))
+}
+
+/// Reads one HTTP/1.1 response from `io`: a Content-Length or chunked
+/// body, or (with [`BodyEnd::Close`]) one that ends when the server closes.
+/// The one HTTP client of the harness: [`https`] and `bench console`'s
+/// keep-alive connections both read with it.
+pub async fn read_response<R: AsyncBufRead + Unpin>(io: &mut R, end: BodyEnd) -> Result<Response> {
+    let status = parse_status_line(&read_line(io).await?)?;
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(io).await.context("HTTP response has no end of headers")?;
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line
+            .split_once(':')
+            .with_context(|| format!("Bad header line {line:?}"))?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut resp = Response {
         status,
         headers,
         body: Vec::new(),
     };
-    let body = if resp
+    if resp
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     {
-        decode_chunked(rest)?
+        loop {
+            let size = parse_chunk_size(&read_line(io).await.context("Truncated chunk size line")?)?;
+            if size == 0 {
+                // Trailers, then the empty line (a closing server may omit them).
+                while !read_line(io).await.unwrap_or_default().is_empty() {}
+                break;
+            }
+            let start = resp.body.len();
+            resp.body.resize(start + size, 0);
+            io.read_exact(&mut resp.body[start..])
+                .await
+                .with_context(|| format!("Truncated chunk of {size} bytes"))?;
+            if !read_line(io).await?.is_empty() {
+                bail!("A chunk does not end with CRLF");
+            }
+        }
     } else if let Some(len) = resp.header("content-length") {
         let len: usize = len.parse().context("Bad Content-Length")?;
-        if rest.len() < len {
-            bail!("HTTP body is short: {} of {len} bytes", rest.len());
+        resp.body.resize(len, 0);
+        io.read_exact(&mut resp.body)
+            .await
+            .with_context(|| format!("HTTP body is short of its {len} bytes"))?;
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+    } else if end == BodyEnd::Close {
+        // A server may close without close_notify; keep what arrived.
+        if let Err(e) = io.read_to_end(&mut resp.body).await
+            && resp.body.is_empty()
+        {
+            return Err(e).context("Reading the HTTPS response failed");
         }
-        rest[..len].to_vec()
     } else {
-        rest.to_vec()
-    };
-    Ok(Response { body, ..resp })
+        bail!("an answer ({status}) with neither Content-Length nor chunks: not keep-alive");
+    }
+    Ok(resp)
 }
 
-fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = find(data, b"\r\n").context("Truncated chunk size line")?;
-        let size_text = std::str::from_utf8(&data[..eol])?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).with_context(|| format!("Bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            bail!("Truncated chunk of {size} bytes");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+/// Parses a whole response read until the server closed the connection.
+#[cfg(test)]
+pub fn parse_response(raw: &[u8]) -> Result<Response> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(read_response(&mut &raw[..], BodyEnd::Close))
 }
 
 /// Cookies by name, as a browser would keep them for one host.
@@ -124,6 +174,11 @@ impl Cookies {
                 self.0.insert(name.trim().to_string(), value.trim().to_string());
             }
         }
+    }
+
+    /// The value of cookie `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
     }
 
     /// The Cookie request header value, if any.
@@ -259,14 +314,7 @@ pub async fn https(
         req.push_str("\r\n");
     }
     tls.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    // A server may close without close_notify; keep what arrived.
-    if let Err(e) = tls.read_to_end(&mut raw).await
-        && raw.is_empty()
-    {
-        return Err(e).context("Reading the HTTPS response failed");
-    }
-    parse_response(&raw)
+    read_response(&mut BufReader::new(tls), BodyEnd::Close).await
 }
 
 /// GET /healthz must answer 200 "ok".
@@ -362,6 +410,25 @@ mod tests {
         assert_eq!((r.status, r.text().as_str()), (303, "close-delimited"));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").is_err());
         assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nno length").is_ok());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let keep = rt.block_on(read_response(
+            &mut &b"HTTP/1.1 200 OK\r\n\r\nno length"[..],
+            BodyEnd::KeepAlive,
+        ));
+        assert!(keep.unwrap_err().to_string().contains("not keep-alive"));
+        let two = b"HTTP/1.1 303 See Other\r\nLocation: /a\r\nContent-Length: 0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let mut io = &two[..];
+        let first = rt.block_on(read_response(&mut io, BodyEnd::KeepAlive)).unwrap();
+        let second = rt.block_on(read_response(&mut io, BodyEnd::KeepAlive)).unwrap();
+        assert_eq!(
+            (first.status, first.header("location"), second.status),
+            (303, Some("/a"), 204)
+        );
+        assert!(parse_status_line("SSH-2.0-OpenSSH").is_err());
+        assert_eq!(parse_chunk_size("1a").unwrap(), 26);
+        assert_eq!(parse_chunk_size("0;ext=1").unwrap(), 0);
+        assert!(parse_chunk_size("zz").is_err());
     }
 
     #[test]
