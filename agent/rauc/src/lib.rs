@@ -17,6 +17,7 @@ mod error;
 pub mod fakes;
 mod rauc;
 mod types;
+mod verify;
 
 pub use dbus::{DbusRauc, INTERFACE, LazyRauc, SERVICE};
 pub use error::RaucError;
@@ -24,4 +25,8 @@ pub use rauc::Rauc;
 pub use types::{
     BadSlotRef, Completion, InstallErrorKind, InstallEvent, MarkOutcome, MarkState, Progress, RaucStatus, SlotRef,
     SlotStatus, classify, parse_timestamp,
+};
+pub use verify::{
+    BundleInfo, BundleVerifier, RaucInfoVerifier, VERITY_BLOCK, VerifyError, bundle_root_hash, parse_info,
+    verity_root_hash,
 };

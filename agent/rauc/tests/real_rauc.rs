@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use debvisor_rauc::{Completion, DbusRauc, InstallErrorKind, InstallEvent, MarkState, Progress, Rauc, SlotRef};
+use debvisor_rauc::{
+    BundleVerifier, Completion, DbusRauc, InstallErrorKind, InstallEvent, MarkState, Progress, Rauc, RaucInfoVerifier,
+    SlotRef,
+};
 use sha2::Digest;
 
 const COMPATIBLE: &str = "debvisor-test-x86_64";
@@ -394,4 +397,156 @@ async fn real_rauc_status_marks_and_installs() {
 
 fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// Runs [`RaucInfoVerifier`] with `conf` on `bundle`.
+async fn verify(conf: &Path, bundle: &Path) -> Result<debvisor_rauc::BundleInfo, debvisor_rauc::VerifyError> {
+    let v = RaucInfoVerifier {
+        conf: Some(conf.to_path_buf()),
+        ..Default::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let seen = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(p) = rx.recv().await {
+            all.push(p);
+        }
+        all
+    });
+    let r = v.verify(bundle, tx).await;
+    let seen = seen.await.unwrap();
+    if r.is_ok() {
+        assert_eq!(seen.last(), Some(&100), "progress ends at 100: {seen:?}");
+    }
+    r
+}
+
+/// The verifier against bundles made by `rauc bundle`: the root hash it
+/// computes equals the signed one, and a flipped payload byte, a flipped
+/// signature byte and a foreign signer are refused. Needs no root.
+#[tokio::test]
+async fn verifier_agrees_with_real_verity_bundles() {
+    if !on_path("rauc") || !on_path("openssl") || !on_path("mksquashfs") {
+        eprintln!("skipped: rauc, openssl or mksquashfs is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let signer = keypair(dir, "signer");
+    let conf = dir.join("info.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[system]\ncompatible={COMPATIBLE}\nbootloader=noop\n\n[keyring]\npath={}\n",
+            signer.0.display()
+        ),
+    )
+    .unwrap();
+    // 1 MiB + 5 KiB of varied data: the payload spans several hash blocks.
+    let image: Vec<u8> = (0..(1 << 20) + 5000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let good = bundle(dir, "good.raucb", "verity", COMPATIBLE, "1.2.3", &image, &signer);
+
+    let info = verify(&conf, &good).await.expect("a good bundle verifies");
+    assert_eq!(info.compatible, COMPATIBLE);
+    assert_eq!(info.version, "1.2.3");
+    assert_eq!(info.format, "verity");
+    let root = debvisor_rauc::bundle_root_hash(&good, &info.verity_salt, info.verity_size, &mut |_| {}).unwrap();
+    assert_eq!(root, info.verity_hash, "our root hash equals the one rauc signed");
+
+    // A flipped byte inside the payload: the signature still verifies, the
+    // verity root does not.
+    let payload_flip = flipped(&good, "payload-flip.raucb", 5000);
+    let e = verify(&conf, &payload_flip).await.unwrap_err();
+    assert_eq!(e.kind, InstallErrorKind::BadSignature, "{e}");
+    assert!(e.message.contains("does not match its signature"), "{e}");
+
+    // A flipped byte inside the CMS signature (just before its length).
+    let sig_flip = flipped(&good, "sig-flip.raucb", -100);
+    let e = verify(&conf, &sig_flip).await.unwrap_err();
+    assert_eq!(e.kind, InstallErrorKind::BadSignature, "{e}");
+    assert!(e.message.contains("rauc info refused"), "{e}");
+
+    // Signed by a key the keyring does not trust.
+    let stranger = keypair(dir, "stranger");
+    let foreign = bundle(dir, "foreign.raucb", "verity", COMPATIBLE, "1", &image, &stranger);
+    let e = verify(&conf, &foreign).await.unwrap_err();
+    assert_eq!(e.kind, InstallErrorKind::BadSignature, "{e}");
+
+    // Another compatible verifies; the caller compares it with the node's.
+    let other = bundle(dir, "other.raucb", "verity", "other-node", "1", &image, &signer);
+    assert_eq!(verify(&conf, &other).await.unwrap().compatible, "other-node");
+
+    // Cross-check with veritysetup where it is installed.
+    if on_path("veritysetup") {
+        let len = std::fs::metadata(&good).unwrap().len();
+        let mut tail = [0u8; 8];
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(&good).unwrap();
+        f.seek(std::io::SeekFrom::Start(len - 8)).unwrap();
+        f.read_exact(&mut tail).unwrap();
+        let payload = len - 8 - u64::from_be_bytes(tail) - info.verity_size;
+        let data = dir.join("payload.img");
+        std::fs::write(
+            &data,
+            &std::fs::read(&good).unwrap()[..usize::try_from(payload).unwrap()],
+        )
+        .unwrap();
+        let out = Command::new("veritysetup")
+            .args([
+                "format",
+                "--format=1",
+                "--hash=sha256",
+                "--data-block-size=4096",
+                "--hash-block-size=4096",
+            ])
+            .arg(format!("--salt={}", info.verity_salt))
+            .arg(&data)
+            .arg(dir.join("hash.img"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("Root hash:      \t{root}")) || text.contains(&root),
+            "{text}"
+        );
+    }
+}
+
+/// How long the verifier takes on the image build's bundle (when built),
+/// with the development keyring; printed for the record.
+#[tokio::test]
+async fn verifier_on_the_built_image_bundle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let (bundle, ca) = (
+        root.join("qa/image/update.raucb"),
+        root.join("debvisor-cache/signing/ca.cert.pem"),
+    );
+    if !on_path("rauc") || !bundle.is_file() || !ca.is_file() {
+        eprintln!("skipped: no rauc, or no built {} / {}", bundle.display(), ca.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("info.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[system]\ncompatible=debvisor-node-x86_64\nbootloader=noop\n\n[keyring]\npath={}\ncheck-purpose=codesign\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    match verify(&conf, &bundle).await {
+        Ok(info) => eprintln!(
+            "verified {} ({} bytes, version {}) in {:?}",
+            bundle.display(),
+            std::fs::metadata(&bundle).unwrap().len(),
+            info.version,
+            started.elapsed()
+        ),
+        // The cache's CA may have been regenerated after the bundle was built.
+        Err(e) => eprintln!("not verified ({}): {e}", started.elapsed().as_millis()),
+    }
 }
