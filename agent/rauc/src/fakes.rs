@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::{
-    Completion, InstallEvent, MarkOutcome, MarkState, Progress, Rauc, RaucError, RaucStatus, SlotRef, SlotStatus,
-    classify,
+    BundleInfo, BundleVerifier, Completion, InstallErrorKind, InstallEvent, MarkOutcome, MarkState, Progress, Rauc,
+    RaucError, RaucStatus, SlotRef, SlotStatus, VerifyError, classify,
 };
 
 /// RAUC 1.8's progress steps of an install (percent, message, depth), as
@@ -268,6 +268,70 @@ impl Rauc for FakeRauc {
             let _ = tx.send(InstallEvent::Completed(completion)).await;
         });
         Ok(rx)
+    }
+}
+
+/// A [`BundleVerifier`] for tests and simulation mode: reads the fake
+/// manifest the way [`FakeRauc`] does (a file without the squashfs magic is
+/// an invalid bundle), reports progress in four steps, and fails once with
+/// the error given to [`fail_next`](FakeVerifier::fail_next). Cloning shares
+/// the state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeVerifier {
+    state: Arc<Mutex<(Option<VerifyError>, u32)>>,
+}
+
+impl FakeVerifier {
+    /// The next verification fails with `kind` and `message`.
+    pub fn fail_next(&self, kind: InstallErrorKind, message: &str) {
+        self.lock().0 = Some(VerifyError {
+            kind,
+            message: message.into(),
+        });
+    }
+
+    /// How many bundles were verified (or refused) so far.
+    pub fn calls(&self) -> u32 {
+        self.lock().1
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Option<VerifyError>, u32)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl BundleVerifier for FakeVerifier {
+    async fn verify(&self, bundle: &Path, progress: mpsc::Sender<u8>) -> Result<BundleInfo, VerifyError> {
+        let fail = {
+            let mut st = self.lock();
+            st.1 += 1;
+            st.0.take()
+        };
+        let path = bundle.to_path_buf();
+        let manifest = tokio::task::spawn_blocking(move || read_manifest(&path))
+            .await
+            .map_err(|e| VerifyError {
+                kind: InstallErrorKind::Other,
+                message: e.to_string(),
+            })?
+            .map_err(|message| VerifyError {
+                kind: classify(&message),
+                message,
+            })?;
+        for p in [0, 25, 50, 75] {
+            let _ = progress.send(p).await;
+        }
+        if let Some(e) = fail {
+            return Err(e);
+        }
+        let _ = progress.send(100).await;
+        Ok(BundleInfo {
+            compatible: manifest.compatible.unwrap_or_default(),
+            version: manifest.version.unwrap_or_default(),
+            format: "verity".into(),
+            ..Default::default()
+        })
     }
 }
 

@@ -300,10 +300,11 @@ impl UpdateApi {
         path: &std::path::Path,
         compatible: &str,
     ) -> Result<(String, String), (pb::ErrorKind, String)> {
+        let info = self.verify(job, path, compatible).await?;
         job.update(|p| {
             p.phase = pb::Phase::Verifying as i32;
             p.percent = 0;
-            p.message = "Handing the bundle to RAUC".into();
+            p.message = format!("Bundle {} verified; handing it to RAUC", info.version);
         });
         let mut events = self.backend.rauc.install(path).await.map_err(|e| {
             let kind = match e {
@@ -350,6 +351,54 @@ impl UpdateApi {
             },
             Completion::Failed { error, kind, .. } => Err((error_kind(kind), explain(kind, &error, compatible))),
         }
+    }
+
+    /// The VERIFYING phase: the whole bundle is checked (signature, signed
+    /// manifest, dm-verity root hash of the payload) and its compatible
+    /// compared with the node's before RAUC writes anything, since RAUC 1.8
+    /// notices a corrupt verity payload only part-way through the copy.
+    async fn verify(
+        &self,
+        job: &mut Job,
+        path: &std::path::Path,
+        compatible: &str,
+    ) -> Result<debvisor_rauc::BundleInfo, (pb::ErrorKind, String)> {
+        job.update(|p| {
+            p.phase = pb::Phase::Verifying as i32;
+            p.percent = 0;
+            p.depth = 1;
+            p.message = "Verifying the bundle's signature and content".into();
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u8>(16);
+        let verifier = self.backend.verifier.clone();
+        let verified = verifier.verify(path, tx);
+        tokio::pin!(verified);
+        let mut progress_open = true;
+        let result = loop {
+            tokio::select! {
+                r = &mut verified => break r,
+                p = rx.recv(), if progress_open => match p {
+                    Some(pct) => job.update(|s| {
+                        s.percent = u32::from(pct.min(100));
+                        s.message = format!("Verifying the bundle's signature and content ({pct}%)");
+                    }),
+                    None => progress_open = false,
+                },
+            }
+        };
+        let info = result.map_err(|e| (error_kind(e.kind), explain(e.kind, &e.message, compatible)))?;
+        if info.compatible != compatible {
+            let error = format!(
+                "Compatible mismatch: the bundle is for '{}' (version '{}'), this node is '{compatible}'; nothing \
+                 was written",
+                info.compatible, info.version
+            );
+            return Err((
+                pb::ErrorKind::WrongCompatible,
+                explain(InstallErrorKind::WrongCompatible, &error, compatible),
+            ));
+        }
+        Ok(info)
     }
 
     /// MarkGood, MarkBad or Rollback: admin check, RAUC call, audit.
