@@ -145,7 +145,17 @@ fn wrong_compatible_bundle(ctx: &Ctx, work: &Path, out: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(work);
     let content = work.join("content");
     std::fs::create_dir_all(&content)?;
-    std::fs::write(content.join("rootfs.img"), vec![0u8; 1024 * 1024])?;
+    // Incompressible, so that the bundle's squashfs is more than a block.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(content.join("rootfs.img"), noise)?;
     std::fs::write(
         content.join("manifest.raucm"),
         "[update]\ncompatible=some-other-node\nversion=9.9.9\n\n[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.img\n",
