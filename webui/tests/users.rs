@@ -161,6 +161,25 @@ fn routes(role: Role) -> Vec<Route> {
         route("POST", &format!("/users/{spare}/disable"), Some(P::ManageUsers)),
         route("POST", &format!("/users/{spare}/enable"), Some(P::ManageUsers)),
         route("POST", &format!("/users/{made}/delete"), Some(P::ManageUsers)),
+        route("GET", "/updates", Some(P::ViewDashboard)),
+        route("GET", "/updates/install", Some(P::ViewDashboard)),
+        route("GET", "/updates/events", Some(P::ViewDashboard)),
+        route("GET", "/updates/mark?state=good&slot=other", Some(P::ManageUpdates)),
+        Route {
+            form: vec![("state", "good".into()), ("slot", "other".into())],
+            ..route("POST", "/updates/mark", Some(P::ManageUpdates))
+        },
+        route("GET", "/updates/rollback", Some(P::ManageUpdates)),
+        route("POST", "/updates/rollback", Some(P::ManageUpdates)),
+        route("GET", "/updates/reboot", Some(P::PowerNode)),
+        Route {
+            form: vec![("reason", format!("table {role}"))],
+            ..route("POST", "/updates/reboot", Some(P::PowerNode))
+        },
+        Route {
+            form: vec![("url", "http://127.0.0.1:9/table.raucb".into())],
+            ..route("POST", "/updates/install", Some(P::ManageUpdates))
+        },
     ]
 }
 
@@ -200,6 +219,15 @@ const COVERED: &[&str] = &[
     "/users/{name}/disable",
     "/users/{name}/enable",
     "/users/{name}/delete",
+    "/updates",
+    "/updates/install",
+    "/updates/events",
+    "/updates/mark",
+    "/updates/rollback",
+    "/updates/reboot",
+    // A multipart upload: its role checks are in tests/updates.rs.
+    "/updates/upload",
+    "/static/updates.js",
 ];
 
 /// Every `.route("...")` pattern in the crate's source.
@@ -210,8 +238,11 @@ fn routes_in_source(dir: &std::path::Path, out: &mut Vec<String>) {
             routes_in_source(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(&path).unwrap();
-            for piece in text.split(".route(\"").skip(1) {
-                out.push(piece.split('"').next().unwrap().to_string());
+            // `.route("/p", ...)`, also with the pattern on the next line.
+            for piece in text.split(".route(").skip(1) {
+                if let Some(rest) = piece.trim_start().strip_prefix('"') {
+                    out.push(rest.split('"').next().unwrap().to_string());
+                }
             }
         }
     }
@@ -298,6 +329,7 @@ async fn every_route_with_every_role() {
         "/static/favicon.svg",
         "/favicon.ico",
         "/static/services.js",
+        "/static/updates.js",
     ] {
         assert_eq!(status_of(&c.app, "GET", path, "", &[]).await, StatusCode::OK, "{path}");
     }
