@@ -17,7 +17,8 @@ use debvisor_api::update::v1::{
     UploadHeader, WatchInstallRequest,
 };
 use debvisor_audit::{AuditLog, Query};
-use debvisor_rauc::fakes::FakeRauc;
+use debvisor_rauc::InstallErrorKind;
+use debvisor_rauc::fakes::{FakeRauc, FakeVerifier};
 use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
 use debvisor_telemetry::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,6 +45,7 @@ struct Agent {
     socket: PathBuf,
     updates: PathBuf,
     rauc: FakeRauc,
+    verifier: FakeVerifier,
     audit: AuditLog,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -68,7 +70,9 @@ impl Agent {
         };
         let rauc = FakeRauc::new(COMPATIBLE).with_step(step);
         let updates = dir.path().join("updates");
-        let update = UpdateBackend::with_rauc(Arc::new(rauc.clone()), updates.clone(), true);
+        let verifier = FakeVerifier::default().with_step(step * 10);
+        let update = UpdateBackend::with_rauc(Arc::new(rauc.clone()), updates.clone(), true)
+            .with_verifier(Arc::new(verifier.clone()));
         let config = server::default_config_origin(backends.host.as_ref());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server::serve_with_update(
@@ -86,6 +90,7 @@ impl Agent {
             socket: serve.socket,
             updates,
             rauc,
+            verifier,
             audit,
             stop: Some(stop),
             _dir: dir,
@@ -577,4 +582,75 @@ async fn marks_rollback_and_the_good_slot_rule() {
             ("update.mark-good", "../x", false),
         ]
     );
+}
+
+/// Installs from `url` (no checksum) and collects the progress.
+async fn install_url(c: &mut UpdateServiceClient<Channel>, url: impl Into<String>) -> Vec<InstallProgress> {
+    let req = InstallRequest {
+        url: url.into(),
+        sha256: String::new(),
+    };
+    collect(c.install(req).await.unwrap().into_inner()).await
+}
+
+/// The whole bundle is verified (VERIFYING with percentages) before RAUC is
+/// called: a corrupt payload or a foreign compatible ends the install there,
+/// RAUC never runs and no slot changes.
+#[tokio::test]
+async fn bundles_are_verified_before_rauc_writes() {
+    let agent = Agent::start(Duration::from_millis(2)).await;
+    let mut c = agent.client().await;
+    let before = c.get_slots(GetSlotsRequest::default()).await.unwrap().into_inner();
+    let good = fake_bundle(COMPATIBLE, "0.5.0", 1000);
+    let url = format!("{}/bundle.raucb", http_server(good.clone()).await);
+
+    agent.verifier.fail_next(
+        InstallErrorKind::BadSignature,
+        "The bundle's content does not match its signature (corrupt or tampered download): verity root 00 != 11",
+    );
+    let all = install_url(&mut c, url.clone()).await;
+    let end = last(&all);
+    assert_eq!(end.phase, Phase::Failed as i32, "{end:?}");
+    assert_eq!(end.error_kind, ErrorKind::BadSignature as i32, "{end:?}");
+    assert!(end.error.contains("does not match its signature"), "{}", end.error);
+    assert!(
+        all.iter()
+            .any(|p| p.phase == Phase::Verifying as i32 && p.percent == 50 && p.message.contains("50%")),
+        "VERIFYING reports percentages: {all:?}"
+    );
+    assert!(
+        !all.iter().any(|p| p.phase == Phase::Installing as i32),
+        "RAUC never started writing: {all:?}"
+    );
+    let after = c.get_slots(GetSlotsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(after.slots, before.slots, "no slot changed");
+    assert_eq!(after.primary_slot, before.primary_slot);
+    assert_eq!(after.last_error, "", "RAUC was not asked: {after:?}");
+
+    // Another node's bundle is refused by the verification step too.
+    let wrong = fake_bundle("another-board", "7", 10);
+    let url_wrong = format!("{}/bundle.raucb", http_server(wrong).await);
+    let all = install_url(&mut c, url_wrong).await;
+    let end = last(&all);
+    assert_eq!(end.error_kind, ErrorKind::WrongCompatible as i32, "{end:?}");
+    assert!(end.error.contains("nothing was written"), "{}", end.error);
+    assert!(end.error.contains("another-board"), "{}", end.error);
+    let after = c.get_slots(GetSlotsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(after.slots, before.slots, "no slot changed");
+    assert_eq!(agent.verifier.calls(), 2);
+
+    // A bundle that verifies goes on to RAUC and is installed.
+    let all = install_url(&mut c, url).await;
+    let end = last(&all);
+    assert_eq!(end.phase, Phase::Done as i32, "{end:?}");
+    assert_eq!(end.bundle_version, "0.5.0");
+    let verified = all
+        .iter()
+        .position(|p| p.message.contains("Bundle 0.5.0 verified"))
+        .expect("verified step");
+    let writing = all
+        .iter()
+        .position(|p| p.phase == Phase::Installing as i32)
+        .expect("installing step");
+    assert!(verified < writing, "verification comes before RAUC writes");
 }

@@ -273,15 +273,23 @@ impl Rauc for FakeRauc {
 
 /// A [`BundleVerifier`] for tests and simulation mode: reads the fake
 /// manifest the way [`FakeRauc`] does (a file without the squashfs magic is
-/// an invalid bundle), reports progress in four steps, and fails once with
+/// an invalid bundle), reports progress in four steps `step` apart (none by
+/// default), and fails once with
 /// the error given to [`fail_next`](FakeVerifier::fail_next). Cloning shares
 /// the state.
 #[derive(Debug, Clone, Default)]
 pub struct FakeVerifier {
     state: Arc<Mutex<(Option<VerifyError>, u32)>>,
+    step: Duration,
 }
 
 impl FakeVerifier {
+    /// Progress steps `step` apart.
+    pub fn with_step(mut self, step: Duration) -> Self {
+        self.step = step;
+        self
+    }
+
     /// The next verification fails with `kind` and `message`.
     pub fn fail_next(&self, kind: InstallErrorKind, message: &str) {
         self.lock().0 = Some(VerifyError {
@@ -321,6 +329,7 @@ impl BundleVerifier for FakeVerifier {
             })?;
         for p in [0, 25, 50, 75] {
             let _ = progress.send(p).await;
+            tokio::time::sleep(self.step).await;
         }
         if let Some(e) = fail {
             return Err(e);

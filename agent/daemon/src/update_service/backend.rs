@@ -78,6 +78,7 @@ impl UpdateBackend {
             dir.clone(),
             true,
         );
+        b.verifier = Arc::new(FakeVerifier::default().with_step(Duration::from_millis(150)));
         b.owned_dir = Some(Arc::new(RemoveOnDrop(dir)));
         b
     }

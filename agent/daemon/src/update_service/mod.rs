@@ -376,7 +376,7 @@ impl UpdateApi {
         let mut progress_open = true;
         let result = loop {
             tokio::select! {
-                r = &mut verified => break r,
+                biased;
                 p = rx.recv(), if progress_open => match p {
                     Some(pct) => job.update(|s| {
                         s.percent = u32::from(pct.min(100));
@@ -384,6 +384,7 @@ impl UpdateApi {
                     }),
                     None => progress_open = false,
                 },
+                r = &mut verified => break r,
             }
         };
         let info = result.map_err(|e| (error_kind(e.kind), explain(e.kind, &e.message, compatible)))?;
