@@ -306,6 +306,17 @@ pub struct SerialGuest<'a> {
     con: &'a Console,
     cursor: usize,
     seq: u32,
+    /// Still logged in: dropping it types `exit` (without waiting), so the
+    /// next [`SerialGuest::login`] on the same console finds a getty.
+    open: bool,
+}
+
+impl Drop for SerialGuest<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.con.send("exit\n");
+        }
+    }
 }
 
 impl<'a> SerialGuest<'a> {
@@ -344,6 +355,7 @@ impl<'a> SerialGuest<'a> {
             con,
             cursor: m.end,
             seq: 0,
+            open: true,
         };
         g.exec("stty -echo; dmesg -n 1", Duration::from_secs(30))?;
         Ok(g)
@@ -376,7 +388,8 @@ impl<'a> SerialGuest<'a> {
 
     /// Logs out and waits for the getty's next `login:` prompt, so that a
     /// later [`SerialGuest::login`] finds it.
-    pub fn logout(self) -> Result<()> {
+    pub fn logout(mut self) -> Result<()> {
+        self.open = false;
         let from = self.con.offset();
         self.con.send("exit\n")?;
         self.con

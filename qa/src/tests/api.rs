@@ -117,7 +117,7 @@ async fn verify_audit(ch: &Channel) -> Result<()> {
 }
 
 pub(super) fn units_via_api(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let pw = n.password()?;
     let mut g = SerialGuest::login(&n.vm.console, "root", &pw, Duration::from_secs(120))?;
     let lines: Vec<String> = SLEEPER_UNIT.iter().map(|l| shell_quote(l)).collect();

@@ -22,7 +22,7 @@ fn admin(n: &Node) -> Result<(String, String)> {
 }
 
 pub(super) fn boots_to_ready(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let (user, pw) = admin(&n)?;
     ensure!(user == "admin", "The admin user is {user:?}, expected \"admin\"");
     ensure!(!pw.is_empty(), "The admin password is empty");
@@ -31,7 +31,7 @@ pub(super) fn boots_to_ready(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) fn console_login_https(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let (user, pw) = admin(&n)?;
     let page = ctx
         .rt
@@ -53,7 +53,7 @@ pub(super) fn console_login_https(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) fn agent_status_mtls(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let s = &n.status;
     ensure!(!s.hostname.is_empty(), "Empty hostname");
     ensure!(
@@ -99,7 +99,7 @@ pub(super) fn agent_status_mtls(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) fn root_read_only(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let (_, pw) = admin(&n)?;
     let mut g = SerialGuest::login(&n.vm.console, "root", &pw, Duration::from_secs(120))?;
     let (rc, out) = g.exec("touch /usr/x 2>&1", CMD)?;

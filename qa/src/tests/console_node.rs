@@ -310,7 +310,7 @@ fn health_checks(n: &mut NodeWeb) -> StepFuture<'_> {
 
 /// The test.
 pub fn console_node_browser(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let password = n.password()?;
     let dir = &ctx.dir;
     ensure!(
