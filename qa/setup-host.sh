@@ -7,8 +7,10 @@ packages=(
   # image builder (e2fsprogs also makes the config media of the system tests)
   mmdebstrap squashfs-tools fdisk mtools dosfstools e2fsprogs xz-utils
   grub-efi-amd64-bin grub-common uidmap
-  # the update bundle (rauc bundle / rauc info) and its development CA
-  rauc openssl
+  # the update bundle (rauc bundle / rauc info) and its development CA; the
+  # real-RAUC tests run `rauc service` on a private bus and cross-check the
+  # dm-verity root hash with veritysetup
+  rauc openssl dbus-daemon cryptsetup-bin
   # lab and system tests
   qemu-system-x86 qemu-utils ovmf util-linux
   # build of the workspace
