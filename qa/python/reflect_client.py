@@ -135,7 +135,10 @@ def main():
         out["node_health"] = {"error": error_of(e)}
 
     out["health"] = {}
-    for svc in [""] + SERVICES:
+    # Every DebVisor service the server reflects, so a new one is checked
+    # without editing this list.
+    reflected = [s for s in out["services"] if s.startswith("debvisor.")]
+    for svc in [""] + sorted(set(SERVICES) | set(reflected)):
         try:
             h = r.call(HEALTH, "Check", {"service": svc})
             out["health"][svc] = h.get("status", "UNKNOWN")
