@@ -317,6 +317,23 @@ async fn slots_and_install_from_url() {
     assert!(actions[3].3.contains("HTTP 404"), "{:?}", actions[3]);
 }
 
+/// A second install while `job` (of `url`) runs is refused, naming it.
+async fn second_install_refused(c: &mut UpdateServiceClient<Channel>, url: &str, job: &str) {
+    let e = c
+        .install(InstallRequest {
+            url: url.to_string(),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains(&format!("Install {job} of {url}")),
+        "{}",
+        e.message()
+    );
+}
+
 #[tokio::test]
 async fn one_install_at_a_time_and_watchers() {
     let agent = Agent::start(Duration::from_millis(60)).await;
@@ -337,19 +354,21 @@ async fn one_install_at_a_time_and_watchers() {
     let p = first.message().await.unwrap().unwrap();
     let job = p.job_id.clone();
 
-    let e = c
-        .install(InstallRequest {
-            url: url.clone(),
-            sha256: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(
-        e.message().contains(&format!("Install {job} of {url}")),
-        "{}",
-        e.message()
-    );
+    second_install_refused(&mut c, &url, &job).await;
+
+    // While RAUC itself is busy with this agent's install, the refusal
+    // still names that install (not "an operation this agent did not start").
+    loop {
+        let p = first
+            .message()
+            .await
+            .unwrap()
+            .expect("the install ended before RAUC ran");
+        if p.phase == Phase::Installing as i32 {
+            break;
+        }
+    }
+    second_install_refused(&mut c, &url, &job).await;
 
     // A second client follows the running install to its end; the first
     // client goes away without stopping it.

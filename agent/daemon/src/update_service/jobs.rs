@@ -57,21 +57,34 @@ impl Jobs {
         self.state.borrow().clone()
     }
 
+    /// Refuses with FAILED_PRECONDITION naming the install that runs, if
+    /// one does.
+    pub fn check_idle(&self) -> Result<(), Status> {
+        if self.lock().running.is_some() {
+            return Err(self.busy_error());
+        }
+        Ok(())
+    }
+
+    fn busy_error(&self) -> Status {
+        let cur = self.current().unwrap_or_default();
+        Status::failed_precondition(format!(
+            "Install {} of {} (started by {}) is still running ({}, {}%); one install runs at a time: follow it \
+             with `debvisorctl update watch` and try again when it has ended",
+            cur.job_id,
+            cur.source,
+            cur.started_by,
+            phase_name(cur.phase),
+            cur.percent
+        ))
+    }
+
     /// Starts an install of `source` for `started_by`, or refuses with
     /// FAILED_PRECONDITION naming the one that runs.
     pub fn start(&self, source: &str, started_by: &str) -> Result<Job, Status> {
         let mut reg = self.lock();
         if reg.running.is_some() {
-            let cur = self.current().unwrap_or_default();
-            return Err(Status::failed_precondition(format!(
-                "Install {} of {} (started by {}) is still running ({}, {}%); one install runs at a time: follow it \
-                 with `debvisorctl update watch` and try again when it has ended",
-                cur.job_id,
-                cur.source,
-                cur.started_by,
-                phase_name(cur.phase),
-                cur.percent
-            )));
+            return Err(self.busy_error());
         }
         reg.next_id += 1;
         let id = format!("install-{}", reg.next_id);

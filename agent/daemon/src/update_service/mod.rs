@@ -190,6 +190,7 @@ impl UpdateApi {
     /// Refuses an install while RAUC is busy or the booted slot is not
     /// marked good.
     async fn preflight(&self) -> Result<RaucStatus, Status> {
+        self.jobs.check_idle()?;
         let st = self.backend.rauc.status().await.map_err(rauc_status)?;
         if st.operation != "idle" {
             return Err(Status::failed_precondition(format!(
