@@ -75,6 +75,9 @@ enum BenchCmd {
     /// Sign-in, dashboard under many users, Chromium load and memory of the
     /// web console in front of a simulated agent on this host.
     Console(bench_console::ConsoleArgs),
+    /// Bundle size, install time by phase, reboot to ready, and what
+    /// RAUC's adaptive mode could save, on a node in QEMU.
+    Update(tests::UpdateBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +107,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Console(a),
         } => bench_console::console(&paths, &rt, a).map(|()| true),
+        Cmd::Bench {
+            cmd: BenchCmd::Update(a),
+        } => tests::bench_update(&paths, &rt, cli.accel, a).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -254,6 +254,45 @@ pub struct TestArgs {
     pub memory: u32,
 }
 
+/// Options of `bench update`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpdateBenchArgs {
+    /// Build nothing: use target/qa/image and the release binaries as they
+    /// are (the variants are still built when missing).
+    #[arg(long)]
+    pub no_build: bool,
+    /// Seconds each boot may take to reach ready.
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
+}
+
+/// `bench update`: see [`update::bench`].
+pub fn bench_update(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &UpdateBenchArgs) -> Result<()> {
+    let image = paths.image();
+    if !a.no_build {
+        node::build_image(paths, &image, None)?;
+    }
+    let dir = paths.artifacts().join("bench_update");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let shared: Mutex<Option<Node>> = Mutex::new(None);
+    let ctx = Ctx {
+        rt,
+        paths,
+        version: node::manifest_version(&image)?,
+        image,
+        dir,
+        accel,
+        boot_timeout: Duration::from_secs(a.boot_timeout),
+        memory_mib: a.memory,
+        shared: &shared,
+    };
+    update::bench(&ctx, &paths.bench().join("update.json"))
+}
+
 /// Runs the selected tests; returns true when none failed.
 pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestArgs) -> Result<bool> {
     if a.list {
