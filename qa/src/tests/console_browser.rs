@@ -14,6 +14,7 @@
 //! [`nojs::STEPS`]: the same console through plain links and forms.
 
 mod nojs;
+mod updates;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -105,6 +106,18 @@ pub const STEPS: &[Step] = &[
     Step {
         name: "bundle-download",
         run: bundle_download,
+    },
+    Step {
+        name: "updates-slots",
+        run: updates::slots,
+    },
+    Step {
+        name: "updates-upload",
+        run: updates::upload,
+    },
+    Step {
+        name: "updates-url-refused",
+        run: updates::url_refused,
     },
     Step {
         name: "users-create-viewer",
