@@ -115,7 +115,11 @@ pub fn render_status(st: &SlotsState) -> String {
             s.name.clone(),
             or_dash(&s.bootname),
             s.state.clone(),
-            or_dash(&s.boot_status),
+            if s.trying {
+                "on trial".into()
+            } else {
+                or_dash(&s.boot_status)
+            },
             if s.primary { "yes".into() } else { String::new() },
             or_dash(&s.bundle_version),
             if s.installed_unix_s > 0 {

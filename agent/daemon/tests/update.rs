@@ -525,7 +525,29 @@ async fn marks_rollback_and_the_good_slot_rule() {
         e.message()
     );
 
+    // The booted slot on trial (GRUB tried it, the boot gate has not
+    // confirmed it): RAUC calls it good, yet installs are refused and
+    // GetSlots does not call it good.
+    agent.rauc.set_booted_trying(true);
+    let e = c
+        .install(InstallRequest {
+            url: "http://127.0.0.1:9/b.raucb".into(),
+            sha256: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("rootfs.0 (A) is on trial"), "{}", e.message());
+    let s = c.get_slots(GetSlotsRequest {}).await.unwrap().into_inner();
+    assert!(!s.booted_good, "{s:?}");
+    assert!(
+        s.slots
+            .iter()
+            .any(|x| x.name == "rootfs.0" && x.trying && x.boot_status == "good")
+    );
+
     // The booted slot not yet good: installs are refused.
+    agent.rauc.set_booted_trying(false);
     agent.rauc.set_booted_status("bad");
     let e = c
         .install(InstallRequest {
@@ -592,6 +614,7 @@ async fn marks_rollback_and_the_good_slot_rule() {
         summary,
         [
             ("update.rollback", "other", false),
+            ("update.install", "http://127.0.0.1:9/b.raucb", false),
             ("update.install", "http://127.0.0.1:9/b.raucb", false),
             ("update.mark-good", "", true),
             ("update.mark-good", "other", true),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
 use tokio::sync::{OnceCell, mpsc};
@@ -13,7 +13,7 @@ use zbus::{Connection, MatchRule, Message, MessageStream, OwnedVariant, Variant}
 
 use crate::{
     Completion, InstallErrorKind, InstallEvent, MarkOutcome, MarkState, Progress, Rauc, RaucError, RaucStatus, SlotRef,
-    SlotStatus, classify,
+    SlotStatus, classify, grubenv,
 };
 
 /// RAUC's bus name.
@@ -59,6 +59,7 @@ trait Installer {
 pub struct DbusRauc {
     conn: Connection,
     proxy: InstallerProxy<'static>,
+    system_conf: PathBuf,
 }
 
 impl DbusRauc {
@@ -87,7 +88,18 @@ impl DbusRauc {
             .build()
             .await
             .map_err(|source| RaucError::Unavailable { source })?;
-        Ok(Self { conn, proxy })
+        Ok(Self {
+            conn,
+            proxy,
+            system_conf: PathBuf::from(grubenv::SYSTEM_CONF),
+        })
+    }
+
+    /// Reads the boot loader settings (for trial boots) from `path` instead
+    /// of /etc/rauc/system.conf.
+    pub fn with_system_conf(mut self, path: PathBuf) -> Self {
+        self.system_conf = path;
+        self
     }
 }
 
@@ -115,7 +127,24 @@ impl Rauc for DbusRauc {
             .map(|(name, dict)| SlotStatus::from_dict(name, dict))
             .collect();
         slots.sort_by(|a, b| a.name.cmp(&b.name));
+        let conf = self.system_conf.clone();
+        let trials = tokio::task::spawn_blocking(move || grubenv::read_trials(&conf))
+            .await
+            .unwrap_or_else(|e| Err(format!("Reading the GRUB environment failed: {e}")));
+        let trial_error = match trials {
+            Ok(on_trial) => {
+                for s in &mut slots {
+                    s.trying = on_trial.contains(&s.bootname);
+                }
+                String::new()
+            }
+            Err(e) => {
+                tracing::warn!("trial boots unknown: {e}");
+                e
+            }
+        };
         Ok(RaucStatus {
+            trial_error,
             compatible,
             boot_slot,
             operation,

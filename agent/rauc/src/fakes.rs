@@ -113,6 +113,15 @@ impl FakeRauc {
         }
     }
 
+    /// Puts the booted slot on trial (GRUB's `X_TRY=1`) or takes it off;
+    /// marking it good or bad ends the trial, as RAUC's GRUB backend does.
+    pub fn set_booted_trying(&self, trying: bool) {
+        let mut st = self.lock();
+        if let Some(s) = st.status.slots.iter_mut().find(|s| s.is_booted()) {
+            s.trying = trying;
+        }
+    }
+
     /// Makes every call fail as if RAUC were not on the bus.
     pub fn set_unreachable(&self, unreachable: bool) {
         self.lock().unreachable = unreachable;
@@ -171,6 +180,8 @@ impl Rauc for FakeRauc {
         };
         let now = now_unix_s();
         let s = st.status.slots.iter_mut().find(|s| s.name == name).expect("resolved");
+        // RAUC's GRUB backend writes X_TRY=0 with every mark.
+        s.trying = false;
         match state {
             MarkState::Good => s.boot_status = "good".into(),
             MarkState::Bad => s.boot_status = "bad".into(),

@@ -15,6 +15,7 @@
 mod dbus;
 mod error;
 pub mod fakes;
+pub mod grubenv;
 mod rauc;
 mod types;
 mod verify;

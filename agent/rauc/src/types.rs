@@ -46,6 +46,10 @@ pub struct SlotStatus {
     pub activated_unix_s: i64,
     /// `activated.count`.
     pub activated_count: u32,
+    /// On trial: marked bootable (`X_OK=1`) and tried (`X_TRY=1`) in the
+    /// GRUB environment, not yet confirmed good by the boot gate. Read from
+    /// the environment block, not from RAUC (see [`crate::grubenv`]).
+    pub trying: bool,
 }
 
 impl SlotStatus {
@@ -101,12 +105,18 @@ impl SlotStatus {
             installed_count: u32::try_from(number("installed.count")).unwrap_or(u32::MAX),
             activated_unix_s: stamp("activated.timestamp"),
             activated_count: u32::try_from(number("activated.count")).unwrap_or(u32::MAX),
+            trying: false,
         }
     }
 
     /// True when the boot loader marks the slot good.
     pub fn is_good(&self) -> bool {
         self.boot_status == "good"
+    }
+
+    /// Good and not on trial: this boot of the slot was confirmed.
+    pub fn is_confirmed_good(&self) -> bool {
+        self.is_good() && !self.trying
     }
 
     /// True for the running slot.
@@ -174,6 +184,9 @@ pub struct RaucStatus {
     pub primary: String,
     /// Why `GetPrimary` failed; empty when it did not.
     pub primary_error: String,
+    /// Why the trial state of the slots is unknown (the GRUB environment
+    /// could not be read); empty when it is known.
+    pub trial_error: String,
     /// `GetSlotStatus`, sorted by slot name.
     pub slots: Vec<SlotStatus>,
 }

@@ -100,7 +100,8 @@ pub fn slots_state(st: &RaucStatus, install: Option<pb::InstallProgress>, simula
         booted_slot: booted.map(|s| s.name.clone()).unwrap_or_default(),
         primary_slot: st.primary.clone(),
         primary_error: st.primary_error.clone(),
-        booted_good: booted.is_some_and(|s| s.is_good()),
+        booted_good: booted.is_some_and(|s| s.is_confirmed_good()) && st.trial_error.is_empty(),
+        trial_error: st.trial_error.clone(),
         operation: st.operation.clone(),
         last_error: st.last_error.clone(),
         slots: st
@@ -126,6 +127,7 @@ pub fn slots_state(st: &RaucStatus, install: Option<pb::InstallProgress>, simula
                 installed_count: s.installed_count,
                 activated_unix_s: s.activated_unix_s,
                 activated_count: s.activated_count,
+                trying: s.trying,
             })
             .collect(),
         install,
@@ -205,6 +207,21 @@ impl UpdateApi {
                 st.boot_slot
             )));
         };
+        if !st.trial_error.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "Cannot tell whether the booted slot {} ({}) was confirmed good: {}; no slot is overwritten until \
+                 it can be told (check that the ESP is mounted at /boot/efi)",
+                booted.name, booted.bootname, st.trial_error
+            )));
+        }
+        if booted.trying {
+            return Err(Status::failed_precondition(format!(
+                "The booted slot {} ({}) is on trial: this boot has not been confirmed good yet, and the other slot \
+                 holds the only known-good system; wait for the boot gate (`debvisorctl health`) or mark it with \
+                 `debvisorctl update mark-good`",
+                booted.name, booted.bootname
+            )));
+        }
         if !booted.is_good() {
             return Err(Status::failed_precondition(format!(
                 "The booted slot {} ({}) is not marked good yet (boot status {:?}); the other slot holds the only \

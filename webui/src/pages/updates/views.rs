@@ -93,7 +93,10 @@ fn unix_s(s: i64) -> String {
 
 impl From<&Slot> for SlotRow {
     fn from(s: &Slot) -> Self {
-        let boot_status = if s.boot_status.is_empty() {
+        let boot_status = if s.trying {
+            // RAUC may say "good" while the boot gate has not confirmed it.
+            "on trial".to_string()
+        } else if s.boot_status.is_empty() {
             "unknown".to_string()
         } else {
             s.boot_status.clone()
@@ -106,7 +109,7 @@ impl From<&Slot> for SlotRow {
             kind: s.r#type.clone(),
             state_class: state_class(&s.state),
             state: s.state.clone(),
-            boot_class: boot_class(&s.boot_status),
+            boot_class: if s.trying { "warn" } else { boot_class(&s.boot_status) },
             boot_status,
             booted: s.booted,
             primary: s.primary,
