@@ -7,12 +7,17 @@
 //! string. The host serves them over HTTP; the node's agent downloads and
 //! installs them through RAUC's D-Bus API.
 //!
-//! - `update_ab`: v1 -> v2 (slot B, A still good), the bad bundles refused
-//!   with no slot changed, v3 fails its boot gate and the node falls back to
-//!   v2 by itself with v3 marked bad; `rauc status` agrees with GetSlots.
-//! - `update_power_cut`: QEMU killed early, in the middle and late in an
-//!   install; each time the node boots the good slot and a retried install
-//!   succeeds.
+//! `update_ab`, one node through all of it (each boot and each install
+//! costs minutes under TCG):
+//! - v1 -> v2: the power cut early (download) and in the middle (slot
+//!   write), each time v1 boots from A and a retried install succeeds; then
+//!   v2 runs on B and A is still good;
+//! - a bundle with one flipped byte and one for another compatible string
+//!   are refused with their cause, no slot changed;
+//! - v2 -> v3: the power cut late in the slot write, v2 boots from B and a
+//!   retried install succeeds; v3 fails its boot gate and the node falls
+//!   back to v2 by itself, with v3's slot marked bad;
+//! - `rauc status` on the node agrees with GetSlots throughout.
 
 mod bench;
 mod bundles;
@@ -34,7 +39,7 @@ use self::steps::{
 };
 use super::{CMD, Ctx};
 use crate::fileserve::FileServer;
-use crate::node;
+use crate::node::{self, Node, Waited};
 use crate::probes;
 use crate::serial::SerialGuest;
 
@@ -57,7 +62,7 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
     srv.add("flipped.raucb", b.flipped.clone());
     srv.add("wrong.raucb", b.wrong_compatible.clone());
 
-    let (node, w1, pw) = first_boot(ctx)?;
+    let (mut node, w1, pw) = first_boot(ctx)?;
     let s = wait_booted_good(ctx, &w1)?;
     expect_slots(&s, "A", &[("A", "good")])?;
     eprintln!("  v1 runs on A: {:?}", slot_table(&s));
@@ -75,20 +80,24 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
         missing.http_status
     );
 
-    // v1 -> v2.
-    install_ok(
-        ctx,
-        &w1,
-        &srv.guest_url("v2.raucb"),
-        &file_sha256(&b.v2)?,
-        "rootfs.1",
-        &b.v2_version,
-    )?;
+    // v1 -> v2, with the power cut early (in the download) and in the
+    // middle of writing slot B: each time the node boots v1 on A again and
+    // the retried install succeeds.
+    let v2 = Target {
+        srv: &srv,
+        url: srv.guest_url("v2.raucb"),
+        sha256: file_sha256(&b.v2)?,
+        slot: "rootfs.1",
+        version: &b.v2_version,
+    };
+    let v1 = ("A", ctx.version.as_str());
+    let w = cut_then_retry(ctx, &mut node, &w1, &pw, CutAt::Early, &v2, v1)?;
     ensure!(
         srv.requests().contains(&("/v2.raucb".to_string(), 200)),
         "The agent never fetched /v2.raucb from the host: {:?}",
         srv.requests()
     );
+    let w1 = cut_then_retry(ctx, &mut node, &w, &pw, CutAt::Middle, &v2, v1)?;
     let w2 = reboot(ctx, &node, &w1, &pw, "qa update_ab: activate v2")?;
     ensure!(
         w2.status.image_version == b.v2_version && w2.status.booted_slot == "B",
@@ -126,15 +135,17 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
         slot_table(&after)
     );
 
-    // v2 -> v3, whose boot gate fails: the node falls back to v2 itself.
-    install_ok(
-        ctx,
-        &w2,
-        &srv.guest_url("v3.raucb"),
-        &file_sha256(&b.v3)?,
-        "rootfs.0",
-        &b.v3_version,
-    )?;
+    // v2 -> v3, with the power cut late in writing slot A: the node boots
+    // v2 on B again and the retried install succeeds. v3's boot gate then
+    // fails: the node falls back to v2 by itself.
+    let v3 = Target {
+        srv: &srv,
+        url: srv.guest_url("v3.raucb"),
+        sha256: file_sha256(&b.v3)?,
+        slot: "rootfs.0",
+        version: &b.v3_version,
+    };
+    let w2 = cut_then_retry(ctx, &mut node, &w2, &pw, CutAt::Late, &v3, ("B", &b.v2_version))?;
     let con = &node.vm.console;
     let from = con.offset();
     ctx.rt.block_on(async {
@@ -193,50 +204,51 @@ impl CutAt {
     }
 }
 
-pub(super) fn update_power_cut(ctx: &Ctx) -> Result<()> {
-    let b = bundles(ctx)?;
-    let srv = FileServer::start()?;
-    srv.add("v2.raucb", b.v2.clone());
-    let url = srv.guest_url("v2.raucb");
-    let sha = file_sha256(&b.v2)?;
-    let (mut node, mut w, pw) = first_boot(ctx)?;
-    wait_booted_good(ctx, &w)?;
-    for (i, at) in [CutAt::Early, CutAt::Middle, CutAt::Late].into_iter().enumerate() {
-        // Slow downloads down so that the early cut lands in the download.
-        srv.throttle(if matches!(at, CutAt::Early) { 4 << 20 } else { 0 });
-        let last = install(ctx, &w, &url, &sha, |p| !at.reached(p))?;
-        ensure!(
-            at.reached(&last),
-            "The install ended before the {at:?} cut point: {}",
-            describe(&last)
-        );
-        eprintln!("  power cut {at:?} at {}", describe(&last));
-        node.vm
-            .power_cycle(&ctx.dir.join(format!("console-after-cut-{}.log", i + 1)))?;
-        w = node::wait_node(ctx.rt, &node.vm, 0, ctx.boot_timeout, Some(&pw), &node.config)
-            .map_err(|e| node::with_tail(e.context(format!("No boot after the {at:?} power cut")), &node.vm))?;
-        ensure!(
-            w.status.booted_slot == "A" && w.status.image_version == ctx.version,
-            "After the {at:?} power cut the node runs {:?} on {:?}, expected {:?} on A",
-            w.status.image_version,
-            w.status.booted_slot,
-            ctx.version
-        );
-        let s = wait_booted_good(ctx, &w)?;
-        expect_slots(&s, "A", &[("A", "good")])?;
-        srv.throttle(0);
-        install_ok(ctx, &w, &url, &sha, "rootfs.1", &b.v2_version)
-            .with_context(|| format!("The install retried after the {at:?} power cut failed"))?;
-        // The next round installs into B again: RAUC marks it unbootable
-        // before writing, so a cut leaves the node on A.
-    }
-    // The last retried install is complete: the node boots it.
-    let w2 = reboot(ctx, &node, &w, &pw, "qa update_power_cut: activate v2")?;
+/// An install the tests make: from `url` on `srv` into `slot`, of `version`.
+struct Target<'a> {
+    srv: &'a FileServer,
+    url: String,
+    sha256: String,
+    slot: &'a str,
+    version: &'a str,
+}
+
+/// Cuts the power at `at` in an install of `t`; the node must boot
+/// `back` = (slot, version) again with that slot still good, and a retried
+/// install must succeed. Returns the boot after the cut.
+fn cut_then_retry(
+    ctx: &Ctx,
+    node: &mut Node,
+    w: &Waited,
+    pw: &str,
+    at: CutAt,
+    t: &Target,
+    back: (&str, &str),
+) -> Result<Waited> {
+    // Slow the download down so that the early cut lands in it.
+    t.srv.throttle(if matches!(at, CutAt::Early) { 4 << 20 } else { 0 });
+    let last = install(ctx, w, &t.url, &t.sha256, |p| !at.reached(p))?;
+    t.srv.throttle(0);
     ensure!(
-        w2.status.booted_slot == "B" && w2.status.image_version == b.v2_version,
-        "After the retried install the node runs {:?} on {:?}",
-        w2.status.image_version,
-        w2.status.booted_slot
+        at.reached(&last),
+        "The install ended before the {at:?} cut point: {}",
+        describe(&last)
     );
-    Ok(())
+    eprintln!("  power cut {at:?} at {}", describe(&last));
+    node.vm
+        .power_cycle(&ctx.dir.join(format!("console-after-{at:?}-cut.log").to_lowercase()))?;
+    let w = node::wait_node(ctx.rt, &node.vm, 0, ctx.boot_timeout, Some(pw), &node.config)
+        .map_err(|e| node::with_tail(e.context(format!("No boot after the {at:?} power cut")), &node.vm))?;
+    let (slot, version) = back;
+    ensure!(
+        w.status.booted_slot == slot && w.status.image_version == version,
+        "After the {at:?} power cut the node runs {:?} on {:?}, expected {version:?} on {slot}",
+        w.status.image_version,
+        w.status.booted_slot,
+    );
+    let s = wait_booted_good(ctx, &w)?;
+    expect_slots(&s, slot, &[(slot, "good")])?;
+    install_ok(ctx, &w, &t.url, &t.sha256, t.slot, t.version)
+        .with_context(|| format!("The install retried after the {at:?} power cut failed"))?;
+    Ok(w)
 }
