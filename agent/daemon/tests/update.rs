@@ -288,13 +288,7 @@ async fn slots_and_install_from_url() {
     assert!(files_in(&agent.updates).is_empty());
 
     // Bad arguments are refused before anything starts.
-    let e = c
-        .install(InstallRequest {
-            url: "ftp://example.org/b.raucb".into(),
-            sha256: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let e = refused(&mut c, "ftp://example.org/b.raucb").await;
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("url: "), "{}", e.message());
 
@@ -317,15 +311,19 @@ async fn slots_and_install_from_url() {
     assert!(actions[3].3.contains("HTTP 404"), "{:?}", actions[3]);
 }
 
+/// An install of `url` that must be refused before it starts.
+async fn refused(c: &mut UpdateServiceClient<Channel>, url: &str) -> tonic::Status {
+    c.install(InstallRequest {
+        url: url.to_string(),
+        sha256: String::new(),
+    })
+    .await
+    .unwrap_err()
+}
+
 /// A second install while `job` (of `url`) runs is refused, naming it.
 async fn second_install_refused(c: &mut UpdateServiceClient<Channel>, url: &str, job: &str) {
-    let e = c
-        .install(InstallRequest {
-            url: url.to_string(),
-            sha256: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let e = refused(c, url).await;
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
         e.message().contains(&format!("Install {job} of {url}")),
@@ -529,13 +527,7 @@ async fn marks_rollback_and_the_good_slot_rule() {
     // confirmed it): RAUC calls it good, yet installs are refused and
     // GetSlots does not call it good.
     agent.rauc.set_booted_trying(true);
-    let e = c
-        .install(InstallRequest {
-            url: "http://127.0.0.1:9/b.raucb".into(),
-            sha256: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let e = refused(&mut c, "http://127.0.0.1:9/b.raucb").await;
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("rootfs.0 (A) is on trial"), "{}", e.message());
     let s = c.get_slots(GetSlotsRequest {}).await.unwrap().into_inner();
@@ -549,13 +541,7 @@ async fn marks_rollback_and_the_good_slot_rule() {
     // The booted slot not yet good: installs are refused.
     agent.rauc.set_booted_trying(false);
     agent.rauc.set_booted_status("bad");
-    let e = c
-        .install(InstallRequest {
-            url: "http://127.0.0.1:9/b.raucb".into(),
-            sha256: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let e = refused(&mut c, "http://127.0.0.1:9/b.raucb").await;
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
         e.message().contains("rootfs.0 (A) is not marked good"),
