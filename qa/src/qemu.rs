@@ -361,6 +361,17 @@ impl Vm {
         Ok(())
     }
 
+    /// Bytes the guest has written to its disks since QEMU started (QMP
+    /// `query-blockstats`, summed over the drives).
+    pub fn disk_written(&self) -> Result<u64> {
+        let stats = qmp_execute(&self.workdir.join("qmp.sock"), "query-blockstats")?;
+        let drives = stats.as_array().context("query-blockstats returned no list")?;
+        Ok(drives
+            .iter()
+            .filter_map(|d| d.pointer("/stats/wr_bytes").and_then(serde_json::Value::as_u64))
+            .sum())
+    }
+
     /// True while QEMU runs.
     pub fn running(&mut self) -> bool {
         match &mut self.child {
@@ -453,19 +464,38 @@ impl Drop for Vm {
 
 /// Sends `system_powerdown` over a QMP socket.
 pub fn qmp_powerdown(qmp: &Path) -> Result<()> {
+    qmp_execute(qmp, "system_powerdown").map(|_| ())
+}
+
+/// Runs one QMP command (no arguments) and returns its `return` value.
+pub fn qmp_execute(qmp: &Path, command: &str) -> Result<serde_json::Value> {
     let stream = UnixStream::connect(qmp).with_context(|| format!("Cannot connect to QMP at {}", qmp.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line)?; // greeting
+    let answer = |r: &mut BufReader<UnixStream>| -> Result<serde_json::Value> {
+        // Events may come before the answer.
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                bail!("QMP at {} closed the connection", qmp.display());
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("QMP sent no JSON: {line:?}"))?;
+            if let Some(e) = v.get("error") {
+                bail!("QMP refused {command}: {e}");
+            }
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+        }
+    };
+    let mut greeting = String::new();
+    r.read_line(&mut greeting)?;
     w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
-    line.clear();
-    r.read_line(&mut line)?;
-    w.write_all(b"{\"execute\":\"system_powerdown\"}\n")?;
-    line.clear();
-    r.read_line(&mut line)?;
-    Ok(())
+    answer(&mut r)?;
+    w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+    answer(&mut r)
 }
 
 /// True when /proc/PID/cmdline is a qemu-system-x86_64 using `marker` (a

@@ -218,7 +218,7 @@ pub const TESTS: &[Test] = &[
 /// part of the suite until they pass.
 pub const WIP: &[Test] = &[Test {
     name: "update_ab",
-    what: "RAUC: v1 -> v2 into slot B with power cuts early and mid-write; bad bundles refused; v2 -> v3 with a late cut; v3 fails its boot gate and falls back to v2",
+    what: "RAUC A/B: v1 -> v2 into slot B with a power cut in the download; a flipped-byte and a foreign bundle refused; power cuts mid-write and late in writing slot A; v3 fails its boot gate and the node falls back to v2",
     kind: Kind::Vm,
     run: update::update_ab,
 }];

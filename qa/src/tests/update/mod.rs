@@ -9,14 +9,16 @@
 //!
 //! `update_ab`, one node through all of it (each boot and each install
 //! costs minutes under TCG):
-//! - v1 -> v2: the power cut early (download) and in the middle (slot
-//!   write), each time v1 boots from A and a retried install succeeds; then
-//!   v2 runs on B and A is still good;
+//! - v1 -> v2: the power cut early (download), v1 boots from A and a
+//!   retried install succeeds; then v2 runs on B and A is still good;
 //! - a bundle with one flipped byte and one for another compatible string
 //!   are refused with their cause, no slot changed;
-//! - v2 -> v3: the power cut late in the slot write, v2 boots from B and a
-//!   retried install succeeds; v3 fails its boot gate and the node falls
-//!   back to v2 by itself, with v3's slot marked bad;
+//! - v2 into A too, the power cut in the middle of the slot write (after
+//!   half the slot image reached the disk), then v2 -> v3 into A, the power
+//!   cut late (after 90%); each time v2 boots from B and a retried install
+//!   succeeds;
+//! - v3 fails its boot gate and the node falls back to v2 by itself, with
+//!   v3's slot marked bad;
 //! - `rauc status` on the node agrees with GetSlots throughout.
 
 mod bench;
@@ -25,7 +27,7 @@ mod steps;
 
 pub(crate) use bench::bench;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use debvisor_api::node::v1::PowerRequest;
@@ -80,24 +82,23 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
         missing.http_status
     );
 
-    // v1 -> v2, with the power cut early (in the download) and in the
-    // middle of writing slot B: each time the node boots v1 on A again and
-    // the retried install succeeds.
+    // v1 -> v2, with the power cut early (in the download): the node boots
+    // v1 on A again and the retried install succeeds.
+    let v2_slot_bytes = std::fs::metadata(b.v2.with_file_name("slot.img"))?.len();
     let v2 = Target {
         srv: &srv,
         url: srv.guest_url("v2.raucb"),
         sha256: file_sha256(&b.v2)?,
         slot: "rootfs.1",
+        slot_bytes: v2_slot_bytes,
         version: &b.v2_version,
     };
-    let v1 = ("A", ctx.version.as_str());
-    let w = cut_then_retry(ctx, &mut node, &w1, &pw, CutAt::Early, &v2, v1)?;
+    let w1 = cut_then_retry(ctx, &mut node, &w1, &pw, CutAt::Early, &v2, ("A", &ctx.version))?;
     ensure!(
         srv.requests().contains(&("/v2.raucb".to_string(), 200)),
         "The agent never fetched /v2.raucb from the host: {:?}",
         srv.requests()
     );
-    let w1 = cut_then_retry(ctx, &mut node, &w, &pw, CutAt::Middle, &v2, v1)?;
     let w2 = reboot(ctx, &node, &w1, &pw, "qa update_ab: activate v2")?;
     ensure!(
         w2.status.image_version == b.v2_version && w2.status.booted_slot == "B",
@@ -135,17 +136,25 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
         slot_table(&after)
     );
 
-    // v2 -> v3, with the power cut late in writing slot A: the node boots
-    // v2 on B again and the retried install succeeds. v3's boot gate then
-    // fails: the node falls back to v2 by itself.
+    // v2 into A as well, with the power cut in the middle of writing A,
+    // then v2 -> v3 with the power cut late in writing A: each time v2
+    // boots from B again and the retried install succeeds. (Each cut writes
+    // over different content: A held v1, then v2. Rewriting a slot with what
+    // it already holds writes next to nothing, as RAUC's adaptive mode skips
+    // the chunks the slot has.) v3's boot gate then fails: the node falls
+    // back to v2 by itself.
+    let v2_on_b = ("B", b.v2_version.as_str());
+    let v2_into_a = Target { slot: "rootfs.0", ..v2 };
+    let w2 = cut_then_retry(ctx, &mut node, &w2, &pw, CutAt::Middle, &v2_into_a, v2_on_b)?;
     let v3 = Target {
         srv: &srv,
         url: srv.guest_url("v3.raucb"),
         sha256: file_sha256(&b.v3)?,
         slot: "rootfs.0",
+        slot_bytes: std::fs::metadata(b.v3.with_file_name("slot.img"))?.len(),
         version: &b.v3_version,
     };
-    let w2 = cut_then_retry(ctx, &mut node, &w2, &pw, CutAt::Late, &v3, ("B", &b.v2_version))?;
+    let w2 = cut_then_retry(ctx, &mut node, &w2, &pw, CutAt::Late, &v3, v2_on_b)?;
     let con = &node.vm.console;
     let from = con.offset();
     ctx.rt.block_on(async {
@@ -195,12 +204,51 @@ enum CutAt {
 }
 
 impl CutAt {
-    fn reached(self, p: &InstallProgress) -> bool {
+    /// The progress message from which the cut is prepared: the download
+    /// has begun, or RAUC has begun copying the image into the slot.
+    fn armed(self, p: &InstallProgress) -> bool {
         match self {
             CutAt::Early => phase(p) == Phase::Downloading && p.bytes_done > 0,
-            CutAt::Middle => phase(p) == Phase::Installing && p.percent >= 40,
-            CutAt::Late => phase(p) == Phase::Installing && p.percent >= 85,
+            CutAt::Middle | CutAt::Late => {
+                phase(p) == Phase::Installing && p.message.starts_with("Copying image") && !p.message.contains("done")
+            }
         }
+    }
+
+    /// The share of the slot image the guest has written when the power is
+    /// cut (RAUC reports no progress within the copy, so QEMU's count of
+    /// bytes written to the disk tells).
+    fn written_share(self) -> Option<f64> {
+        match self {
+            CutAt::Early => None,
+            CutAt::Middle => Some(0.5),
+            CutAt::Late => Some(0.9),
+        }
+    }
+}
+
+/// Waits until the guest has written `bytes` more to its disk than when
+/// called, while the install runs; returns what it wrote. (The agent's
+/// GetSlots cannot tell whether the install still runs: RAUC 1.8 refuses
+/// GetSlotStatus while it installs. Less than a MiB written in 30 s ends
+/// the wait.)
+fn wait_written(node: &Node, bytes: u64) -> Result<u64> {
+    let base = node.vm.disk_written()?;
+    let (mut mark, mut since) = (0, Instant::now());
+    loop {
+        let done = node.vm.disk_written()?.saturating_sub(base);
+        if done >= bytes {
+            return Ok(done);
+        }
+        // Progress is a MiB at least (the journal alone writes a little).
+        if done >= mark + (1 << 20) {
+            (mark, since) = (done, Instant::now());
+        }
+        ensure!(
+            since.elapsed() < Duration::from_secs(30),
+            "The guest stopped writing after {done} of the {bytes} bytes the cut waits for (did the install end?)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -210,6 +258,8 @@ struct Target<'a> {
     url: String,
     sha256: String,
     slot: &'a str,
+    /// Size of the slot image.
+    slot_bytes: u64,
     version: &'a str,
 }
 
@@ -227,14 +277,27 @@ fn cut_then_retry(
 ) -> Result<Waited> {
     // Slow the download down so that the early cut lands in it.
     t.srv.throttle(if matches!(at, CutAt::Early) { 4 << 20 } else { 0 });
-    let last = install(ctx, w, &t.url, &t.sha256, |p| !at.reached(p))?;
+    let last = install(ctx, w, &t.url, &t.sha256, |p| !at.armed(p))?;
     t.srv.throttle(0);
     ensure!(
-        at.reached(&last),
+        at.armed(&last),
         "The install ended before the {at:?} cut point: {}",
         describe(&last)
     );
-    eprintln!("  power cut {at:?} at {}", describe(&last));
+    // Leaving the progress stream does not stop the install.
+    let written = match at.written_share() {
+        Some(share) => {
+            let bytes = wait_written(node, (share * t.slot_bytes as f64) as u64)?;
+            format!(
+                " and {:.0}% of the slot image written ({} of {} MiB)",
+                100.0 * bytes as f64 / t.slot_bytes as f64,
+                bytes >> 20,
+                t.slot_bytes >> 20
+            )
+        }
+        None => String::new(),
+    };
+    eprintln!("  power cut {at:?} at {}{written}", describe(&last));
     node.vm
         .power_cycle(&ctx.dir.join(format!("console-after-{at:?}-cut.log").to_lowercase()))?;
     let w = node::wait_node(ctx.rt, &node.vm, 0, ctx.boot_timeout, Some(pw), &node.config)
