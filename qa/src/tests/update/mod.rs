@@ -118,7 +118,7 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
         let mut g = SerialGuest::login(&node.vm.console, "root", &pw, Duration::from_secs(120))?;
         let (rc, out) = g.exec(&format!("cat {MARKER}"), CMD)?;
         ensure!(rc == 0 && out.trim() == "v2", "{MARKER} on v2: {out:?}");
-        rauc_agrees(&mut g, &s)?;
+        rauc_agrees(&mut g, &slots(ctx, &w2)?)?;
         g.logout()?;
     }
     eprintln!("  v2 runs on B, A still good; rauc status agrees");
@@ -187,7 +187,7 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
     let s = wait_booted_good(ctx, &w4)?;
     expect_slots(&s, "B", &[("A", "bad"), ("B", "good")])?;
     let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))?;
-    rauc_agrees(&mut g, &s)?;
+    rauc_agrees(&mut g, &slots(ctx, &w4)?)?;
     eprintln!("  v3 failed its boot gate; the node fell back to v2 on B and A shows bad");
     Ok(())
 }

@@ -165,7 +165,9 @@ pub(super) fn slot_table(s: &SlotsState) -> Vec<String> {
 }
 
 /// `rauc status` on the node (JSON) agrees with GetSlots: booted slot,
-/// primary, and each slot's boot status.
+/// primary, and each slot's boot status. Take `s` fresh, after the boot
+/// gate's mark: while a slot is on trial RAUC names no primary, and a
+/// GetSlots that raced the mark may show that.
 pub(super) fn rauc_agrees(g: &mut SerialGuest, s: &SlotsState) -> Result<()> {
     let (rc, out) = g.exec("rauc status --detailed --output-format=json 2>/dev/null", CMD)?;
     ensure!(rc == 0, "rauc status failed on the node: {out}");
