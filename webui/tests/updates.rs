@@ -424,6 +424,26 @@ async fn an_install_from_a_url_shows_live_progress_and_is_audited_as_the_user() 
         reason.starts_with("Install install-1 of") || reason.starts_with("RAUC is busy (installing)"),
         "{problem}"
     );
+    // While RAUC writes, the slot table stays on the page with the note
+    // that it is the one from before the install.
+    let started = std::time::Instant::now();
+    let during = loop {
+        let page = n.get("/updates", &n.admin).await;
+        if page.body.contains("id=\"slots-note\"") {
+            break page;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no slots note during the install"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(during.body.contains("id=\"slot-rootfs.0\""), "{}", during.body);
+    assert!(
+        unescape(&during.body).contains("the table is the one read before"),
+        "{}",
+        during.body
+    );
     // The live panel: a progress event per change, then the end.
     let events = open(&n.c.app, "/updates/events", &n.admin).await;
     assert_eq!(events.status(), StatusCode::OK);

@@ -95,6 +95,12 @@ pub fn render_status(st: &SlotsState) -> String {
     if !st.last_error.is_empty() {
         rows.push(("LAST ERROR".into(), st.last_error.clone()));
     }
+    if !st.trial_error.is_empty() {
+        rows.push(("TRIAL BOOTS".into(), format!("unknown: {}", st.trial_error)));
+    }
+    if !st.slots_note.is_empty() {
+        rows.push(("SLOTS".into(), st.slots_note.clone()));
+    }
     if let Some(p) = &st.install {
         rows.push(("INSTALL".into(), install_line(p)));
     }

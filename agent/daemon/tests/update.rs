@@ -368,6 +368,14 @@ async fn one_install_at_a_time_and_watchers() {
     }
     second_install_refused(&mut c, &url, &job).await;
 
+    // The slot table still answers while RAUC installs (RAUC itself
+    // answers no GetSlotStatus then): the one from before, saying so.
+    let s = c.get_slots(GetSlotsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.operation, "installing");
+    assert!(s.slots_note.contains("while it is installing"), "{s:?}");
+    assert_eq!(s.slots.len(), 2);
+    assert_eq!(s.install.as_ref().map(|p| p.job_id.as_str()), Some(job.as_str()));
+
     // A second client follows the running install to its end; the first
     // client goes away without stopping it.
     let mut other = agent.client().await;
@@ -524,8 +532,8 @@ async fn marks_rollback_and_the_good_slot_rule() {
     );
 
     // The booted slot on trial (GRUB tried it, the boot gate has not
-    // confirmed it): RAUC calls it good, yet installs are refused and
-    // GetSlots does not call it good.
+    // confirmed it): RAUC calls it bad, the agent says on trial, and
+    // installs are refused.
     agent.rauc.set_booted_trying(true);
     let e = refused(&mut c, "http://127.0.0.1:9/b.raucb").await;
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -535,7 +543,7 @@ async fn marks_rollback_and_the_good_slot_rule() {
     assert!(
         s.slots
             .iter()
-            .any(|x| x.name == "rootfs.0" && x.trying && x.boot_status == "good")
+            .any(|x| x.name == "rootfs.0" && x.trying && x.boot_status == "bad")
     );
 
     // The booted slot not yet good: installs are refused.

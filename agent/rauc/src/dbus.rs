@@ -2,7 +2,7 @@
 //! zbus. Method, property and signal names and signatures are those of the
 //! installed RAUC 1.8 (`busctl introspect de.pengutronix.rauc /`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
@@ -59,7 +59,12 @@ trait Installer {
 pub struct DbusRauc {
     conn: Connection,
     proxy: InstallerProxy<'static>,
-    system_conf: PathBuf,
+    /// The GRUB environment RAUC's GRUB backend keeps (from system.conf;
+    /// `None` for another boot loader), or why it is unknown.
+    grubenv: Result<Option<PathBuf>, String>,
+    /// The last slot table RAUC gave: RAUC 1.8 answers no `GetSlotStatus`
+    /// while it installs, and this is shown meanwhile.
+    last_slots: std::sync::Mutex<Option<Vec<SlotStatus>>>,
 }
 
 impl DbusRauc {
@@ -88,24 +93,82 @@ impl DbusRauc {
             .build()
             .await
             .map_err(|source| RaucError::Unavailable { source })?;
-        Ok(Self {
+        let rauc = Self {
             conn,
             proxy,
-            system_conf: PathBuf::from(grubenv::SYSTEM_CONF),
-        })
+            grubenv: Ok(None),
+            last_slots: std::sync::Mutex::new(None),
+        };
+        Ok(rauc.with_system_conf(PathBuf::from(grubenv::SYSTEM_CONF)))
     }
 
     /// Reads the boot loader settings (for trial boots) from `path` instead
-    /// of /etc/rauc/system.conf.
+    /// of /etc/rauc/system.conf, e.g. the `--conf` a test gave RAUC.
     pub fn with_system_conf(mut self, path: PathBuf) -> Self {
-        self.system_conf = path;
+        self.grubenv = grubenv::grubenv_of(&path);
+        if let Err(e) = &self.grubenv {
+            tracing::warn!("trial boots unknown: {e}");
+        }
         self
     }
-}
 
-#[async_trait::async_trait]
-impl Rauc for DbusRauc {
-    async fn status(&self) -> Result<RaucStatus, RaucError> {
+    /// The boot names with `X_OK=1 X_TRY=1` in the GRUB environment (none
+    /// for another boot loader), or why they are unknown.
+    async fn tried(&self) -> Result<BTreeSet<String>, String> {
+        let path = match &self.grubenv {
+            Ok(None) => return Ok(BTreeSet::new()),
+            Ok(Some(p)) => p.clone(),
+            Err(e) => return Err(e.clone()),
+        };
+        tokio::task::spawn_blocking(move || grubenv::read_tried(&path))
+            .await
+            .unwrap_or_else(|e| Err(format!("Reading the GRUB environment failed: {e}")))
+    }
+
+    /// `GetSlotStatus`, sorted by name, remembered for the time RAUC is
+    /// busy; while it installs, the table read before with the reason it is
+    /// not current.
+    async fn slots(&self) -> Result<(Vec<SlotStatus>, String), RaucError> {
+        let p = &self.proxy;
+        let refused = match p.get_slot_status().await.map_err(RaucError::from_call("GetSlotStatus")) {
+            Ok(raw) => {
+                let mut slots: Vec<SlotStatus> = raw.iter().map(|(n, d)| SlotStatus::from_dict(n, d)).collect();
+                slots.sort_by(|a, b| a.name.cmp(&b.name));
+                *self
+                    .last_slots
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slots.clone());
+                return Ok((slots, String::new()));
+            }
+            Err(RaucError::Refused { message, .. }) => message,
+            Err(other) => return Err(other),
+        };
+        let operation = p.operation().await.map_err(RaucError::from_call("Operation"))?;
+        if operation == "idle" {
+            return Err(RaucError::Refused {
+                call: "GetSlotStatus",
+                message: refused,
+            });
+        }
+        let last = self
+            .last_slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let note = match &last {
+            Some(_) => format!(
+                "RAUC reports no slot status while it is {operation} ({refused}); the table is the one read before, \
+                 ask again when the operation ends"
+            ),
+            None => format!(
+                "RAUC reports no slot status while it is {operation} ({refused}); ask again when the operation ends"
+            ),
+        };
+        Ok((last.unwrap_or_default(), note))
+    }
+
+    /// One reading of RAUC's properties, primary and slots.
+    async fn read(&self) -> Result<RaucStatus, RaucError> {
         let p = &self.proxy;
         let compatible = p.compatible().await.map_err(RaucError::from_call("Compatible"))?;
         let boot_slot = p.boot_slot().await.map_err(RaucError::from_call("BootSlot"))?;
@@ -119,32 +182,8 @@ impl Rauc for DbusRauc {
                 other => return Err(other),
             },
         };
-        let mut slots: Vec<SlotStatus> = p
-            .get_slot_status()
-            .await
-            .map_err(RaucError::from_call("GetSlotStatus"))?
-            .iter()
-            .map(|(name, dict)| SlotStatus::from_dict(name, dict))
-            .collect();
-        slots.sort_by(|a, b| a.name.cmp(&b.name));
-        let conf = self.system_conf.clone();
-        let trials = tokio::task::spawn_blocking(move || grubenv::read_trials(&conf))
-            .await
-            .unwrap_or_else(|e| Err(format!("Reading the GRUB environment failed: {e}")));
-        let trial_error = match trials {
-            Ok(on_trial) => {
-                for s in &mut slots {
-                    s.trying = on_trial.contains(&s.bootname);
-                }
-                String::new()
-            }
-            Err(e) => {
-                tracing::warn!("trial boots unknown: {e}");
-                e
-            }
-        };
+        let (slots, slots_note) = self.slots().await?;
         Ok(RaucStatus {
-            trial_error,
             compatible,
             boot_slot,
             operation,
@@ -152,8 +191,47 @@ impl Rauc for DbusRauc {
             progress,
             primary,
             primary_error,
+            trial_error: String::new(),
+            slots_note,
             slots,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Rauc for DbusRauc {
+    /// One consistent reading: the GRUB environment is read before and
+    /// after RAUC is asked, and the whole reading is taken again when a mark
+    /// changed it in between (a primary read before the boot gate's mark
+    /// and slot states read after it would describe no moment).
+    async fn status(&self) -> Result<RaucStatus, RaucError> {
+        let mut before = self.tried().await;
+        let mut attempt = 1;
+        loop {
+            let mut st = self.read().await?;
+            let after = self.tried().await;
+            if after != before && attempt < 3 {
+                tracing::debug!(
+                    attempt,
+                    "the GRUB environment changed while RAUC was read; reading again"
+                );
+                before = after;
+                attempt += 1;
+                continue;
+            }
+            match after {
+                Ok(tried) => {
+                    // Only the booted slot can be on trial; another slot
+                    // with X_TRY=1 failed its trial, and RAUC calls it bad.
+                    let booted = st.booted().map(|s| s.name.clone());
+                    for s in &mut st.slots {
+                        s.trying = booted.as_deref() == Some(s.name.as_str()) && tried.contains(&s.bootname);
+                    }
+                }
+                Err(e) => st.trial_error = e,
+            }
+            return Ok(st);
+        }
     }
 
     async fn mark(&self, state: MarkState, slot: &SlotRef) -> Result<MarkOutcome, RaucError> {

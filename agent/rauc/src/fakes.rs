@@ -113,12 +113,14 @@ impl FakeRauc {
         }
     }
 
-    /// Puts the booted slot on trial (GRUB's `X_TRY=1`) or takes it off;
-    /// marking it good or bad ends the trial, as RAUC's GRUB backend does.
+    /// Puts the booted slot on trial (GRUB's `X_OK=1 X_TRY=1`: RAUC reports
+    /// it bad meanwhile) or confirms it (`X_TRY=0`: good); marking it good
+    /// or bad ends the trial too, as RAUC's GRUB backend does.
     pub fn set_booted_trying(&self, trying: bool) {
         let mut st = self.lock();
         if let Some(s) = st.status.slots.iter_mut().find(|s| s.is_booted()) {
             s.trying = trying;
+            s.boot_status = if trying { "bad" } else { "good" }.into();
         }
     }
 
@@ -161,7 +163,16 @@ fn resolve<'a>(st: &'a RaucStatus, r: &SlotRef) -> Option<&'a SlotStatus> {
 impl Rauc for FakeRauc {
     async fn status(&self) -> Result<RaucStatus, RaucError> {
         self.check_reachable()?;
-        Ok(self.lock().status.clone())
+        let mut st = self.lock().status.clone();
+        if st.operation != "idle" {
+            // As DbusRauc reports it: RAUC answers no GetSlotStatus then.
+            st.slots_note = format!(
+                "RAUC reports no slot status while it is {} (already processing a different method); the table is \
+                 the one read before, ask again when the operation ends",
+                st.operation
+            );
+        }
+        Ok(st)
     }
 
     async fn mark(&self, state: MarkState, slot: &SlotRef) -> Result<MarkOutcome, RaucError> {

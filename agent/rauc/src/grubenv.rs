@@ -1,18 +1,22 @@
 //! Trial boots, from the GRUB environment block RAUC's GRUB backend keeps.
 //!
-//! RAUC reports a slot's boot status, but while a freshly installed slot is
-//! being tried (GRUB set `X_TRY=1` before booting it, and the boot gate has
-//! not yet marked it good) RAUC 1.8 may still report it "good": the status it
-//! shows is not proof that this boot was confirmed. The environment block is
-//! what GRUB acts on at the next boot, so it is the truth: a slot with
-//! `X_OK=1 X_TRY=1` is on trial and is skipped at the next boot unless it is
-//! marked good first.
+//! RAUC reports a slot "good" only when `X_OK=1` and `X_TRY=0`, so while a
+//! freshly installed slot is being tried (GRUB set `X_TRY=1` before booting
+//! it, and the boot gate has not yet marked it good) RAUC calls the booted
+//! slot "bad", the same word it uses for a slot that failed. The environment
+//! block tells the two apart: the booted slot with `X_OK=1 X_TRY=1` is on
+//! trial, and GRUB skips it at the next boot unless it is marked good first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Where RAUC reads its system configuration.
+/// Where RAUC 1.8 reads its system configuration.
 pub const SYSTEM_CONF: &str = "/etc/rauc/system.conf";
+
+/// Size of a GRUB environment block.
+pub const BLOCK_SIZE: usize = 1024;
+/// The first line of a GRUB environment block.
+const HEADER: &str = "# GRUB Environment Block\n";
 
 /// The `grubenv` path of `system_conf` when its `[system]` section says
 /// `bootloader=grub`; `None` for any other boot loader.
@@ -40,19 +44,43 @@ pub fn grubenv_path(system_conf: &str) -> Option<PathBuf> {
         .then(|| PathBuf::from(grubenv.unwrap_or_else(|| "/boot/grub/grubenv".into())))
 }
 
-/// The variables of a GRUB environment block (`# GRUB Environment Block`,
-/// then `KEY=VALUE` lines, padded with `#`).
-pub fn parse(block: &str) -> BTreeMap<String, String> {
-    block
+/// The GRUB environment of the system configured in `system_conf` (`None`
+/// for another boot loader). An error names the file: RAUC cannot run
+/// without its system configuration, so a missing one is an error too.
+pub fn grubenv_of(system_conf: &Path) -> Result<Option<PathBuf>, String> {
+    let conf = std::fs::read_to_string(system_conf)
+        .map_err(|e| format!("Cannot read RAUC's system configuration {}: {e}", system_conf.display()))?;
+    Ok(grubenv_path(&conf))
+}
+
+/// The variables of a GRUB environment block: exactly 1024 bytes, the
+/// header line, `KEY=VALUE` lines, `#` padding. Anything else (a truncated
+/// or foreign file) is an error, since GRUB would not read it either.
+pub fn parse(block: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    if block.len() != BLOCK_SIZE {
+        return Err(format!(
+            "is {} bytes, not the {BLOCK_SIZE} of a GRUB environment block",
+            block.len()
+        ));
+    }
+    let text = std::str::from_utf8(block).map_err(|e| format!("is not text ({e}), not a GRUB environment block"))?;
+    if !text.starts_with(HEADER) {
+        return Err(format!(
+            "does not start with {:?}: not a GRUB environment block",
+            HEADER.trim_end()
+        ));
+    }
+    Ok(text
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .collect())
 }
 
-/// The boot names whose slot is on trial (`X_OK=1` and `X_TRY=1`).
-pub fn trial_bootnames(env: &BTreeMap<String, String>) -> BTreeSet<String> {
+/// The boot names whose slot is on trial or failed one (`X_OK=1` and
+/// `X_TRY=1`): the booted one among them is on trial.
+pub fn tried_bootnames(env: &BTreeMap<String, String>) -> BTreeSet<String> {
     env.iter()
         .filter_map(|(k, v)| Some((k.strip_suffix("_TRY")?, v)))
         .filter(|(name, tried)| tried.trim() == "1" && env.get(&format!("{name}_OK")).map(|s| s.trim()) == Some("1"))
@@ -60,20 +88,13 @@ pub fn trial_bootnames(env: &BTreeMap<String, String>) -> BTreeSet<String> {
         .collect()
 }
 
-/// The boot names on trial on this system, from `system_conf`'s GRUB
-/// environment; empty for another boot loader. An error names the file.
-pub fn read_trials(system_conf: &Path) -> Result<BTreeSet<String>, String> {
-    let conf = match std::fs::read_to_string(system_conf) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(e) => return Err(format!("Cannot read {}: {e}", system_conf.display())),
-    };
-    let Some(path) = grubenv_path(&conf) else {
-        return Ok(BTreeSet::new());
-    };
+/// The boot names with `X_OK=1 X_TRY=1` in the GRUB environment at
+/// `grubenv`. An error names the file.
+pub fn read_tried(grubenv: &Path) -> Result<BTreeSet<String>, String> {
     let block =
-        std::fs::read(&path).map_err(|e| format!("Cannot read the GRUB environment {}: {e}", path.display()))?;
-    Ok(trial_bootnames(&parse(&String::from_utf8_lossy(&block))))
+        std::fs::read(grubenv).map_err(|e| format!("Cannot read the GRUB environment {}: {e}", grubenv.display()))?;
+    let env = parse(&block).map_err(|e| format!("The GRUB environment {} {e}", grubenv.display()))?;
+    Ok(tried_bootnames(&env))
 }
 
 #[cfg(test)]
@@ -82,6 +103,12 @@ mod tests {
 
     const CONF: &str = "[system]\ncompatible=debvisor-node-x86_64\nbootloader=grub\n\
                         grubenv=/boot/efi/EFI/debvisor/grubenv\n\n[slot.rootfs.0]\nbootname=A\n";
+
+    fn block(vars: &str) -> Vec<u8> {
+        let mut b = format!("{HEADER}{vars}").into_bytes();
+        b.resize(BLOCK_SIZE, b'#');
+        b
+    }
 
     #[test]
     fn grubenv_path_from_system_conf() {
@@ -99,31 +126,47 @@ mod tests {
     }
 
     #[test]
-    fn trials_are_ok_and_tried() {
-        let mut block = "# GRUB Environment Block\nORDER=B A\nA_OK=1\nA_TRY=0\nB_OK=1\nB_TRY=1\n".to_string();
-        block.push_str(&"#".repeat(1024 - block.len()));
-        let env = parse(&block);
+    fn tried_are_ok_and_try() {
+        let env = parse(&block("ORDER=B A\nA_OK=1\nA_TRY=0\nB_OK=1\nB_TRY=1\n")).unwrap();
         assert_eq!(env.get("ORDER").map(String::as_str), Some("B A"));
-        assert_eq!(trial_bootnames(&env), BTreeSet::from(["B".to_string()]));
+        assert_eq!(tried_bootnames(&env), BTreeSet::from(["B".to_string()]));
         // Marked good: no trial.
-        let env = parse("B_OK=1\nB_TRY=0\nA_OK=1\nA_TRY=0\n");
-        assert!(trial_bootnames(&env).is_empty());
+        let env = parse(&block("B_OK=1\nB_TRY=0\nA_OK=1\nA_TRY=0\n")).unwrap();
+        assert!(tried_bootnames(&env).is_empty());
         // Bad (OK=0) is not a trial, whatever TRY says.
-        let env = parse("B_OK=0\nB_TRY=1\n");
-        assert!(trial_bootnames(&env).is_empty());
+        let env = parse(&block("B_OK=0\nB_TRY=1\n")).unwrap();
+        assert!(tried_bootnames(&env).is_empty());
     }
 
     #[test]
-    fn read_trials_from_files() {
+    fn only_whole_blocks_parse() {
+        let e = parse(b"# GRUB Environment Block\nA_OK=1\nA_TRY=1\n").unwrap_err();
+        assert!(e.contains("bytes"), "{e}");
+        let mut foreign = b"A_OK=1\nA_TRY=1\n".to_vec();
+        foreign.resize(BLOCK_SIZE, b'#');
+        let e = parse(&foreign).unwrap_err();
+        assert!(e.contains("GRUB Environment Block"), "{e}");
+        let mut binary = block("");
+        binary[100] = 0xff;
+        assert!(parse(&binary).unwrap_err().contains("not text"));
+    }
+
+    #[test]
+    fn reading_from_files() {
         let dir = tempfile::tempdir().unwrap();
         let env = dir.path().join("grubenv");
-        std::fs::write(&env, "# GRUB Environment Block\nA_OK=1\nA_TRY=1\n####").unwrap();
+        std::fs::write(&env, block("A_OK=1\nA_TRY=1\n")).unwrap();
         let conf = dir.path().join("system.conf");
         std::fs::write(&conf, format!("[system]\nbootloader=grub\ngrubenv={}\n", env.display())).unwrap();
-        assert_eq!(read_trials(&conf).unwrap(), BTreeSet::from(["A".to_string()]));
+        assert_eq!(grubenv_of(&conf).unwrap(), Some(env.clone()));
+        assert_eq!(read_tried(&env).unwrap(), BTreeSet::from(["A".to_string()]));
+        std::fs::write(&env, b"A_OK=1\n").unwrap();
+        let e = read_tried(&env).unwrap_err();
+        assert!(e.contains("grubenv") && e.contains("bytes"), "{e}");
         std::fs::remove_file(&env).unwrap();
-        let e = read_trials(&conf).unwrap_err();
+        let e = read_tried(&env).unwrap_err();
         assert!(e.contains("grubenv"), "{e}");
-        assert!(read_trials(&dir.path().join("none.conf")).unwrap().is_empty());
+        let e = grubenv_of(&dir.path().join("none.conf")).unwrap_err();
+        assert!(e.contains("none.conf"), "{e}");
     }
 }

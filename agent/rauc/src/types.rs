@@ -46,9 +46,10 @@ pub struct SlotStatus {
     pub activated_unix_s: i64,
     /// `activated.count`.
     pub activated_count: u32,
-    /// On trial: marked bootable (`X_OK=1`) and tried (`X_TRY=1`) in the
-    /// GRUB environment, not yet confirmed good by the boot gate. Read from
-    /// the environment block, not from RAUC (see [`crate::grubenv`]).
+    /// The booted slot on trial: marked bootable (`X_OK=1`) and tried
+    /// (`X_TRY=1`) in the GRUB environment, not yet confirmed good by the
+    /// boot gate (RAUC calls it "bad" meanwhile). Read from the environment
+    /// block, not from RAUC (see [`crate::grubenv`]); false for other slots.
     pub trying: bool,
 }
 
@@ -187,6 +188,10 @@ pub struct RaucStatus {
     /// Why the trial state of the slots is unknown (the GRUB environment
     /// could not be read); empty when it is known.
     pub trial_error: String,
+    /// Why [`slots`](Self::slots) is not RAUC's current answer (RAUC 1.8
+    /// reports no slot status while it installs: the table is the last one
+    /// read, or empty); empty when it is current.
+    pub slots_note: String,
     /// `GetSlotStatus`, sorted by slot name.
     pub slots: Vec<SlotStatus>,
 }

@@ -3,6 +3,9 @@
 //! custom boot loader backend that keeps GRUB's good/bad/primary semantics in
 //! files), bundles built here with `rauc bundle` and openssl keys.
 //!
+//! A second test runs RAUC with its GRUB backend on a GRUB environment file
+//! (`grub-editenv`), for what RAUC and the agent say about trial boots.
+//!
 //! Skipped, with the reason printed, when `rauc` or `dbus-daemon` is not
 //! installed or when not run as root (RAUC mounts bundles through loop
 //! devices). Verity bundles are installed only where device-mapper exists
@@ -103,7 +106,11 @@ fn flipped(src: &Path, name: &str, offset: i64) -> PathBuf {
 
 /// Installs `bundle` and returns the progress seen and the completion.
 async fn install(rauc: &DbusRauc, bundle: &Path) -> (Vec<Progress>, Completion) {
-    let mut rx = rauc.install(bundle).await.expect("InstallBundle accepted");
+    events(rauc.install(bundle).await.expect("InstallBundle accepted")).await
+}
+
+/// The progress seen and the completion of an install.
+async fn events(mut rx: tokio::sync::mpsc::Receiver<InstallEvent>) -> (Vec<Progress>, Completion) {
     let mut steps = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -170,8 +177,69 @@ fn dbus_daemon(dir: &Path) -> (Reaper, String) {
     (Reaper(child), line.trim().to_string())
 }
 
-/// Writes the test system.conf and boot loader backend; returns the conf.
-fn system_conf(dir: &Path, keyring: &Path) -> PathBuf {
+/// The boot loader of a test system.conf.
+enum Boot {
+    /// RAUC's custom backend, a shell script keeping state in files.
+    Custom,
+    /// RAUC's GRUB backend on `dir/grubenv`.
+    Grub,
+}
+
+/// Writes the test system.conf (and the boot loader backend for
+/// [`Boot::Custom`]); returns the conf. Its pre-install handler holds an
+/// install while `dir/hold` exists (after creating `dir/held`), so a test
+/// can look at RAUC in the middle of one.
+fn system_conf(dir: &Path, keyring: &Path, boot: Boot) -> PathBuf {
+    let hold = dir.join("hold.sh");
+    std::fs::write(
+        &hold,
+        format!(
+            "#!/bin/sh
+d={}
+if [ -e \"$d/hold\" ]; then touch \"$d/held\"; while [ -e \"$d/hold\" ]; do sleep 0.05; done; fi\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("0755").arg(&hold));
+    let bootloader = match boot {
+        Boot::Custom => format!(
+            "bootloader=custom\n\n[handlers]\nbootloader-custom-backend={}\npre-install={}\n",
+            custom_backend(dir).display(),
+            hold.display()
+        ),
+        Boot::Grub => format!(
+            "bootloader=grub\ngrubenv={}\n\n[handlers]\npre-install={}\n",
+            dir.join("grubenv").display(),
+            hold.display()
+        ),
+    };
+    for slot in ["a.img", "b.img"] {
+        std::fs::write(dir.join(slot), vec![0u8; 8 << 20]).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("mnt")).unwrap();
+    let conf = dir.join("system.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[system]\ncompatible={COMPATIBLE}\nmountprefix={mnt}\ndata-directory={data}\n{bootloader}\n\
+             [keyring]\npath={keyring}\n\n\
+             [slot.rootfs.0]\ndevice={a}\ntype=raw\nbootname=A\n\n\
+             [slot.rootfs.1]\ndevice={b}\ntype=raw\nbootname=B\n",
+            mnt = dir.join("mnt").display(),
+            data = dir.join("data").display(),
+            keyring = keyring.display(),
+            a = dir.join("a.img").display(),
+            b = dir.join("b.img").display(),
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// RAUC's custom boot loader backend, a script; returns its path.
+fn custom_backend(dir: &Path) -> PathBuf {
     let backend = dir.join("bootloader.sh");
     // RAUC's custom backend: get-primary, set-primary NAME, get-state NAME,
     // set-state NAME good|bad. set-primary also marks the slot good, as
@@ -190,72 +258,52 @@ fn system_conf(dir: &Path, keyring: &Path) -> PathBuf {
     )
     .unwrap();
     run(Command::new("chmod").arg("0755").arg(&backend));
-    for slot in ["a.img", "b.img"] {
-        std::fs::write(dir.join(slot), vec![0u8; 8 << 20]).unwrap();
-    }
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::create_dir_all(dir.join("mnt")).unwrap();
-    let conf = dir.join("system.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[system]\ncompatible={COMPATIBLE}\nbootloader=custom\nmountprefix={mnt}\ndata-directory={data}\n\n\
-             [handlers]\nbootloader-custom-backend={backend}\n\n[keyring]\npath={keyring}\n\n\
-             [slot.rootfs.0]\ndevice={a}\ntype=raw\nbootname=A\n\n\
-             [slot.rootfs.1]\ndevice={b}\ntype=raw\nbootname=B\n",
-            mnt = dir.join("mnt").display(),
-            data = dir.join("data").display(),
-            backend = backend.display(),
-            keyring = keyring.display(),
-            a = dir.join("a.img").display(),
-            b = dir.join("b.img").display(),
-        ),
-    )
-    .unwrap();
-    conf
+    backend
 }
 
-#[tokio::test]
-async fn real_rauc_status_marks_and_installs() {
-    for tool in ["rauc", "dbus-daemon", "openssl", "mksquashfs"] {
+/// False, with the reason printed, when the tools or privileges the real
+/// RAUC needs are missing.
+fn can_run(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
         if !on_path(tool) {
             println!(
-                "SKIPPED real_rauc: {tool} is not installed (apt-get install rauc dbus-daemon openssl squashfs-tools; qa/setup-host.sh does)"
+                "SKIPPED {test}: {tool} is not installed (apt-get install rauc dbus-daemon openssl squashfs-tools \
+                 grub-common; qa/setup-host.sh does)"
             );
-            return;
+            return false;
         }
     }
     if !nix_is_root() {
-        println!(
-            "SKIPPED real_rauc: RAUC mounts bundles through loop devices, which needs root (run the test as root)"
-        );
-        return;
+        println!("SKIPPED {test}: RAUC mounts bundles through loop devices, which needs root (run the test as root)");
+        return false;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let (_bus, address) = dbus_daemon(dir);
-    let signer = keypair(dir, "signer");
-    let stranger = keypair(dir, "stranger");
-    let conf = system_conf(dir, &signer.0);
+    true
+}
+
+/// `rauc service` with `conf` on the bus at `address`, booted from slot A,
+/// and the agent's client once RAUC answers; the first status.
+async fn start_rauc(dir: &Path, conf: &Path, address: &str) -> (Reaper, DbusRauc, debvisor_rauc::RaucStatus) {
     let log = std::fs::File::create(dir.join("rauc.log")).unwrap();
-    let _rauc_service = Reaper(
+    let service = Reaper(
         Command::new("rauc")
             .arg("service")
             .arg(format!("--conf={}", conf.display()))
             .arg("--override-boot-slot=A")
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", address)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("rauc service starts"),
     );
-    let rauc = DbusRauc::connect_address(&address).await.expect("bus reachable");
+    let rauc = DbusRauc::connect_address(address)
+        .await
+        .expect("bus reachable")
+        .with_system_conf(conf.to_owned());
     let started = Instant::now();
     let status = loop {
         match rauc.status().await {
             Ok(s) => break s,
-            Err(e) if started.elapsed() < Duration::from_secs(15) => {
-                let _ = e;
+            Err(_) if started.elapsed() < Duration::from_secs(15) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!(
@@ -264,6 +312,25 @@ async fn real_rauc_status_marks_and_installs() {
             ),
         }
     };
+    (service, rauc, status)
+}
+
+#[tokio::test]
+async fn real_rauc_status_marks_and_installs() {
+    if !can_run("real_rauc", &["rauc", "dbus-daemon", "openssl", "mksquashfs"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_bus, address) = dbus_daemon(dir);
+    let signer = keypair(dir, "signer");
+    let stranger = keypair(dir, "stranger");
+    let conf = system_conf(dir, &signer.0, Boot::Custom);
+    let (_rauc_service, rauc, status) = start_rauc(dir, &conf, &address).await;
+    assert_eq!(
+        status.trial_error, "",
+        "the custom boot loader has no trial boots to read"
+    );
 
     // Status as RAUC reports it.
     assert_eq!(status.compatible, COMPATIBLE);
@@ -306,8 +373,27 @@ async fn real_rauc_status_marks_and_installs() {
         .collect();
 
     // A good bundle is written into the other slot, which becomes primary.
+    // Held in its pre-install handler, RAUC refuses GetSlotStatus ("already
+    // processing a different method"); the agent's status still answers,
+    // with the table read before and the reason it is not current.
     let good = bundle(dir, "good.raucb", format, COMPATIBLE, "1.1", &image, &signer);
-    let (steps, done) = install(&rauc, &good).await;
+    let rauc_before = rauc.status().await.unwrap();
+    std::fs::write(dir.join("hold"), b"").unwrap();
+    let rx = rauc.install(&good).await.expect("InstallBundle accepted");
+    let held = Instant::now();
+    while !dir.join("held").exists() {
+        assert!(
+            held.elapsed() < Duration::from_secs(30),
+            "the pre-install handler never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let during = rauc.status().await.expect("status while RAUC installs");
+    assert_eq!(during.operation, "installing");
+    assert!(during.slots_note.contains("while it is installing"), "{during:?}");
+    assert_eq!(during.slots, rauc_before.slots, "the table read before the install");
+    std::fs::remove_file(dir.join("hold")).unwrap();
+    let (steps, done) = events(rx).await;
     assert_eq!(done, Completion::Succeeded, "progress: {steps:?}");
     assert!(steps.iter().any(|p| p.message == "Verifying signature"), "{steps:?}");
     assert!(
@@ -393,6 +479,62 @@ async fn real_rauc_status_marks_and_installs() {
     let out = rauc.mark(MarkState::Active, &SlotRef::booted()).await.unwrap();
     assert_eq!(out.message, "activated slot rootfs.0");
     assert_eq!(rauc.status().await.unwrap().primary, "rootfs.0");
+}
+
+/// Runs `grub-editenv FILE set K=V...`.
+fn grub_set(env: &Path, vars: &[&str]) {
+    run(Command::new("grub-editenv").arg(env).arg("set").args(vars));
+}
+
+/// RAUC's GRUB backend on a real environment block: RAUC calls the booted
+/// slot "bad" while it is on trial (`A_OK=1 A_TRY=1`); the agent's status
+/// says on trial instead, and a mark ends the trial. Another slot with
+/// `B_TRY=1` failed its trial: not on trial, and bad.
+#[tokio::test]
+async fn real_rauc_grub_trial_boots() {
+    if !can_run("real_rauc_grub", &["rauc", "dbus-daemon", "openssl", "grub-editenv"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let env = dir.join("grubenv");
+    run(Command::new("grub-editenv").arg(&env).arg("create"));
+    grub_set(&env, &["ORDER=A B", "A_OK=1", "A_TRY=1", "B_OK=1", "B_TRY=0"]);
+    let (_bus, address) = dbus_daemon(dir);
+    let signer = keypair(dir, "signer");
+    let conf = system_conf(dir, &signer.0, Boot::Grub);
+    let (_rauc_service, rauc, st) = start_rauc(dir, &conf, &address).await;
+
+    assert_eq!(st.trial_error, "");
+    let (a, b) = (&st.slots[0], &st.slots[1]);
+    assert_eq!((a.name.as_str(), a.is_booted()), ("rootfs.0", true));
+    assert_eq!(a.boot_status, "bad", "RAUC 1.8 calls a slot with X_TRY=1 bad");
+    assert!(a.trying, "the booted slot is on trial: {a:?}");
+    assert!(!a.is_confirmed_good());
+    assert_eq!((b.boot_status.as_str(), b.trying), ("good", false));
+
+    // The boot gate's mark ends the trial.
+    rauc.mark(MarkState::Good, &SlotRef::booted()).await.unwrap();
+    let st = rauc.status().await.unwrap();
+    let a = &st.slots[0];
+    assert_eq!((a.boot_status.as_str(), a.trying), ("good", false));
+    assert!(a.is_confirmed_good());
+    let block = std::fs::read_to_string(&env).unwrap();
+    assert!(block.contains("A_TRY=0") && block.contains("A_OK=1"), "{block}");
+
+    // B tried and never confirmed while A runs: B failed its trial.
+    grub_set(&env, &["B_TRY=1"]);
+    let st = rauc.status().await.unwrap();
+    let b = &st.slots[1];
+    assert_eq!((b.boot_status.as_str(), b.trying), ("bad", false), "{b:?}");
+
+    // An environment GRUB could not read leaves the trial state unknown.
+    std::fs::write(&env, b"A_OK=1\n").unwrap();
+    match rauc.status().await {
+        Ok(st) => assert!(st.trial_error.contains("grubenv"), "{}", st.trial_error),
+        // RAUC itself reads the same block for the slot states.
+        Err(e) => assert!(e.to_string().contains("GetSlotStatus"), "{e}"),
+    }
 }
 
 fn nix_is_root() -> bool {

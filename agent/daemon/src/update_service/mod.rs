@@ -4,8 +4,10 @@
 //! only and audited.
 
 pub mod backend;
+mod errors;
 pub mod fetch;
 pub mod jobs;
+mod slots;
 
 use std::path::PathBuf;
 
@@ -17,7 +19,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use backend::UpdateBackend;
+pub use errors::rauc_status;
+use errors::{error_kind, explain};
 use jobs::{Job, Jobs, ProgressStream};
+pub use slots::{check_installable, slots_state};
 
 use crate::audit_service::Auditor;
 use crate::auth::Caller;
@@ -51,88 +56,6 @@ fn require_admin(caller: &Caller, what: &str) -> Result<(), Status> {
          ManageUpdates permission, not to {}",
         caller.actor
     )))
-}
-
-/// The wire status of a RAUC failure, with the whole error chain.
-pub fn rauc_status(e: RaucError) -> Status {
-    let msg = crate::error_chain(&e);
-    match e {
-        RaucError::Unavailable { .. } => Status::unavailable(msg),
-        RaucError::Refused { message, .. } if message.contains("No slot") => Status::not_found(msg),
-        RaucError::Refused { .. } => Status::failed_precondition(msg),
-        RaucError::Bus { .. } => Status::unavailable(msg),
-    }
-}
-
-fn error_kind(kind: InstallErrorKind) -> pb::ErrorKind {
-    match kind {
-        InstallErrorKind::BadSignature => pb::ErrorKind::BadSignature,
-        InstallErrorKind::WrongCompatible => pb::ErrorKind::WrongCompatible,
-        InstallErrorKind::NotEnoughSpace => pb::ErrorKind::NotEnoughSpace,
-        InstallErrorKind::InvalidBundle => pb::ErrorKind::InvalidBundle,
-        InstallErrorKind::RaucUnavailable => pb::ErrorKind::RaucUnavailable,
-        InstallErrorKind::Other => pb::ErrorKind::InstallFailed,
-    }
-}
-
-/// RAUC's error text, prefixed with what it means.
-fn explain(kind: InstallErrorKind, error: &str, compatible: &str) -> String {
-    match kind {
-        InstallErrorKind::BadSignature => format!(
-            "Bundle refused: its signature or verity hash does not verify (corrupt or tampered file, or signed by a \
-             CA missing from /etc/rauc/keyring.pem): {error}"
-        ),
-        InstallErrorKind::WrongCompatible => {
-            format!("Bundle refused: it is built for another kind of node (this node is '{compatible}'): {error}")
-        }
-        InstallErrorKind::NotEnoughSpace => format!("Not enough space for the image: {error}"),
-        InstallErrorKind::InvalidBundle => format!("Not a bundle this node accepts: {error}"),
-        InstallErrorKind::RaucUnavailable | InstallErrorKind::Other => format!("RAUC failed: {error}"),
-    }
-}
-
-/// The slot table from RAUC's status.
-pub fn slots_state(st: &RaucStatus, install: Option<pb::InstallProgress>, simulated: bool) -> pb::SlotsState {
-    let booted = st.booted();
-    pb::SlotsState {
-        compatible: st.compatible.clone(),
-        booted_bootname: st.boot_slot.clone(),
-        booted_slot: booted.map(|s| s.name.clone()).unwrap_or_default(),
-        primary_slot: st.primary.clone(),
-        primary_error: st.primary_error.clone(),
-        booted_good: booted.is_some_and(|s| s.is_confirmed_good()) && st.trial_error.is_empty(),
-        trial_error: st.trial_error.clone(),
-        operation: st.operation.clone(),
-        last_error: st.last_error.clone(),
-        slots: st
-            .slots
-            .iter()
-            .map(|s| pb::Slot {
-                name: s.name.clone(),
-                class: s.class.clone(),
-                bootname: s.bootname.clone(),
-                device: s.device.clone(),
-                r#type: s.slot_type.clone(),
-                state: s.state.clone(),
-                boot_status: s.boot_status.clone(),
-                booted: booted.is_some_and(|b| b.name == s.name),
-                primary: !st.primary.is_empty() && st.primary == s.name,
-                bundle_compatible: s.bundle_compatible.clone(),
-                bundle_version: s.bundle_version.clone(),
-                bundle_description: s.bundle_description.clone(),
-                bundle_build: s.bundle_build.clone(),
-                sha256: s.sha256.clone(),
-                size_bytes: s.size,
-                installed_unix_s: s.installed_unix_s,
-                installed_count: s.installed_count,
-                activated_unix_s: s.activated_unix_s,
-                activated_count: s.activated_count,
-                trying: s.trying,
-            })
-            .collect(),
-        install,
-        simulated,
-    }
 }
 
 /// A 64-hex-digit sha256 from the wire (any case), lower-cased; empty stays
@@ -189,47 +112,12 @@ impl UpdateApi {
         Ok(slots_state(&st, self.jobs.current(), self.backend.simulated))
     }
 
-    /// Refuses an install while RAUC is busy or the booted slot is not
-    /// marked good.
+    /// Refuses an install while one runs, RAUC is busy or the booted slot
+    /// is not confirmed good.
     async fn preflight(&self) -> Result<RaucStatus, Status> {
         self.jobs.check_idle()?;
         let st = self.backend.rauc.status().await.map_err(rauc_status)?;
-        if st.operation != "idle" {
-            return Err(Status::failed_precondition(format!(
-                "RAUC is busy ({}) with an operation this agent did not start; wait for it to end",
-                st.operation
-            )));
-        }
-        let Some(booted) = st.booted() else {
-            return Err(Status::failed_precondition(format!(
-                "RAUC knows no booted slot (BootSlot {:?}): the node did not boot from a RAUC slot (rauc.slot= \
-                 missing on the kernel command line), so no slot may be overwritten",
-                st.boot_slot
-            )));
-        };
-        if !st.trial_error.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "Cannot tell whether the booted slot {} ({}) was confirmed good: {}; no slot is overwritten until \
-                 it can be told (check that the ESP is mounted at /boot/efi)",
-                booted.name, booted.bootname, st.trial_error
-            )));
-        }
-        if booted.trying {
-            return Err(Status::failed_precondition(format!(
-                "The booted slot {} ({}) is on trial: this boot has not been confirmed good yet, and the other slot \
-                 holds the only known-good system; wait for the boot gate (`debvisorctl health`) or mark it with \
-                 `debvisorctl update mark-good`",
-                booted.name, booted.bootname
-            )));
-        }
-        if !booted.is_good() {
-            return Err(Status::failed_precondition(format!(
-                "The booted slot {} ({}) is not marked good yet (boot status {:?}); the other slot holds the only \
-                 known-good system and is not overwritten until this boot is confirmed: wait for the boot gate \
-                 (`debvisorctl health`) or mark it with `debvisorctl update mark-good`",
-                booted.name, booted.bootname, booted.boot_status
-            )));
-        }
+        check_installable(&st)?;
         Ok(st)
     }
 

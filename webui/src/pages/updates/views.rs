@@ -149,6 +149,10 @@ pub struct SlotsView {
     pub last_error: String,
     /// Served by a simulated agent.
     pub simulated: bool,
+    /// Why the trial state of the slots is unknown.
+    pub trial_error: String,
+    /// Why the slot table is not current (RAUC is installing).
+    pub slots_note: String,
     /// The slots.
     pub rows: Vec<SlotRow>,
 }
@@ -180,6 +184,8 @@ impl From<&SlotsState> for SlotsView {
             operation: s.operation.clone(),
             last_error: s.last_error.clone(),
             simulated: s.simulated,
+            trial_error: s.trial_error.clone(),
+            slots_note: s.slots_note.clone(),
             rows: s.slots.iter().map(SlotRow::from).collect(),
         }
     }
