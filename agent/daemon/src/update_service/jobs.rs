@@ -173,53 +173,58 @@ impl Job {
 
     /// Ends the install as DONE.
     pub fn finish(mut self, target_slot: String, bundle_version: String) -> InstallProgress {
-        self.update(|p| {
+        self.end(|p| {
             p.phase = Phase::Done as i32;
             p.percent = 100;
             p.depth = 0;
             p.message = format!("Installed into {target_slot}; it boots at the next reboot");
             p.target_slot = target_slot;
             p.bundle_version = bundle_version;
-        });
-        self.end()
+        })
     }
 
     /// Ends the install as FAILED with `error` of `kind`.
     pub fn fail(mut self, kind: ErrorKind, error: String) -> InstallProgress {
-        self.fail_in_place(kind, error);
-        self.end()
+        self.end(failed(kind, error))
     }
 
-    fn fail_in_place(&mut self, kind: ErrorKind, error: String) {
-        self.update(|p| {
-            p.phase = Phase::Failed as i32;
-            p.depth = 0;
-            p.message = "Install failed; the booted slot is unchanged".into();
-            p.error = error;
-            p.error_kind = kind as i32;
-        });
-    }
-
-    fn end(&mut self) -> InstallProgress {
+    /// Sets the final state with `f`, frees the install slot, then
+    /// publishes: a client that sees the end and starts the next install at
+    /// once is never told that this one still runs.
+    fn end(&mut self, f: impl FnOnce(&mut InstallProgress)) -> InstallProgress {
+        f(&mut self.progress);
         self.finished = true;
-        let mut reg = self.jobs.lock();
-        reg.running = None;
-        if reg.finished.len() == HISTORY {
-            reg.finished.pop_front();
+        {
+            let mut reg = self.jobs.lock();
+            reg.running = None;
+            if reg.finished.len() == HISTORY {
+                reg.finished.pop_front();
+            }
+            reg.finished.push_back(self.progress.clone());
         }
-        reg.finished.push_back(self.progress.clone());
+        self.jobs.state.send_replace(Some(self.progress.clone()));
         self.progress.clone()
+    }
+}
+
+/// The final state of a failed install.
+fn failed(kind: ErrorKind, error: String) -> impl FnOnce(&mut InstallProgress) {
+    move |p| {
+        p.phase = Phase::Failed as i32;
+        p.depth = 0;
+        p.message = "Install failed; the booted slot is unchanged".into();
+        p.error = error;
+        p.error_kind = kind as i32;
     }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
         if !self.finished {
-            self.fail_in_place(
+            self.end(failed(
                 ErrorKind::InstallFailed,
                 "The install ended unexpectedly inside the agent; see `journalctl -u debvisor-agent`".into(),
-            );
-            self.end();
+            ));
         }
     }
 }
@@ -246,9 +251,13 @@ mod tests {
         assert!(e.message().contains("uid:0"), "{}", e.message());
 
         let follower = jobs.follow(job.id());
+        let mut watcher = jobs.state.subscribe();
         job.update(|p| p.percent = 50);
         let id = job.id().to_string();
         job.finish("rootfs.1".into(), "0.2".into());
+        // Whoever sees the end may start the next install at once.
+        assert!(is_final(watcher.borrow_and_update().as_ref().unwrap()));
+        assert!(jobs.check_idle().is_ok());
         // The next install starts before the follower reads anything.
         let next = jobs.start("upload:c", "admin").unwrap();
         let seen: Vec<InstallProgress> = follower.map(Result::unwrap).collect().await;
