@@ -187,7 +187,10 @@ fn build(args: &BuildArgs) -> Result<()> {
         recipe.slot.compression.as_str()
     ));
     let slot_path = out.join("slot.img");
-    let slot_len = slot::build(&root, &slot_path, recipe.slot.compression, &step)?;
+    let mut late: Vec<PathBuf> = slot::LATE.iter().map(PathBuf::from).collect();
+    late.extend(recipe.binaries.names.iter().map(|n| Path::new("usr/bin").join(n)));
+    late.extend(rootfs::overlay_files(&recipe.overlay_dirs())?);
+    let slot_len = slot::build(&root, &slot_path, recipe.slot.compression, &late, &step)?;
     step.finish(&human(slot_len));
 
     // 8. Boot files and ESP.

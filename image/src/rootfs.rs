@@ -254,6 +254,28 @@ pub fn apply_overlays(dirs: &[PathBuf], root: &Path) -> Result<(), RootfsError> 
     Ok(())
 }
 
+/// The files of the overlay `dirs`, relative to their overlay (the paths
+/// they take in the root), sorted.
+pub fn overlay_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, RootfsError> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RootfsError> {
+        for entry in std::fs::read_dir(dir).map_err(io("Listing overlay", dir))? {
+            let path = entry.map_err(io("Listing overlay", dir))?.path();
+            if path.symlink_metadata().map_err(io("Reading overlay", &path))?.is_dir() {
+                walk(base, &path, out)?;
+            } else if let Ok(rel) = path.strip_prefix(base) {
+                out.push(rel.to_owned());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        walk(dir, dir, &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Installs workspace binaries from `bin_dir` to /usr/bin.
 pub fn install_binaries(names: &[String], bin_dir: &Path, root: &Path) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,13 @@
 //! The slot image: the whole root as a squashfs compressed with one of the
 //! compressors GRUB 2.06 reads (gzip, xz, lzo; not zstd), since GRUB loads
 //! the kernel and initrd from inside the slot.
+//!
+//! Squashfs packs file data end to end, so a file that grows or shrinks
+//! moves everything written after it, and RAUC's adaptive mode (which finds
+//! 4 KiB chunks of the new slot in the slots already on the node) then
+//! finds nothing after that point. The builder therefore writes last what
+//! changes from one release to the next (see [`LATE`]): the Debian base
+//! keeps its offsets, and an update writes and fetches only the tail.
 
 use std::path::{Path, PathBuf};
 
@@ -18,15 +25,45 @@ pub struct SlotError {
     source: CmdError,
 }
 
-/// Builds `out` from `root`. mksquashfs takes `SOURCE_DATE_EPOCH` from the
+/// Paths (relative to the root) that change with every release: the boot
+/// files (the initramfs is rebuilt), the configuration, package and
+/// variable state, the release file. The builder adds the files it
+/// installs itself (workspace binaries, overlays).
+pub const LATE: &[&str] = &["boot", "etc", "var", "usr/lib/os-release"];
+
+/// mksquashfs's sort file: each of `late` that exists under `root`, with a
+/// priority below the default 0, so that it is written after the rest.
+fn sort_file(root: &Path, late: &[PathBuf]) -> String {
+    late.iter()
+        .map(|p| root.join(p))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .map(|p| format!("{} -1000\n", p.display()))
+        .collect()
+}
+
+/// Builds `out` from `root`, writing the paths `late` (relative to `root`)
+/// after everything else. mksquashfs takes `SOURCE_DATE_EPOCH` from the
 /// environment (file system time, and file times clamped to it).
-pub fn build(root: &Path, out: &Path, compression: Compression, step: &Step) -> Result<u64, SlotError> {
+pub fn build(
+    root: &Path,
+    out: &Path,
+    compression: Compression,
+    late: &[PathBuf],
+    step: &Step,
+) -> Result<u64, SlotError> {
     let err = |source| SlotError {
         root: root.to_owned(),
         out: out.to_owned(),
         source,
     };
     let _ = std::fs::remove_file(out);
+    let sort = root.with_file_name("squashfs.sort");
+    std::fs::write(&sort, sort_file(root, late)).map_err(|e| {
+        err(CmdError::Spawn {
+            program: format!("mksquashfs (writing {})", sort.display()),
+            source: e,
+        })
+    })?;
     let processors = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
     let mut c = command(
         "mksquashfs",
@@ -39,6 +76,8 @@ pub fn build(root: &Path, out: &Path, compression: Compression, step: &Step) -> 
             "-processors".as_ref(),
             processors.as_ref(),
             "-no-progress".as_ref(),
+            "-sort".as_ref(),
+            sort.as_os_str(),
             // Build artefacts that must never reach an image.
             "-wildcards".as_ref(),
             "-e".as_ref(),
@@ -64,4 +103,29 @@ pub fn build(root: &Path, out: &Path, compression: Compression, step: &Step) -> 
             .map_err(output_err)?;
     }
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_file_lists_existing_late_paths_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/debvisor-agent"), b"").unwrap();
+        let late = [PathBuf::from("etc"), "boot".into(), "usr/bin/debvisor-agent".into()];
+        let sort = sort_file(root, &late);
+        assert_eq!(
+            sort,
+            format!(
+                "{} -1000\n{} -1000\n",
+                root.join("etc").display(),
+                root.join("usr/bin/debvisor-agent").display()
+            ),
+            "absolute paths (mksquashfs matches them by inode), missing ones left out"
+        );
+    }
 }
