@@ -2,7 +2,7 @@
 //! zbus. Method, property and signal names and signatures are those of the
 //! installed RAUC 1.8 (`busctl introspect de.pengutronix.rauc /`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ use zbus::{Connection, MatchRule, Message, MessageStream, OwnedVariant, Variant}
 
 use crate::{
     Completion, InstallErrorKind, InstallEvent, MarkOutcome, MarkState, Progress, Rauc, RaucError, RaucStatus, SlotRef,
-    SlotStatus, classify, grubenv,
+    SlotStatus, classify, grubenv, slots_note,
 };
 
 /// RAUC's bus name.
@@ -59,9 +59,12 @@ trait Installer {
 pub struct DbusRauc {
     conn: Connection,
     proxy: InstallerProxy<'static>,
-    /// The GRUB environment RAUC's GRUB backend keeps (from system.conf;
-    /// `None` for another boot loader), or why it is unknown.
-    grubenv: Result<Option<PathBuf>, String>,
+    /// RAUC's system configuration, read (on first use, again until it
+    /// could be read) for the GRUB environment.
+    system_conf: PathBuf,
+    /// The GRUB environment RAUC's GRUB backend keeps, from system.conf
+    /// (`None` for another boot loader).
+    grubenv: std::sync::OnceLock<Option<PathBuf>>,
     /// The last slot table RAUC gave: RAUC 1.8 answers no `GetSlotStatus`
     /// while it installs, and this is shown meanwhile.
     last_slots: std::sync::Mutex<Option<Vec<SlotStatus>>>,
@@ -93,78 +96,79 @@ impl DbusRauc {
             .build()
             .await
             .map_err(|source| RaucError::Unavailable { source })?;
-        let rauc = Self {
+        Ok(Self {
             conn,
             proxy,
-            grubenv: Ok(None),
+            system_conf: PathBuf::from(grubenv::SYSTEM_CONF),
+            grubenv: std::sync::OnceLock::new(),
             last_slots: std::sync::Mutex::new(None),
-        };
-        Ok(rauc.with_system_conf(PathBuf::from(grubenv::SYSTEM_CONF)))
+        })
     }
 
     /// Reads the boot loader settings (for trial boots) from `path` instead
     /// of /etc/rauc/system.conf, e.g. the `--conf` a test gave RAUC.
     pub fn with_system_conf(mut self, path: PathBuf) -> Self {
-        self.grubenv = grubenv::grubenv_of(&path);
-        if let Err(e) = &self.grubenv {
-            tracing::warn!("trial boots unknown: {e}");
-        }
+        self.system_conf = path;
+        self.grubenv = std::sync::OnceLock::new();
         self
     }
 
-    /// The boot names with `X_OK=1 X_TRY=1` in the GRUB environment (none
-    /// for another boot loader), or why they are unknown.
-    async fn tried(&self) -> Result<BTreeSet<String>, String> {
-        let path = match &self.grubenv {
-            Ok(None) => return Ok(BTreeSet::new()),
-            Ok(Some(p)) => p.clone(),
-            Err(e) => return Err(e.clone()),
+    /// The variables of the GRUB environment (empty for another boot
+    /// loader), or why they are unknown.
+    async fn grub_env(&self) -> Result<BTreeMap<String, String>, String> {
+        let path = match self.grubenv.get() {
+            Some(p) => p.clone(),
+            None => {
+                let found = grubenv::grubenv_of(&self.system_conf)?;
+                self.grubenv.get_or_init(|| found).clone()
+            }
         };
-        tokio::task::spawn_blocking(move || grubenv::read_tried(&path))
+        let Some(path) = path else {
+            return Ok(BTreeMap::new());
+        };
+        tokio::task::spawn_blocking(move || grubenv::read(&path))
             .await
             .unwrap_or_else(|e| Err(format!("Reading the GRUB environment failed: {e}")))
     }
 
-    /// `GetSlotStatus`, sorted by name, remembered for the time RAUC is
-    /// busy; while it installs, the table read before with the reason it is
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Option<Vec<SlotStatus>>> {
+        self.last_slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `GetSlotStatus`, sorted by name and remembered; while RAUC is busy
+    /// (it answers none then), the table read before with the reason it is
     /// not current.
     async fn slots(&self) -> Result<(Vec<SlotStatus>, String), RaucError> {
         let p = &self.proxy;
-        let refused = match p.get_slot_status().await.map_err(RaucError::from_call("GetSlotStatus")) {
-            Ok(raw) => {
-                let mut slots: Vec<SlotStatus> = raw.iter().map(|(n, d)| SlotStatus::from_dict(n, d)).collect();
-                slots.sort_by(|a, b| a.name.cmp(&b.name));
-                *self
-                    .last_slots
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slots.clone());
-                return Ok((slots, String::new()));
+        let mut asked = 0;
+        loop {
+            asked += 1;
+            let refused = match p.get_slot_status().await.map_err(RaucError::from_call("GetSlotStatus")) {
+                Ok(raw) => {
+                    let mut slots: Vec<SlotStatus> = raw.iter().map(|(n, d)| SlotStatus::from_dict(n, d)).collect();
+                    slots.sort_by(|a, b| a.name.cmp(&b.name));
+                    *self.lock_slots() = Some(slots.clone());
+                    return Ok((slots, String::new()));
+                }
+                Err(RaucError::Refused { message, .. }) => message,
+                Err(other) => return Err(other),
+            };
+            let operation = p.operation().await.map_err(RaucError::from_call("Operation"))?;
+            if operation != "idle" {
+                let last = self.lock_slots().clone();
+                let note = slots_note(&operation, &refused, last.is_some());
+                return Ok((last.unwrap_or_default(), note));
             }
-            Err(RaucError::Refused { message, .. }) => message,
-            Err(other) => return Err(other),
-        };
-        let operation = p.operation().await.map_err(RaucError::from_call("Operation"))?;
-        if operation == "idle" {
-            return Err(RaucError::Refused {
-                call: "GetSlotStatus",
-                message: refused,
-            });
+            // Refused, yet idle: the install ended in between; ask again.
+            if asked == 2 {
+                return Err(RaucError::Refused {
+                    call: "GetSlotStatus",
+                    message: refused,
+                });
+            }
         }
-        let last = self
-            .last_slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let note = match &last {
-            Some(_) => format!(
-                "RAUC reports no slot status while it is {operation} ({refused}); the table is the one read before, \
-                 ask again when the operation ends"
-            ),
-            None => format!(
-                "RAUC reports no slot status while it is {operation} ({refused}); ask again when the operation ends"
-            ),
-        };
-        Ok((last.unwrap_or_default(), note))
     }
 
     /// One reading of RAUC's properties, primary and slots.
@@ -178,6 +182,10 @@ impl DbusRauc {
         let (primary, primary_error) = match p.get_primary().await {
             Ok(s) => (s, String::new()),
             Err(e) => match RaucError::from_call("GetPrimary")(e) {
+                RaucError::Refused { .. } if operation != "idle" => (
+                    String::new(),
+                    format!("RAUC names no primary slot while it is {operation}"),
+                ),
                 RaucError::Refused { message, .. } => (String::new(), message),
                 other => return Err(other),
             },
@@ -202,27 +210,32 @@ impl DbusRauc {
 impl Rauc for DbusRauc {
     /// One consistent reading: the GRUB environment is read before and
     /// after RAUC is asked, and the whole reading is taken again when a mark
-    /// changed it in between (a primary read before the boot gate's mark
-    /// and slot states read after it would describe no moment).
+    /// or a switch changed it in between (a primary read before the boot
+    /// gate's mark and slot states read after it would describe no moment).
     async fn status(&self) -> Result<RaucStatus, RaucError> {
-        let mut before = self.tried().await;
+        const ATTEMPTS: u32 = 3;
+        let mut before = self.grub_env().await;
         let mut attempt = 1;
         loop {
             let mut st = self.read().await?;
-            let after = self.tried().await;
-            if after != before && attempt < 3 {
-                tracing::debug!(
-                    attempt,
-                    "the GRUB environment changed while RAUC was read; reading again"
-                );
-                before = after;
-                attempt += 1;
-                continue;
+            let after = self.grub_env().await;
+            if after != before {
+                if attempt < ATTEMPTS {
+                    tracing::debug!(
+                        attempt,
+                        "the GRUB environment changed while RAUC was read; reading again"
+                    );
+                    before = after;
+                    attempt += 1;
+                    continue;
+                }
+                tracing::warn!("the GRUB environment changed during each of {ATTEMPTS} readings; answering the last");
             }
             match after {
-                Ok(tried) => {
+                Ok(env) => {
                     // Only the booted slot can be on trial; another slot
                     // with X_TRY=1 failed its trial, and RAUC calls it bad.
+                    let tried = grubenv::tried_bootnames(&env);
                     let booted = st.booted().map(|s| s.name.clone());
                     for s in &mut st.slots {
                         s.trying = booted.as_deref() == Some(s.name.as_str()) && tried.contains(&s.bootname);

@@ -166,11 +166,7 @@ impl Rauc for FakeRauc {
         let mut st = self.lock().status.clone();
         if st.operation != "idle" {
             // As DbusRauc reports it: RAUC answers no GetSlotStatus then.
-            st.slots_note = format!(
-                "RAUC reports no slot status while it is {} (already processing a different method); the table is \
-                 the one read before, ask again when the operation ends",
-                st.operation
-            );
+            st.slots_note = crate::slots_note(&st.operation, "already processing a different method", true);
         }
         Ok(st)
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Where RAUC 1.8 reads its system configuration.
 pub const SYSTEM_CONF: &str = "/etc/rauc/system.conf";
 
-/// Size of a GRUB environment block.
+/// Size of a GRUB environment block as grub-editenv writes it.
 pub const BLOCK_SIZE: usize = 1024;
 /// The first line of a GRUB environment block.
 const HEADER: &str = "# GRUB Environment Block\n";
@@ -53,21 +53,17 @@ pub fn grubenv_of(system_conf: &Path) -> Result<Option<PathBuf>, String> {
     Ok(grubenv_path(&conf))
 }
 
-/// The variables of a GRUB environment block: exactly 1024 bytes, the
-/// header line, `KEY=VALUE` lines, `#` padding. Anything else (a truncated
-/// or foreign file) is an error, since GRUB would not read it either.
+/// The variables of a GRUB environment block: the header line, then
+/// `KEY=VALUE` lines, padded with `#` (to 1024 bytes as grub-editenv
+/// writes it). A file without the header (truncated, or not an environment
+/// block) is an error, as it is to GRUB.
 pub fn parse(block: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    if block.len() != BLOCK_SIZE {
-        return Err(format!(
-            "is {} bytes, not the {BLOCK_SIZE} of a GRUB environment block",
-            block.len()
-        ));
-    }
     let text = std::str::from_utf8(block).map_err(|e| format!("is not text ({e}), not a GRUB environment block"))?;
     if !text.starts_with(HEADER) {
         return Err(format!(
-            "does not start with {:?}: not a GRUB environment block",
-            HEADER.trim_end()
+            "does not start with {:?} ({} bytes): not a GRUB environment block",
+            HEADER.trim_end(),
+            block.len()
         ));
     }
     Ok(text
@@ -88,13 +84,12 @@ pub fn tried_bootnames(env: &BTreeMap<String, String>) -> BTreeSet<String> {
         .collect()
 }
 
-/// The boot names with `X_OK=1 X_TRY=1` in the GRUB environment at
-/// `grubenv`. An error names the file.
-pub fn read_tried(grubenv: &Path) -> Result<BTreeSet<String>, String> {
+/// The variables of the GRUB environment at `grubenv`. An error names the
+/// file.
+pub fn read(grubenv: &Path) -> Result<BTreeMap<String, String>, String> {
     let block =
         std::fs::read(grubenv).map_err(|e| format!("Cannot read the GRUB environment {}: {e}", grubenv.display()))?;
-    let env = parse(&block).map_err(|e| format!("The GRUB environment {} {e}", grubenv.display()))?;
-    Ok(tried_bootnames(&env))
+    parse(&block).map_err(|e| format!("The GRUB environment {} {e}", grubenv.display()))
 }
 
 #[cfg(test)]
@@ -139,9 +134,10 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_blocks_parse() {
-        let e = parse(b"# GRUB Environment Block\nA_OK=1\nA_TRY=1\n").unwrap_err();
-        assert!(e.contains("bytes"), "{e}");
+    fn only_blocks_with_the_header_parse() {
+        // grub-editenv writes 1024 bytes; GRUB itself checks the header.
+        let short = parse(b"# GRUB Environment Block\nA_OK=1\nA_TRY=1\n").unwrap();
+        assert_eq!(tried_bootnames(&short), BTreeSet::from(["A".to_string()]));
         let mut foreign = b"A_OK=1\nA_TRY=1\n".to_vec();
         foreign.resize(BLOCK_SIZE, b'#');
         let e = parse(&foreign).unwrap_err();
@@ -159,12 +155,12 @@ mod tests {
         let conf = dir.path().join("system.conf");
         std::fs::write(&conf, format!("[system]\nbootloader=grub\ngrubenv={}\n", env.display())).unwrap();
         assert_eq!(grubenv_of(&conf).unwrap(), Some(env.clone()));
-        assert_eq!(read_tried(&env).unwrap(), BTreeSet::from(["A".to_string()]));
+        assert_eq!(tried_bootnames(&read(&env).unwrap()), BTreeSet::from(["A".to_string()]));
         std::fs::write(&env, b"A_OK=1\n").unwrap();
-        let e = read_tried(&env).unwrap_err();
-        assert!(e.contains("grubenv") && e.contains("bytes"), "{e}");
+        let e = read(&env).unwrap_err();
+        assert!(e.contains("grubenv") && e.contains("GRUB Environment Block"), "{e}");
         std::fs::remove_file(&env).unwrap();
-        let e = read_tried(&env).unwrap_err();
+        let e = read(&env).unwrap_err();
         assert!(e.contains("grubenv"), "{e}");
         let e = grubenv_of(&dir.path().join("none.conf")).unwrap_err();
         assert!(e.contains("none.conf"), "{e}");

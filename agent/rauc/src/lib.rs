@@ -25,7 +25,7 @@ pub use error::RaucError;
 pub use rauc::Rauc;
 pub use types::{
     BadSlotRef, Completion, InstallErrorKind, InstallEvent, MarkOutcome, MarkState, Progress, RaucStatus, SlotRef,
-    SlotStatus, classify, parse_timestamp,
+    SlotStatus, classify, parse_timestamp, slots_note,
 };
 pub use verify::{
     BundleInfo, BundleVerifier, RaucInfoVerifier, VERITY_BLOCK, VerifyError, bundle_root_hash, parse_info,

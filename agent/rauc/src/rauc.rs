@@ -9,7 +9,9 @@ use crate::{InstallEvent, MarkOutcome, MarkState, RaucError, RaucStatus, SlotRef
 /// The RAUC facility: status, marks and installs.
 #[async_trait::async_trait]
 pub trait Rauc: Send + Sync + 'static {
-    /// Everything RAUC reports now: properties, primary slot, slot status.
+    /// Everything RAUC reports now: properties, primary slot, slot status
+    /// (while RAUC installs, the table read before, with
+    /// [`RaucStatus::slots_note`] saying so), and which slot is on trial.
     async fn status(&self) -> Result<RaucStatus, RaucError>;
 
     /// Sets `state` on `slot` (`Mark`).

@@ -126,6 +126,18 @@ impl SlotStatus {
     }
 }
 
+/// Why the slot table is not current while RAUC is busy with `operation`
+/// (it refused `GetSlotStatus` with `refused`); `had_table`: the table shown
+/// is the one read before.
+pub fn slots_note(operation: &str, refused: &str, had_table: bool) -> String {
+    let shown = if had_table {
+        "; the table is the one read before"
+    } else {
+        ""
+    };
+    format!("RAUC reports no slot status while it is {operation} ({refused}){shown}, ask again when the operation ends")
+}
+
 /// Seconds since the Unix epoch of an RFC 3339 time such as RAUC's
 /// `2026-11-26T21:59:54Z`.
 pub fn parse_timestamp(text: &str) -> Option<i64> {

@@ -188,20 +188,19 @@ impl Job {
         self.end(failed(kind, error))
     }
 
-    /// Sets the final state with `f`, frees the install slot, then
-    /// publishes: a client that sees the end and starts the next install at
-    /// once is never told that this one still runs.
+    /// Sets the final state with `f`, then frees the install slot and
+    /// publishes under one lock: a client that sees the end and starts the
+    /// next install at once is never told that this one still runs, and a
+    /// next install that starts meanwhile is never overwritten by this end.
     fn end(&mut self, f: impl FnOnce(&mut InstallProgress)) -> InstallProgress {
         f(&mut self.progress);
         self.finished = true;
-        {
-            let mut reg = self.jobs.lock();
-            reg.running = None;
-            if reg.finished.len() == HISTORY {
-                reg.finished.pop_front();
-            }
-            reg.finished.push_back(self.progress.clone());
+        let mut reg = self.jobs.lock();
+        reg.running = None;
+        if reg.finished.len() == HISTORY {
+            reg.finished.pop_front();
         }
+        reg.finished.push_back(self.progress.clone());
         self.jobs.state.send_replace(Some(self.progress.clone()));
         self.progress.clone()
     }

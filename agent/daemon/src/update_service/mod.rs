@@ -470,6 +470,13 @@ impl UpdateService for UpdateApi {
         let caller = Caller::of(&req)?;
         let op = async {
             let st = self.backend.rauc.status().await.map_err(rauc_status)?;
+            if st.operation != "idle" {
+                return Err(Status::failed_precondition(format!(
+                    "RAUC is {} into the other slot; roll back after the install has ended (`debvisorctl update \
+                     watch`)",
+                    st.operation
+                )));
+            }
             let other = st.other().ok_or_else(|| {
                 Status::failed_precondition("There is no other slot to roll back to (RAUC knows no booted slot)")
             })?;

@@ -67,9 +67,14 @@ pub fn check_installable(st: &RaucStatus) -> Result<(), Status> {
         )));
     };
     if !st.trial_error.is_empty() {
+        let hint = if st.trial_error.contains("GRUB environment") {
+            " (check that the ESP is mounted at /boot/efi)"
+        } else {
+            " (check RAUC's system configuration)"
+        };
         return Err(Status::failed_precondition(format!(
-            "Cannot tell whether the booted slot {} ({}) was confirmed good: {}; no slot is overwritten until \
-                 it can be told (check that the ESP is mounted at /boot/efi)",
+            "Cannot tell whether the booted slot {} ({}) was confirmed good: {}; no slot is overwritten until it can \
+             be told{hint}",
             booted.name, booted.bootname, st.trial_error
         )));
     }
