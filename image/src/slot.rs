@@ -7,11 +7,11 @@
 //! 4 KiB chunks of the new slot in the slots already on the node) then
 //! finds nothing after that point. The builder therefore writes last what
 //! changes from one release to the next (see [`LATE`]): the Debian base
-//! keeps its offsets, and an update writes and fetches only the tail.
+//! keeps its offsets, and an update writes only the tail.
 
 use std::path::{Path, PathBuf};
 
-use crate::cmd::{self, CmdError, command};
+use crate::cmd::{self, StepError, command};
 use crate::progress::Step;
 use crate::recipe::Compression;
 
@@ -22,7 +22,7 @@ pub struct SlotError {
     root: PathBuf,
     out: PathBuf,
     #[source]
-    source: CmdError,
+    source: Box<StepError>,
 }
 
 /// Paths (relative to the root) that change with every release: the boot
@@ -33,6 +33,7 @@ pub const LATE: &[&str] = &["boot", "etc", "var", "usr/lib/os-release"];
 
 /// mksquashfs's sort file: each of `late` that exists under `root`, with a
 /// priority below the default 0, so that it is written after the rest.
+/// `root` must be absolute: mksquashfs ignores entries it cannot find.
 fn sort_file(root: &Path, late: &[PathBuf]) -> String {
     late.iter()
         .map(|p| root.join(p))
@@ -54,16 +55,13 @@ pub fn build(
     let err = |source| SlotError {
         root: root.to_owned(),
         out: out.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let _ = std::fs::remove_file(out);
+    let root = &std::path::absolute(root).map_err(|e| err(cmd::io("Resolving", root)(e)))?;
     let sort = root.with_file_name("squashfs.sort");
-    std::fs::write(&sort, sort_file(root, late)).map_err(|e| {
-        err(CmdError::Spawn {
-            program: format!("mksquashfs (writing {})", sort.display()),
-            source: e,
-        })
-    })?;
+    std::fs::write(&sort, sort_file(root, late))
+        .map_err(|e| err(cmd::io("Writing the mksquashfs sort file", &sort)(e)))?;
     let processors = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
     let mut c = command(
         "mksquashfs",
@@ -84,13 +82,8 @@ pub fn build(
             "var/cache/apt/archives/*.deb".as_ref(),
         ],
     );
-    cmd::run_streaming(&mut c, |line| step.detail(line)).map_err(err)?;
-    let output_err = |e| {
-        err(CmdError::Spawn {
-            program: "mksquashfs (output)".into(),
-            source: e,
-        })
-    };
+    cmd::run_streaming(&mut c, |line| step.detail(line)).map_err(|e| err(cmd::tool("mksquashfs")(e)))?;
+    let output_err = |e| err(cmd::io("Reading the squashfs", out)(e));
     let mut len = std::fs::metadata(out).map_err(output_err)?.len();
     // mksquashfs pads to 4 KiB already; RAUC's block-hash-index needs it, so
     // make sure (zeros after the file system are ignored by squashfs).
