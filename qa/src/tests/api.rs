@@ -212,7 +212,7 @@ fn boot_id(g: &mut SerialGuest) -> Result<String> {
 }
 
 pub(super) fn reboot_via_api(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let pw = n.password()?;
     let con = &n.vm.console;
     let before = {

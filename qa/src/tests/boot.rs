@@ -147,7 +147,7 @@ fn token() -> String {
 }
 
 pub(super) fn persistence_across_reboot(ctx: &Ctx) -> Result<()> {
-    let n = ctx.boot()?;
+    let n = ctx.shared_node()?;
     let (_, pw) = admin(&n)?;
     let tok = token();
     let con = &n.vm.console;

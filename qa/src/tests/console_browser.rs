@@ -46,6 +46,14 @@ impl Web {
         format!("{}{path}", self.base)
     }
 
+    /// Opens the audit log and waits until its text satisfies `found`
+    /// (`what` names the entry in the error).
+    pub(crate) async fn audited(&self, what: &str, found: impl Fn(&str) -> bool) -> Result<()> {
+        self.b.goto(&self.url("/audit")).await?;
+        self.b.wait_text("main", what, found).await?;
+        Ok(())
+    }
+
     /// Fills and submits the sign-in form.
     async fn submit_login(&self, user: &str, password: &str) -> Result<()> {
         self.b.goto(&self.url("/login")).await?;
@@ -282,8 +290,7 @@ fn restart_is_audited(w: &mut Web) -> StepFuture<'_> {
         w.b.click(".confirm-form button[type=submit]").await?;
         w.b.wait_text(".flash", "the restart's outcome", |t| t.contains("restarted"))
             .await?;
-        w.b.goto(&w.url("/audit")).await?;
-        w.b.wait_text("main", "the restart in the audit log", |t| {
+        w.audited("the restart in the audit log", |t| {
             t.contains("units.Restart") && t.contains(UNIT) && t.contains("console:admin")
         })
         .await?;
@@ -329,8 +336,7 @@ fn bundle_download(w: &mut Web) -> StepFuture<'_> {
         );
         // A download leaves the page as it was.
         w.b.wait_path("/settings").await?;
-        w.b.goto(&w.url("/audit")).await?;
-        w.b.wait_text("main", "the download in the audit log", |t| {
+        w.audited("the download in the audit log", |t| {
             t.contains("config.bundle.download") && t.contains("console:admin")
         })
         .await?;

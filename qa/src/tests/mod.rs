@@ -59,7 +59,7 @@ impl Ctx<'_> {
     /// The node the [`Kind::SharedVm`] tests share: booted fresh by the
     /// first of them (its serial log in that test's artifacts), dropped
     /// after the last. These tests only read the node or change what none
-    /// of the others looks at.
+    /// of the others looks at; the ones that reboot it run last.
     fn shared_node(&self) -> Result<SharedNode<'_>> {
         let mut g = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
@@ -107,7 +107,8 @@ pub enum Kind {
     /// Boots the image in QEMU.
     Vm,
     /// Runs on one node shared with the neighbouring tests of this kind
-    /// (booted once: each boot costs about a minute under TCG).
+    /// (booted once: each boot costs about a minute under TCG). The ones
+    /// that reboot it come last.
     SharedVm,
     /// Runs release binaries on this host; needs no image.
     Host,
@@ -179,13 +180,13 @@ pub const TESTS: &[Test] = &[
     Test {
         name: "persistence_across_reboot",
         what: "/etc and /var survive a reboot",
-        kind: Kind::Vm,
+        kind: Kind::SharedVm,
         run: boot::persistence_across_reboot,
     },
     Test {
         name: "reboot_via_api",
         what: "node.Reboot over mTLS reboots the node and is in the audit log",
-        kind: Kind::Vm,
+        kind: Kind::SharedVm,
         run: api::reboot_via_api,
     },
     Test {
@@ -212,16 +213,17 @@ pub const TESTS: &[Test] = &[
         kind: Kind::Vm,
         run: config::config_invalid,
     },
+    Test {
+        name: "update_ab",
+        what: "RAUC A/B: v1 -> v2 into slot B with a power cut in the download; a flipped-byte and a foreign bundle refused; power cuts mid-write and late in writing slot A; v3 fails its boot gate and the node falls back to v2",
+        kind: Kind::Vm,
+        run: update::update_ab,
+    },
 ];
 
 /// Tests being built: run only when named (`debvisor-qa test NAME`), not
 /// part of the suite until they pass.
-pub const WIP: &[Test] = &[Test {
-    name: "update_ab",
-    what: "RAUC A/B: v1 -> v2 into slot B with a power cut in the download; a flipped-byte and a foreign bundle refused; power cuts mid-write and late in writing slot A; v3 fails its boot gate and the node falls back to v2",
-    kind: Kind::Vm,
-    run: update::update_ab,
-}];
+pub const WIP: &[Test] = &[];
 
 /// Options of `test`.
 #[derive(Debug, Clone, clap::Args)]

@@ -62,8 +62,7 @@ pub(super) fn upload(w: &mut Web) -> StepFuture<'_> {
         w.b.wait_css("#install-state[data-phase=\"done\"] #install-progress")
             .await?;
         w.b.wait_css("#reboot-to-activate").await?;
-        w.b.goto(&w.url("/audit")).await?;
-        w.b.wait_text("main", "the upload in the audit log", |t| {
+        w.audited("the upload in the audit log", |t| {
             t.contains("update.upload") && t.contains("console:admin")
         })
         .await?;
@@ -94,8 +93,7 @@ pub(super) fn url_refused(w: &mut Web) -> StepFuture<'_> {
             w.b.wait_text("#slots", "the slot table", |t| t.contains("9.1.0-qa"))
                 .await?;
         ensure!(!table.contains("9.2.0"), "a refused bundle reached a slot: {table}");
-        w.b.goto(&w.url("/audit")).await?;
-        w.b.wait_text("main", "the URL install in the audit log", |t| {
+        w.audited("the URL install in the audit log", |t| {
             t.contains("update.install") && t.contains("other.raucb")
         })
         .await?;

@@ -1,72 +1,27 @@
-//! `debvisor-qa bench update`: what an update costs. The bundle's size; an
-//! install of v2 on a booted v1 node through the agent, phase by phase
-//! (download from the host, the agent's checks, RAUC writing the slot);
-//! the reboot into it until the node is ready and its slot marked good; and
-//! what RAUC's adaptive mode (block-hash-index) could save: the slot's
-//! 4 KiB chunks already on the node for a full update and for a one-file
-//! change.
+//! `debvisor-qa bench update`: what an update costs. The bundle's size;
+//! what RAUC's adaptive mode (block-hash-index) finds of a new slot in the
+//! slots already on the node (4 KiB chunks) for a new version and for a
+//! one-file change; two installs through the agent, phase by phase
+//! (download from the host, the agent's checks, RAUC writing the slot)
+//! with the bytes written to the disk: a full one into the empty slot B,
+//! then the next into slot A, which holds the older release (RAUC writes
+//! only the chunks that differ); and the reboot into the new slot until
+//! the node is ready and the slot marked good.
 
-use std::collections::HashSet;
-use std::io::Read as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use debvisor_api::update::v1::Phase;
 use serde_json::json;
 
 use super::bundles::{self, file_sha256};
+use super::chunks::{CHUNK, chunks_found, differing_bytes};
 use super::steps::{describe, first_boot, install, phase, reboot, wait_booted_good};
 use crate::fileserve::FileServer;
+use crate::node::{Node, Waited};
 use crate::serial::SerialGuest;
 use crate::tests::{CMD, Ctx};
-
-/// RAUC's block-hash-index chunk.
-const CHUNK: usize = 4096;
-
-/// How many of `new`'s chunks are found anywhere in `old` (by SHA-256, as
-/// RAUC's hash index looks them up): (chunks of `new`, found).
-fn chunks_found(new: &Path, old: &[&Path]) -> Result<(u64, u64)> {
-    let mut have: HashSet<[u8; 32]> = HashSet::new();
-    for p in old {
-        each_chunk(p, |h| {
-            have.insert(h);
-        })?;
-    }
-    let (mut total, mut found) = (0u64, 0u64);
-    each_chunk(new, |h| {
-        total += 1;
-        found += u64::from(have.contains(&h));
-    })?;
-    Ok((total, found))
-}
-
-fn each_chunk(path: &Path, mut f: impl FnMut([u8; 32])) -> Result<()> {
-    use sha2::Digest;
-    let mut file = std::io::BufReader::with_capacity(
-        1 << 20,
-        std::fs::File::open(path).with_context(|| format!("Cannot open {}", path.display()))?,
-    );
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let mut n = 0;
-        while n < CHUNK {
-            let got = file.read(&mut buf[n..])?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        buf[n..].fill(0);
-        f(sha2::Sha256::digest(&buf).into());
-        if n < CHUNK {
-            return Ok(());
-        }
-    }
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
@@ -102,7 +57,7 @@ pub(crate) fn bench(ctx: &Ctx, json_out: &Path) -> Result<()> {
         "update", "chunks", "found", "MiB new", "reused"
     );
     let v1_slot = ctx.image.join("slot.img");
-    let full = adaptive("v1 -> v2 (new version)", &slot(&v2), &[&v1_slot])?;
+    let full_chunks = adaptive("v1 -> v2 (new version)", &slot(&v2), &[&v1_slot])?;
     let one = adaptive(
         "v2 -> v2 with one file changed",
         &slot(&one_file),
@@ -116,26 +71,12 @@ pub(crate) fn bench(ctx: &Ctx, json_out: &Path) -> Result<()> {
 
     let srv = FileServer::start()?;
     srv.add("v2.raucb", v2.clone());
+    srv.add("v2-one-file.raucb", one_file.clone());
     let (node, w1, pw) = first_boot(ctx)?;
     wait_booted_good(ctx, &w1)?;
 
-    // Install, timing each phase from the progress stream.
-    let t0 = Instant::now();
-    let mut marks: Vec<(Phase, Duration)> = Vec::new();
-    let last = install(ctx, &w1, &srv.guest_url("v2.raucb"), &file_sha256(&v2)?, |p| {
-        if marks.last().map(|m| m.0) != Some(phase(p)) {
-            marks.push((phase(p), t0.elapsed()));
-        }
-        true
-    })?;
-    let total = t0.elapsed();
-    ensure!(phase(&last) == Phase::Done, "The install failed: {}", describe(&last));
-    let at = |ph: Phase| marks.iter().find(|m| m.0 == ph).map(|m| m.1);
-    let span = |from: Phase, to: Phase| -> Option<f64> { Some((at(to)? - at(from)?).as_secs_f64()) };
-    let download = span(Phase::Downloading, Phase::Verifying);
-    let verify = span(Phase::Verifying, Phase::Installing);
-    let write = span(Phase::Installing, Phase::Done);
-
+    // v1 -> v2 into the empty slot B: everything is written.
+    let full = timed_install(ctx, &node, &w1, &srv.guest_url("v2.raucb"), &v2)?;
     let t1 = Instant::now();
     let w2 = reboot(ctx, &node, &w1, &pw, "qa bench update: activate v2")?;
     let to_ready = t1.elapsed();
@@ -147,29 +88,32 @@ pub(crate) fn bench(ctx: &Ctx, json_out: &Path) -> Result<()> {
     );
     wait_booted_good(ctx, &w2)?;
     let to_good = t1.elapsed();
+    // The next update into slot A, which holds v1: only what differs is
+    // written (RAUC skips equal chunks).
+    let next = timed_install(ctx, &node, &w2, &srv.guest_url("v2-one-file.raucb"), &one_file)?;
+    let expected_next = differing_bytes(&slot(&one_file), &v1_slot)?;
     let rauc_log = {
         let mut g = SerialGuest::login(&node.vm.console, "root", &pw, Duration::from_secs(120))?;
         let (_, out) = g.exec(
-            "journalctl -b -1 -u rauc -o cat | grep -i -E 'hash index|adaptive|chunk' | tail -n 5",
+            "journalctl -u rauc -o cat | grep -i -E 'adaptive|access stats' | tail -n 12",
             CMD,
         )?;
         g.logout()?;
         out
     };
 
-    let secs = |d: Option<f64>| d.map_or("-".to_string(), |s| format!("{s:.1} s"));
-    println!("\nInstall of v2 on a booted v1 node under TCG (the agent's progress stream)");
+    println!("\nInstalls under TCG (phases from the agent's progress stream; bytes from QEMU's block statistics)");
     println!(
-        "  download {:>8}   ({:.1} MiB/s from the host over QEMU user networking)",
-        secs(download),
-        download.map_or(0.0, |s| mib(bundle_size) / s.max(0.001))
+        "{:<44} {:>9} {:>8} {:>8} {:>8} {:>12}",
+        "install", "download", "verify", "write", "total", "MiB written"
     );
+    full.print("v1 -> v2 into the empty slot B");
+    next.print("v2 -> v2 + one file into slot A (holds v1)");
     println!(
-        "  verify   {:>8}   (signature and dm-verity root of the bundle, in the agent)",
-        secs(verify)
+        "  written = the bundle saved to /data ({:.1} MiB) + the slot; RAUC's chunks that differ from slot A: {:.1} MiB",
+        mib(bundle_size),
+        mib(expected_next)
     );
-    println!("  write    {:>8}   (RAUC: slot written and checked)", secs(write));
-    println!("  total    {:>6.1} s", total.as_secs_f64());
     println!(
         "Reboot to ready {:.1} s; to the slot marked good by the boot gate {:.1} s",
         to_ready.as_secs_f64(),
@@ -177,11 +121,11 @@ pub(crate) fn bench(ctx: &Ctx, json_out: &Path) -> Result<()> {
     );
     println!(
         "Download + install + reboot to ready: {:.1} s",
-        (total + to_ready).as_secs_f64()
+        full.total + to_ready.as_secs_f64()
     );
     let rauc_lines: Vec<&str> = rauc_log.lines().filter(|l| !l.contains("DEBVISOR:")).collect();
     if !rauc_lines.is_empty() {
-        println!("RAUC's own log of the install:");
+        println!("RAUC's own log of the installs:");
         for l in &rauc_lines {
             println!("  {l}");
         }
@@ -189,15 +133,76 @@ pub(crate) fn bench(ctx: &Ctx, json_out: &Path) -> Result<()> {
     let report = json!({
         "bundle_bytes": bundle_size,
         "slot_bytes": slot_size,
-        "install_seconds": {"download": download, "verify": verify, "write": write, "total": total.as_secs_f64()},
+        "install_full": full.json(),
+        "install_next_into_older_slot": next.json(),
+        "next_differing_chunk_bytes": expected_next,
         "reboot_to_ready_seconds": to_ready.as_secs_f64(),
         "reboot_to_good_seconds": to_good.as_secs_f64(),
-        "download_install_reboot_seconds": (total + to_ready).as_secs_f64(),
-        "adaptive": [full, one],
+        "download_install_reboot_seconds": full.total + to_ready.as_secs_f64(),
+        "adaptive": [full_chunks, one],
         "rauc_log": rauc_lines,
     });
     std::fs::create_dir_all(json_out.parent().unwrap_or(Path::new(".")))?;
     std::fs::write(json_out, serde_json::to_string_pretty(&report)?)?;
     println!("JSON     {}", json_out.display());
     Ok(())
+}
+
+/// One timed install.
+struct Timed {
+    download: Option<f64>,
+    verify: Option<f64>,
+    write: Option<f64>,
+    total: f64,
+    /// Bytes the guest wrote to its disk meanwhile.
+    written: u64,
+}
+
+impl Timed {
+    fn print(&self, what: &str) {
+        let secs = |d: Option<f64>| d.map_or("-".to_string(), |s| format!("{s:.1} s"));
+        println!(
+            "{what:<44} {:>9} {:>8} {:>8} {:>6.1} s {:>12.1}",
+            secs(self.download),
+            secs(self.verify),
+            secs(self.write),
+            self.total,
+            mib(self.written)
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"download_seconds": self.download, "verify_seconds": self.verify, "write_seconds": self.write,
+               "total_seconds": self.total, "disk_bytes_written": self.written})
+    }
+}
+
+/// Installs `bundle` (served at `url`) on `w`, timing each phase from the
+/// progress stream and counting the bytes the guest writes.
+fn timed_install(ctx: &Ctx, node: &Node, w: &Waited, url: &str, bundle: &Path) -> Result<Timed> {
+    let written0 = node.vm.disk_written()?;
+    let t0 = Instant::now();
+    let mut marks: Vec<(Phase, Duration)> = Vec::new();
+    let last = install(ctx, w, url, &file_sha256(bundle)?, |p| {
+        if marks.last().map(|m| m.0) != Some(phase(p)) {
+            marks.push((phase(p), t0.elapsed()));
+        }
+        true
+    })?;
+    let total = t0.elapsed().as_secs_f64();
+    let written = node.vm.disk_written()?.saturating_sub(written0);
+    ensure!(
+        phase(&last) == Phase::Done,
+        "The install of {url} failed: {}",
+        describe(&last)
+    );
+    let at = |ph: Phase| marks.iter().find(|m| m.0 == ph).map(|m| m.1);
+    let span = |from: Phase, to: Phase| -> Option<f64> { Some((at(to)? - at(from)?).as_secs_f64()) };
+    Ok(Timed {
+        download: span(Phase::Downloading, Phase::Verifying),
+        verify: span(Phase::Verifying, Phase::Installing),
+        write: span(Phase::Installing, Phase::Done),
+        total,
+        written,
+    })
 }

@@ -14,35 +14,34 @@
 //! - a bundle with one flipped byte and one for another compatible string
 //!   are refused with their cause, no slot changed;
 //! - v2 into A too, the power cut in the middle of the slot write (after
-//!   half the slot image reached the disk), then v2 -> v3 into A, the power
-//!   cut late (after 90%); each time v2 boots from B and a retried install
-//!   succeeds;
+//!   half of what RAUC writes reached the disk: the chunks that differ from
+//!   what A holds), then v2 -> v3 into A, the power cut late (after 90%);
+//!   each time v2 boots from B and a retried install succeeds;
 //! - v3 fails its boot gate and the node falls back to v2 by itself, with
 //!   v3's slot marked bad;
 //! - `rauc status` on the node agrees with GetSlots throughout.
 
 mod bench;
 mod bundles;
+mod chunks;
 mod steps;
 
 pub(crate) use bench::bench;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
-use debvisor_api::node::v1::PowerRequest;
-use debvisor_api::node::v1::node_service_client::NodeServiceClient;
+use anyhow::{Context as _, Result, bail, ensure};
 use debvisor_api::update::v1::{ErrorKind, InstallProgress, Phase};
 
 use self::bundles::{bundles, file_sha256};
+use self::chunks::differing_bytes;
 use self::steps::{
-    describe, expect_slots, first_boot, install, install_ok, install_refused, phase, rauc_agrees, reboot, slot,
-    slot_table, slots, wait_booted_good,
+    describe, expect_slots, first_boot, install, install_ok, install_refused, phase, rauc_agrees, reboot,
+    request_reboot, slot, slot_table, slots, wait_booted_good,
 };
 use super::{CMD, Ctx};
 use crate::fileserve::FileServer;
 use crate::node::{self, Node, Waited};
-use crate::probes;
 use crate::serial::SerialGuest;
 
 /// The boot gate's deadline on the test nodes: long enough for a healthy
@@ -84,13 +83,13 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
 
     // v1 -> v2, with the power cut early (in the download): the node boots
     // v1 on A again and the retried install succeeds.
-    let v2_slot_bytes = std::fs::metadata(b.v2.with_file_name("slot.img"))?.len();
+    let slot_img = |bundle: &std::path::Path| bundle.with_file_name("slot.img");
     let v2 = Target {
         srv: &srv,
         url: srv.guest_url("v2.raucb"),
         sha256: file_sha256(&b.v2)?,
         slot: "rootfs.1",
-        slot_bytes: v2_slot_bytes,
+        write_bytes: std::fs::metadata(slot_img(&b.v2))?.len(),
         version: &b.v2_version,
     };
     let w1 = cut_then_retry(ctx, &mut node, &w1, &pw, CutAt::Early, &v2, ("A", &ctx.version))?;
@@ -144,29 +143,23 @@ pub(super) fn update_ab(ctx: &Ctx) -> Result<()> {
     // the chunks the slot has.) v3's boot gate then fails: the node falls
     // back to v2 by itself.
     let v2_on_b = ("B", b.v2_version.as_str());
-    let v2_into_a = Target { slot: "rootfs.0", ..v2 };
+    let v2_into_a = Target {
+        slot: "rootfs.0",
+        write_bytes: differing_bytes(&slot_img(&b.v2), &ctx.image.join("slot.img"))?,
+        ..v2
+    };
     let w2 = cut_then_retry(ctx, &mut node, &w2, &pw, CutAt::Middle, &v2_into_a, v2_on_b)?;
     let v3 = Target {
         srv: &srv,
         url: srv.guest_url("v3.raucb"),
         sha256: file_sha256(&b.v3)?,
         slot: "rootfs.0",
-        slot_bytes: std::fs::metadata(b.v3.with_file_name("slot.img"))?.len(),
+        write_bytes: differing_bytes(&slot_img(&b.v3), &slot_img(&b.v2))?,
         version: &b.v3_version,
     };
     let w2 = cut_then_retry(ctx, &mut node, &w2, &pw, CutAt::Late, &v3, v2_on_b)?;
     let con = &node.vm.console;
-    let from = con.offset();
-    ctx.rt.block_on(async {
-        let ch = probes::connect(&w2.client).await?;
-        NodeServiceClient::new(ch)
-            .reboot(PowerRequest {
-                reason: "qa update_ab: activate v3".into(),
-            })
-            .await
-            .context("Reboot")?;
-        anyhow::Ok(())
-    })?;
+    let from = request_reboot(ctx, &node, &w2, "qa update_ab: activate v3")?;
     let limit = Duration::from_secs(u64::from(GATE_DEADLINE_S) + 240);
     let bad = con
         .wait_for("DEBVISOR: boot-bad", from, limit)
@@ -215,9 +208,9 @@ impl CutAt {
         }
     }
 
-    /// The share of the slot image the guest has written when the power is
-    /// cut (RAUC reports no progress within the copy, so QEMU's count of
-    /// bytes written to the disk tells).
+    /// The share of what RAUC writes into the slot that has reached the
+    /// disk when the power is cut (RAUC reports no progress within the copy,
+    /// so QEMU's count of bytes written to the disk tells).
     fn written_share(self) -> Option<f64> {
         match self {
             CutAt::Early => None,
@@ -228,27 +221,47 @@ impl CutAt {
 }
 
 /// Waits until the guest has written `bytes` more to its disk than when
-/// called, while the install runs; returns what it wrote. (The agent's
-/// GetSlots cannot tell whether the install still runs: RAUC 1.8 refuses
-/// GetSlotStatus while it installs. Less than a MiB written in 30 s ends
-/// the wait.)
-fn wait_written(node: &Node, bytes: u64) -> Result<u64> {
+/// called, while the install runs; returns what it wrote. Fails when the
+/// install ends first (the agent's GetSlots tells) or the guest stops
+/// writing for two minutes (RAUC reads both slots for its hash index
+/// before it writes).
+fn wait_written(ctx: &Ctx, node: &Node, w: &Waited, bytes: u64) -> Result<u64> {
     let base = node.vm.disk_written()?;
-    let (mut mark, mut since) = (0, Instant::now());
+    let (mut mark, mut since, mut asked) = (0, Instant::now(), Instant::now());
     loop {
         let done = node.vm.disk_written()?.saturating_sub(base);
         if done >= bytes {
+            // The count includes the journal's writes: make sure RAUC is
+            // still at it.
+            let s = slots(ctx, w)?;
+            ensure!(
+                s.operation == "installing",
+                "{done} bytes were written, but RAUC is {:?} already: the cut would land after the slot write",
+                s.operation
+            );
             return Ok(done);
         }
         // Progress is a MiB at least (the journal alone writes a little).
         if done >= mark + (1 << 20) {
             (mark, since) = (done, Instant::now());
         }
+        if asked.elapsed() >= Duration::from_secs(2) {
+            asked = Instant::now();
+            if let Some(p) = slots(ctx, w)?.install
+                && matches!(phase(&p), Phase::Done | Phase::Failed)
+            {
+                bail!(
+                    "The install ended ({}) after {done} of the {bytes} bytes the cut waits for: the cut cannot land \
+                     in the slot write",
+                    describe(&p)
+                );
+            }
+        }
         ensure!(
-            since.elapsed() < Duration::from_secs(30),
-            "The guest stopped writing after {done} of the {bytes} bytes the cut waits for (did the install end?)"
+            since.elapsed() < Duration::from_secs(120),
+            "The guest stopped writing after {done} of the {bytes} bytes the cut waits for"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -258,8 +271,9 @@ struct Target<'a> {
     url: String,
     sha256: String,
     slot: &'a str,
-    /// Size of the slot image.
-    slot_bytes: u64,
+    /// What RAUC writes into the slot: the chunks of the new slot image
+    /// that differ from what the slot holds.
+    write_bytes: u64,
     version: &'a str,
 }
 
@@ -275,6 +289,23 @@ fn cut_then_retry(
     t: &Target,
     back: (&str, &str),
 ) -> Result<Waited> {
+    if at.written_share().is_some() {
+        ensure!(
+            t.write_bytes >= 4 << 20,
+            "The install into {} writes only {} KiB (the images differ that little): too little for a {at:?} cut",
+            t.slot,
+            t.write_bytes >> 10
+        );
+        // Write-back at once rather than at RAUC's final fsync, so that the
+        // bytes on the disk follow the copy.
+        let mut g = SerialGuest::login(&node.vm.console, "root", pw, Duration::from_secs(120))?;
+        let (rc, out) = g.exec(
+            "sysctl -q -w vm.dirty_bytes=2097152 vm.dirty_background_bytes=524288",
+            CMD,
+        )?;
+        ensure!(rc == 0, "sysctl vm.dirty_bytes failed: {out}");
+        g.logout()?;
+    }
     // Slow the download down so that the early cut lands in it.
     t.srv.throttle(if matches!(at, CutAt::Early) { 4 << 20 } else { 0 });
     let last = install(ctx, w, &t.url, &t.sha256, |p| !at.armed(p))?;
@@ -287,12 +318,12 @@ fn cut_then_retry(
     // Leaving the progress stream does not stop the install.
     let written = match at.written_share() {
         Some(share) => {
-            let bytes = wait_written(node, (share * t.slot_bytes as f64) as u64)?;
+            let bytes = wait_written(ctx, node, w, (share * t.write_bytes as f64) as u64)?;
             format!(
-                " and {:.0}% of the slot image written ({} of {} MiB)",
-                100.0 * bytes as f64 / t.slot_bytes as f64,
-                bytes >> 20,
-                t.slot_bytes >> 20
+                " and {:.0}% of what RAUC writes into the slot on the disk ({} of {} KiB)",
+                100.0 * bytes as f64 / t.write_bytes as f64,
+                bytes >> 10,
+                t.write_bytes >> 10
             )
         }
         None => String::new(),

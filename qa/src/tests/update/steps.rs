@@ -166,8 +166,9 @@ pub(super) fn slot_table(s: &SlotsState) -> Vec<String> {
 
 /// `rauc status` on the node (JSON) agrees with GetSlots: booted slot,
 /// primary, and each slot's boot status. Take `s` fresh, after the boot
-/// gate's mark: while a slot is on trial RAUC names no primary, and a
-/// GetSlots that raced the mark may show that.
+/// gate's mark: RAUC's primary is the first slot in ORDER with X_OK=1
+/// X_TRY=0, so while the booted slot is on trial and the other is bad it
+/// names none.
 pub(super) fn rauc_agrees(g: &mut SerialGuest, s: &SlotsState) -> Result<()> {
     let (rc, out) = g.exec("rauc status --detailed --output-format=json 2>/dev/null", CMD)?;
     ensure!(rc == 0, "rauc status failed on the node: {out}");
@@ -207,10 +208,10 @@ pub(super) fn rauc_agrees(g: &mut SerialGuest, s: &SlotsState) -> Result<()> {
     Ok(())
 }
 
-/// The node reboots through the agent; returns the next boot's [`Waited`].
-pub(super) fn reboot(ctx: &Ctx, node: &Node, n: &Waited, pw: &str, why: &str) -> Result<Waited> {
-    let con = &node.vm.console;
-    let from = con.offset();
+/// Asks the agent to reboot the node for `why`; returns the console offset
+/// from which the reboot shows.
+pub(super) fn request_reboot(ctx: &Ctx, node: &Node, n: &Waited, why: &str) -> Result<usize> {
+    let from = node.vm.console.offset();
     ctx.rt.block_on(async {
         let ch = probes::connect(&n.client).await?;
         NodeServiceClient::new(ch)
@@ -219,7 +220,15 @@ pub(super) fn reboot(ctx: &Ctx, node: &Node, n: &Waited, pw: &str, why: &str) ->
             .context("Reboot")?;
         anyhow::Ok(())
     })?;
-    let down = con
+    Ok(from)
+}
+
+/// The node reboots through the agent; returns the next boot's [`Waited`].
+pub(super) fn reboot(ctx: &Ctx, node: &Node, n: &Waited, pw: &str, why: &str) -> Result<Waited> {
+    let from = request_reboot(ctx, node, n, why)?;
+    let down = node
+        .vm
+        .console
         .wait_any(&["reboot: Restarting system"], from, Duration::from_secs(180))
         .map_err(|e| node::with_tail(e.context("The node did not go down after Reboot"), &node.vm))?;
     node::wait_node(ctx.rt, &node.vm, down.1.end, ctx.boot_timeout, Some(pw), &node.config)
