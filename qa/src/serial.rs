@@ -363,7 +363,9 @@ impl<'a> SerialGuest<'a> {
 
     /// Runs `cmd` in the guest shell and returns its exit status and output.
     /// Output is read between two marker lines the shell prints, which the
-    /// typed command line itself can never match.
+    /// typed command line itself can never match; lines with a supervisor
+    /// marker (`DEBVISOR: ...`, written to the console at any time) are left
+    /// out.
     pub fn exec(&mut self, cmd: &str, timeout: Duration) -> Result<(i32, String)> {
         self.seq += 1;
         let n = self.seq;
@@ -383,7 +385,10 @@ impl<'a> SerialGuest<'a> {
         self.cursor = next;
         let status = status_line.trim().parse().unwrap_or(-1);
         let out = self.con.text(b.end, e.end - end.len());
-        Ok((status, out.strip_suffix('\n').unwrap_or(&out).to_string()))
+        // debvisor-init's markers (e.g. boot-good) can land on the serial
+        // console in the middle of a command's output: leave them out.
+        let out: Vec<&str> = out.lines().filter(|l| !l.contains("DEBVISOR:")).collect();
+        Ok((status, out.join("\n")))
     }
 
     /// Logs out and waits for the getty's next `login:` prompt, so that a

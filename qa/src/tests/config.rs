@@ -101,10 +101,7 @@ pub fn link<'a>(links: &'a Value, ifname: &str) -> Option<&'a Value> {
 fn guest_json(g: &mut SerialGuest, cmd: &str) -> Result<Value> {
     let (rc, out) = g.exec(cmd, CMD)?;
     ensure!(rc == 0, "`{cmd}` failed: {out}");
-    // debvisor-init's markers (e.g. boot-good) can land on the serial
-    // console in the middle of a command's output: leave them out.
-    let json: Vec<&str> = out.lines().filter(|l| !l.contains("DEBVISOR:")).collect();
-    serde_json::from_str(json.join("\n").trim()).with_context(|| format!("`{cmd}` printed no JSON: {out}"))
+    serde_json::from_str(out.trim()).with_context(|| format!("`{cmd}` printed no JSON: {out}"))
 }
 
 /// Boots with `toml` on a config medium.

@@ -172,9 +172,7 @@ pub(super) fn slot_table(s: &SlotsState) -> Vec<String> {
 pub(super) fn rauc_agrees(g: &mut SerialGuest, s: &SlotsState) -> Result<()> {
     let (rc, out) = g.exec("rauc status --detailed --output-format=json 2>/dev/null", CMD)?;
     ensure!(rc == 0, "rauc status failed on the node: {out}");
-    let json: Vec<&str> = out.lines().filter(|l| !l.contains("DEBVISOR:")).collect();
-    let v: Value =
-        serde_json::from_str(json.join("\n").trim()).with_context(|| format!("rauc status printed no JSON: {out}"))?;
+    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("rauc status printed no JSON: {out}"))?;
     let booted = v.get("booted").and_then(Value::as_str).unwrap_or_default();
     ensure!(
         booted == s.booted_bootname,
