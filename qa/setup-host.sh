@@ -13,6 +13,11 @@ packages=(
   rauc openssl dbus-daemon cryptsetup-bin
   # lab and system tests
   qemu-system-x86 qemu-utils ovmf util-linux
+  # PXE provisioning: iPXE binaries served over TFTP, real DHCP clients
+  # (dhclient, busybox udhcpc), the tftp-hpa client, dnsmasq as the site's
+  # DHCP server and as the peer of `bench dhcp`, perfdhcp (kea-admin), and
+  # xorriso for the USB installer's hybrid ISO
+  ipxe isc-dhcp-client busybox tftp-hpa dnsmasq-base kea-admin xorriso
   # build of the workspace
   build-essential pkg-config
   # the Python gRPC client of the agent_sim_clients test

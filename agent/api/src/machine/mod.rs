@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 pub use network::{
     BondConfig, BondMode, BridgeConfig, InterfaceConfig, LinkAddressing, NetworkConfig, RouteConfig, VlanConfig,
 };
+pub use shape::{is_hostname, is_ifname};
 pub use validate::MachineConfigError;
 
 /// The only machine config version this build reads.

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An RFC 1123 host name: a label or a dotted name, 1-253 characters.
-pub(super) fn is_hostname(s: &str) -> bool {
+pub fn is_hostname(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     !s.is_empty()
         && s.len() <= 253
@@ -51,7 +51,7 @@ pub(super) fn is_timezone_shape(s: &str) -> bool {
 }
 
 /// A kernel interface name usable in a file name: 1-15 of `[A-Za-z0-9_.-]`.
-pub(super) fn is_ifname(s: &str) -> bool {
+pub fn is_ifname(s: &str) -> bool {
     (1..=15).contains(&s.len())
         && s != "."
         && s != ".."
