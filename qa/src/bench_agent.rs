@@ -68,11 +68,11 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn read_kb(pid: u32, key: &str) -> Option<u64> {
+pub fn read_kb(pid: u32, key: &str) -> Option<u64> {
     status_kb(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, key)
 }
 
-fn cpu_seconds(pid: &str) -> f64 {
+pub fn cpu_seconds(pid: &str) -> f64 {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

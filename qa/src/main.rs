@@ -4,12 +4,14 @@
 mod bench;
 mod bench_agent;
 mod bench_console;
+mod bench_dhcp;
 mod browser;
 mod cfgdisk;
 mod console_host;
 mod fileserve;
 mod host_agent;
 mod lab;
+mod netns;
 mod node;
 mod peer;
 mod probes;
@@ -78,6 +80,8 @@ enum BenchCmd {
     /// Bundle size, install time by phase, reboot to ready, and what
     /// RAUC's adaptive mode could save, on a node in QEMU.
     Update(tests::UpdateBenchArgs),
+    /// DHCP exchanges per second of the provisioner and dnsmasq (perfdhcp).
+    Dhcp(bench_dhcp::DhcpArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Update(a),
         } => tests::bench_update(&paths, &rt, cli.accel, a).map(|()| true),
+        Cmd::Bench { cmd: BenchCmd::Dhcp(a) } => bench_dhcp::dhcp(&paths, a).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,
