@@ -9,6 +9,7 @@ mod browser;
 mod cfgdisk;
 mod console_host;
 mod fileserve;
+mod fuzz;
 mod host_agent;
 mod lab;
 mod netns;
@@ -50,6 +51,8 @@ enum Cmd {
     },
     /// Run the system tests (each boots its own node).
     Test(tests::TestArgs),
+    /// Build and run the fuzz targets of the network-facing parsers.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Cmd::Lab { cmd: LabCmd::Down } => lab::down(&paths).map(|()| true),
         Cmd::Lab { cmd: LabCmd::Status } => lab::status(&paths, &rt).map(|()| true),
         Cmd::Test(a) => tests::run(&paths, &rt, cli.accel, a),
+        Cmd::Fuzz(a) => fuzz::fuzz(&paths, a),
         Cmd::Bench { cmd: BenchCmd::Boot(a) } => bench::boot(&paths, &rt, cli.accel, a).map(|()| true),
         Cmd::Bench {
             cmd: BenchCmd::Agent(a),

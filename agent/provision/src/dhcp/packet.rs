@@ -28,6 +28,9 @@ pub enum Malformed {
     /// The header did not decode.
     #[error("undecodable header")]
     Header,
+    /// The decoder panicked (an option whose length it asserts).
+    #[error("option lengths the decoder refuses")]
+    Decoder,
     /// A BOOTREPLY sent to the server port.
     #[error("not a request")]
     NotRequest,
@@ -49,6 +52,7 @@ impl Malformed {
             Malformed::Short => "short",
             Malformed::Magic => "magic",
             Malformed::Header => "header",
+            Malformed::Decoder => "decoder",
             Malformed::NotRequest => "not_request",
             Malformed::NotEthernet => "not_ethernet",
             Malformed::NoMessageType => "no_message_type",
@@ -77,7 +81,13 @@ impl Request {
         if buf[236..240] != MAGIC {
             return Err(Malformed::Magic);
         }
-        let msg = Message::decode(&mut Decoder::new(buf)).map_err(|_| Malformed::Header)?;
+        // dhcproto checks some option lengths only with debug assertions
+        // (a panic in debug builds, a decode error in release): a panic here
+        // is a malformed datagram too.
+        let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(buf)));
+        let msg = decoded
+            .map_err(|_| Malformed::Decoder)?
+            .map_err(|_| Malformed::Header)?;
         if msg.opcode() != Opcode::BootRequest {
             return Err(Malformed::NotRequest);
         }
@@ -227,6 +237,18 @@ mod tests {
         let mut m = discover([2, 0, 0, 0, 0, 1]);
         m.opts_mut().insert(DhcpOption::MessageType(MessageType::Ack));
         assert_eq!(Request::parse(&bytes(&m)).unwrap_err(), Malformed::WrongType);
+    }
+
+    #[test]
+    fn an_option_length_the_decoder_asserts_is_malformed_not_a_panic() {
+        // Found by the dhcp_request fuzz target: option 81 (client FQDN) of
+        // length 1. dhcproto debug-asserts >= 3 (a panic in debug builds); in
+        // release builds its decoding stops there, before option 53.
+        let mut b = bytes(&discover([2, 0, 0, 0, 0, 1]));
+        b.truncate(HEADER_LEN);
+        b.extend_from_slice(&[81, 1, 0, 53, 1, 1, 255]);
+        let e = Request::parse(&b).unwrap_err();
+        assert!(matches!(e, Malformed::Decoder | Malformed::NoMessageType), "{e:?}");
     }
 
     #[test]
