@@ -8,6 +8,7 @@
 pub mod config;
 pub mod dhcp;
 pub mod metrics;
+pub mod profiles;
 pub mod server;
 pub mod store;
 pub mod tftp;

@@ -19,6 +19,8 @@ use crate::config::Mac;
 use crate::dhcp::leases::Lease;
 use crate::dhcp::respond::{Change, Seen};
 
+mod catalog;
+
 /// Most changes committed in one transaction.
 const MAX_GROUP: usize = 4096;
 
@@ -36,8 +38,14 @@ const SCHEMA: &[&str] = &[
         arch INTEGER,
         boot_file TEXT,
         first_seen INTEGER NOT NULL,
-        last_seen INTEGER NOT NULL
+        last_seen INTEGER NOT NULL,
+        uuid TEXT,
+        profile TEXT,
+        installed INTEGER NOT NULL DEFAULT 0,
+        labels TEXT NOT NULL DEFAULT '{}'
     )",
+    "CREATE TABLE IF NOT EXISTS profiles (name TEXT PRIMARY KEY NOT NULL, spec TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY NOT NULL, spec TEXT NOT NULL)",
 ];
 
 /// A store failure, with the database it concerns.
@@ -94,6 +102,14 @@ pub struct Machine {
     pub first_seen: u64,
     /// Last time seen.
     pub last_seen: u64,
+    /// The SMBIOS UUID its iPXE reported.
+    pub uuid: Option<String>,
+    /// The profile it was last given.
+    pub profile: Option<String>,
+    /// Whether its installer reported a finished install.
+    pub installed: bool,
+    /// Its labels (for group selectors).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 enum Job {
@@ -183,11 +199,15 @@ impl Store {
     /// Every machine seen.
     pub async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
         let rows = self
-            .rows("SELECT mac, client, arch, boot_file, first_seen, last_seen FROM machines ORDER BY mac")
+            .rows(
+                "SELECT mac, client, arch, boot_file, first_seen, last_seen, uuid, profile, installed, labels
+                 FROM machines ORDER BY mac",
+            )
             .await?;
         rows.iter()
             .map(|r| {
                 let mac: String = r.get(0);
+                let labels: String = r.get(9);
                 let arch: Option<i64> = r.get(2);
                 let (first, last): (i64, i64) = (r.get(4), r.get(5));
                 Ok(Machine {
@@ -201,6 +221,14 @@ impl Store {
                     boot_file: r.get(3),
                     first_seen: first.max(0) as u64,
                     last_seen: last.max(0) as u64,
+                    uuid: r.get(6),
+                    profile: r.get(7),
+                    installed: r.get::<i64, _>(8) != 0,
+                    labels: serde_json::from_str(&labels).map_err(|e| StoreError::BadRow {
+                        db: self.db.clone(),
+                        mac: mac.clone(),
+                        reason: format!("labels: {e}"),
+                    })?,
                 })
             })
             .collect()
