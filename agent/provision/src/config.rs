@@ -277,6 +277,11 @@ pub struct Config {
     /// Boot files.
     #[serde(default)]
     pub boot: Boot,
+    /// The image sets served over HTTP, one directory per version holding
+    /// vmlinuz, initrd.img, rootfs.squashfs, disk.img and SHA256SUMS
+    /// (default: `images` in the state directory).
+    #[serde(default)]
+    pub images_dir: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used.
@@ -485,6 +490,11 @@ impl Config {
             return Err(invalid("boot.http_port", 0, "must be 1-65535"));
         }
         Ok(())
+    }
+
+    /// Where the image sets are.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images_dir.clone().unwrap_or_else(|| self.state_dir.join("images"))
     }
 
     /// The reservation for `mac`, if any.

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod http;
 pub mod metrics;
 pub mod profiles;
 pub mod server;

@@ -58,9 +58,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve { config } => {
             let cfg = Config::from_file(&config)?;
-            let p = Provisioner::open(cfg, Arc::new(Metrics::default())).await?;
+            let metrics = Arc::new(Metrics::default());
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let p = Provisioner::open(cfg, metrics).await?;
             tokio::select! {
-                r = p.run() => r,
+                r = p.run(Some(Arc::new(registry))) => r,
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }

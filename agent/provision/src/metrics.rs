@@ -31,6 +31,7 @@ pub struct Metrics {
     malformed: Family<Reason, Counter>,
     ignored: Family<Reason, Counter>,
     tftp: Family<Result, Counter>,
+    http: Family<Result, Counter>,
     leases_active: Gauge<i64, AtomicI64>,
     commit_failures: Counter,
 }
@@ -52,6 +53,7 @@ impl Metrics {
         );
         r.register("dhcp_ignored", "Requests not answered, by reason", self.ignored.clone());
         r.register("tftp_requests", "TFTP requests, by result", self.tftp.clone());
+        r.register("http_requests", "HTTP requests, by result", self.http.clone());
         r.register("leases_active", "Leases not yet expired", self.leases_active.clone());
         r.register(
             "commit_failures",
@@ -61,7 +63,7 @@ impl Metrics {
     }
 
     /// A request of `kind` arrived.
-    pub fn received(&self, kind: impl std::fmt::Debug) {
+    pub fn received(&self, kind: dhcproto::v4::MessageType) {
         self.received
             .get_or_create(&Kind {
                 kind: format!("{kind:?}"),
@@ -70,7 +72,7 @@ impl Metrics {
     }
 
     /// A reply of `kind` went out.
-    pub fn sent(&self, kind: impl std::fmt::Debug) {
+    pub fn sent(&self, kind: dhcproto::v4::MessageType) {
         self.sent
             .get_or_create(&Kind {
                 kind: format!("{kind:?}"),
@@ -91,6 +93,11 @@ impl Metrics {
     /// A TFTP request ended with `result`.
     pub fn tftp(&self, result: &'static str) {
         self.tftp.get_or_create(&Result { result }).inc();
+    }
+
+    /// An HTTP request ended with `result`.
+    pub fn http(&self, result: &'static str) {
+        self.http.get_or_create(&Result { result }).inc();
     }
 
     /// Sets the number of active leases.

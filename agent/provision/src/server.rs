@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -15,6 +16,7 @@ use crate::config::{Config, Mode, Network};
 use crate::dhcp::leases::{Lease, LeaseTable};
 use crate::dhcp::packet::{Request, encode};
 use crate::dhcp::respond::{Change, Dest, Port, respond};
+use crate::http::HttpState;
 use crate::metrics::Metrics;
 use crate::store::{Store, committed};
 
@@ -27,7 +29,7 @@ pub fn unix_now() -> u64 {
 }
 
 struct Inner {
-    cfg: Config,
+    cfg: Arc<Config>,
     store: Store,
     table: Mutex<LeaseTable>,
     metrics: Arc<Metrics>,
@@ -55,7 +57,7 @@ impl Provisioner {
         let table = LeaseTable::new(leases, reserved);
         Ok(Provisioner {
             inner: Arc::new(Inner {
-                cfg,
+                cfg: Arc::new(cfg),
                 store,
                 table: Mutex::new(table),
                 metrics,
@@ -79,8 +81,9 @@ impl Provisioner {
         self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Binds every socket, then serves until one of them fails.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Binds every socket, then serves until one of them fails. `/metrics`
+    /// of the HTTP server shows `registry` when given.
+    pub async fn run(self, registry: Option<Arc<Registry>>) -> anyhow::Result<()> {
         let mut tasks = JoinSet::new();
         for (i, net) in self.inner.cfg.networks.iter().enumerate() {
             let mut ports = vec![(Port::Dhcp, 67)];
@@ -97,6 +100,21 @@ impl Provisioner {
                 let (root, metrics) = (self.inner.cfg.tftp.root.clone(), self.inner.metrics.clone());
                 tasks.spawn(crate::tftp::serve(socket, root, metrics));
             }
+            let http_addr = SocketAddrV4::new(net.address.addr, self.inner.cfg.boot.http_port);
+            let listener = tokio::net::TcpListener::bind(http_addr).await.with_context(|| {
+                format!(
+                    "HTTP on {http_addr}: is the address on {} and the port free?",
+                    net.interface
+                )
+            })?;
+            let app = crate::http::router(Arc::new(HttpState {
+                base: format!("http://{http_addr}"),
+                cfg: self.inner.cfg.clone(),
+                store: self.inner.store.clone(),
+                metrics: self.inner.metrics.clone(),
+                registry: registry.clone(),
+            }));
+            tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });
             tracing::info!(interface = %net.interface, address = %net.address.addr, mode = ?net.mode, "serving");
         }
         let p = self.clone();
@@ -177,7 +195,11 @@ async fn send(socket: &UdpSocket, metrics: &Metrics, (msg, dest): (dhcproto::v4:
     };
     let kind = msg.opts().msg_type();
     match socket.send_to(&encode(&msg), to).await {
-        Ok(_) => metrics.sent(kind.map_or_else(|| "unknown".to_string(), |k| format!("{k:?}"))),
+        Ok(_) => {
+            if let Some(k) = kind {
+                metrics.sent(k);
+            }
+        }
         Err(e) => tracing::warn!(%to, error = %e, "sending a DHCP reply failed"),
     }
 }

@@ -328,6 +328,24 @@ fn real_clients_get_leases_and_fetch_over_tftp() {
         "tftp-hpa got other bytes"
     );
 
+    // The iPXE chain over HTTP from the same server.
+    let out = lab.cli(&["curl", "-sS", "--fail", &format!("http://{SERVER}:8080/boot.ipxe")]);
+    assert!(
+        stdout(&out).contains("chain http://198.51.100.1:8080/ipxe?mac=${mac:hexhyp}"),
+        "{}",
+        stdout(&out)
+    );
+    let out = lab.cli(&["curl", "-sS", &format!("http://{SERVER}:8080/metrics")]);
+    let metrics = stdout(&out);
+    assert!(
+        metrics.contains("provision_dhcp_sent_total{kind=\"Ack\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("provision_tftp_requests_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
+
     // Traversal and other files are refused with a TFTP error: curl exits
     // 69 (CURLE_TFTP_PERM, "access violation") or 68 (CURLE_TFTP_NOTFOUND).
     for (path, code) in [
