@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use debvisor_provision::profiles::{Group, Profile};
 use debvisor_provision::{Config, Metrics, Provisioner};
 
 #[derive(Parser)]
@@ -27,6 +29,30 @@ enum Cmd {
     },
     /// Check a config and print what it serves.
     Check {
+        /// The provisioner config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create or replace a profile from a TOML file (name, mode, image,
+    /// kernel_args, config, install_disk).
+    PutProfile {
+        /// The provisioner config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The profile (TOML).
+        file: PathBuf,
+    },
+    /// Create or replace a group from a TOML file (name, profile, selector).
+    PutGroup {
+        /// The provisioner config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The group (TOML).
+        file: PathBuf,
+    },
+    /// List the machines seen, one per line: MAC, client, architecture,
+    /// profile, UUID, installed, last seen (Unix time).
+    Machines {
         /// The provisioner config (TOML).
         #[arg(long, short)]
         config: PathBuf,
@@ -83,12 +109,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::PutProfile { config, file } => {
+            let p: Profile = read_toml(&file)?;
+            open_store(&config).await?.put_profile(&p).await?;
+            println!("profile {} stored", p.name);
+            Ok(())
+        }
+        Cmd::PutGroup { config, file } => {
+            let g: Group = read_toml(&file)?;
+            open_store(&config).await?.put_group(&g).await?;
+            println!("group {} stored (profile {})", g.name, g.profile);
+            Ok(())
+        }
+        Cmd::Machines { config } => {
+            for m in open_store(&config).await?.machines().await? {
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    m.mac,
+                    m.client,
+                    opt(m.arch.map(|a| a.to_string())),
+                    opt(m.profile),
+                    opt(m.uuid),
+                    if m.installed { "installed" } else { "-" },
+                    m.last_seen
+                );
+            }
+            Ok(())
+        }
         Cmd::Leases { config } => {
-            let cfg = Config::from_file(&config)?;
-            let store =
-                debvisor_provision::store::Store::open(&cfg.state_dir.join(debvisor_provision::server::LEASE_DB))
-                    .await?;
-            for l in store.leases().await? {
+            for l in open_store(&config).await?.leases().await? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     l.mac,
@@ -100,4 +150,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn open_store(config: &std::path::Path) -> anyhow::Result<debvisor_provision::store::Store> {
+    let cfg = Config::from_file(config)?;
+    Ok(debvisor_provision::store::Store::open(&cfg.state_dir.join(debvisor_provision::server::LEASE_DB)).await?)
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(file: &std::path::Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("Cannot read {}", file.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid definition", file.display()))
 }

@@ -127,6 +127,7 @@ impl Lab {
             run(&["ip", "-n", s, "link", "set", &port, "master", "br0", "up"]);
         }
         run(&["ip", "-n", c, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", s, "link", "set", "lo", "up"]);
         lab
     }
 
@@ -557,4 +558,137 @@ fn dora(socket: &UdpSocket, mac: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
         ],
     );
     recv(MessageType::Ack).map(|m| m.yiaddr())
+}
+
+/// QEMU's UEFI firmware (OVMF) on a diskless VM whose NIC sits on the
+/// provisioner's bridge: firmware PXE gets the Debian iPXE binary over TFTP,
+/// iPXE asks again (as iPXE), fetches /boot.ipxe and its machine script over
+/// HTTP, and downloads the kernel its profile names. The image set here is
+/// a stand-in (iPXE refuses it with "Exec format error"); the system tests
+/// boot the real one.
+#[test]
+fn real_uefi_firmware_follows_the_chain_to_its_profile() {
+    if !can_run("real_uefi_firmware_follows_the_chain_to_its_profile") {
+        return;
+    }
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert!(
+        ovmf.is_file() && on_path("qemu-system-x86_64") && Path::new("/usr/lib/ipxe/snponly.efi").is_file(),
+        "needs qemu-system-x86, ovmf and ipxe: run qa/setup-host.sh as root"
+    );
+    let lab = Lab::new("f");
+    let cfg = lab.config();
+    // The firmware gets Debian's iPXE, not the test payload.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(lab.path("tftp").to_str().unwrap(), "/usr/lib/ipxe");
+    std::fs::write(&cfg, text).unwrap();
+    let images = lab.path("state/images/0.1.0");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("vmlinuz"), b"not a kernel").unwrap();
+    std::fs::write(images.join("initrd.img"), b"not an initrd").unwrap();
+    let sum = "3333333333333333333333333333333333333333333333333333333333333333";
+    std::fs::write(images.join("SHA256SUMS"), format!("{sum}  rootfs.squashfs\n")).unwrap();
+    std::fs::write(
+        lab.path("profile.toml"),
+        "name = \"live-test\"\nmode = \"live\"\nimage = \"0.1.0\"\nkernel_args = [\"console=ttyS0\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        lab.path("group.toml"),
+        "name = \"vm\"\nprofile = \"live-test\"\n[selector]\nmac = \"52:54:00:00:00:31\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    run(&[
+        BIN,
+        "put-profile",
+        "--config",
+        c,
+        lab.path("profile.toml").to_str().unwrap(),
+    ]);
+    run(&[
+        BIN,
+        "put-group",
+        "--config",
+        c,
+        lab.path("group.toml").to_str().unwrap(),
+    ]);
+    let _server = lab.serve(&cfg);
+
+    run(&["ip", "-n", &lab.srv, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+    run(&["ip", "-n", &lab.srv, "link", "set", "tap0", "master", "br0", "up"]);
+    let vars = lab.path("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let serial = lab.path("serial.log");
+    let uuid = "5c3a8e2e-0f4e-4c1a-9d0e-3f1b2a4c5d6e";
+    let _qemu = Reaper(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.srv,
+                "qemu-system-x86_64",
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg,thread=multi",
+            ])
+            .args(["-m", "512", "-display", "none", "-no-reboot", "-uuid", uuid, "-serial"])
+            .arg(format!("file:{}", serial.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={}", ovmf.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            // No iPXE option ROM: the firmware's own PXE, as on bare metal.
+            .args([
+                "-device",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:31,bootindex=1,romfile=",
+            ])
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Done when iPXE has run its script (TCG: about a minute).
+    let metrics = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.srv, "curl", "-sS", "--max-time", "10"])
+            .arg(format!("http://{SERVER}:8080/metrics"))
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let log = loop {
+        let log = std::fs::read_to_string(&serial).unwrap_or_default();
+        if log.contains("profile live-test (live)") && log.contains("Exec format error") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "iPXE did not get through its script in 5 minutes; serial:\n{log}\nmetrics:\n{}",
+            metrics()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(log.contains("iPXE"), "{log}");
+    let m = metrics();
+    // The firmware's own PXE fetched the iPXE binary, then iPXE asked as iPXE.
+    assert!(m.contains("provision_tftp_requests_total{result=\"ok\"}"), "{m}");
+    let list = run(&[BIN, "machines", "--config", c]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("52:54:00:00:00:31\t"))
+        .unwrap_or_else(|| panic!("{list}"));
+    let f: Vec<&str> = row.split('\t').collect();
+    assert_eq!((f[1], f[3], f[4]), ("ipxe", "live-test", uuid), "{row}");
+    assert!(
+        log.contains(&format!("http://{SERVER}:8080/images/0.1.0/vmlinuz... ok")),
+        "{log}"
+    );
 }
