@@ -29,6 +29,9 @@ use serde::{Deserialize, Deserializer};
 
 use debvisor_api::machine::{is_hostname, is_ifname};
 
+/// The most addresses one range hands out.
+pub const MAX_RANGE: u32 = 1 << 17;
+
 /// The longest boot file name the BOOTP `file` field holds, in bytes.
 pub const MAX_BOOT_FILE: usize = 128;
 
@@ -436,8 +439,20 @@ impl Config {
                             "contains the server's own address",
                         ));
                     }
-                    if first == a.broadcast() || last == a.broadcast() {
-                        return Err(invalid(key("range"), [first, last], "contains the broadcast address"));
+                    let network = Ipv4Addr::from(u32::from(a.addr) & u32::from(a.mask()));
+                    if first == network || last == a.broadcast() {
+                        return Err(invalid(
+                            key("range"),
+                            [first, last],
+                            "contains the network or broadcast address",
+                        ));
+                    }
+                    if u32::from(last) - u32::from(first) >= MAX_RANGE {
+                        return Err(invalid(
+                            key("range"),
+                            [first, last],
+                            format!("more than {MAX_RANGE} addresses"),
+                        ));
                     }
                 }
                 (Mode::Proxy, None) => {}
@@ -460,8 +475,13 @@ impl Config {
             else {
                 return Err(invalid(key("ip"), r.ip, "is in no server-mode network's subnet"));
             };
-            if r.ip == net.address.addr || r.ip == net.address.broadcast() {
-                return Err(invalid(key("ip"), r.ip, "is the server's own or the broadcast address"));
+            let network = Ipv4Addr::from(u32::from(net.address.addr) & u32::from(net.address.mask()));
+            if r.ip == net.address.addr || r.ip == net.address.broadcast() || r.ip == network {
+                return Err(invalid(
+                    key("ip"),
+                    r.ip,
+                    "is the server's own, the network or the broadcast address",
+                ));
             }
             if let Some(h) = r.hostname.as_deref().filter(|h| !is_hostname(h) || h.contains('.')) {
                 return Err(invalid(

@@ -163,6 +163,15 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
             format!("arch {a:?}: expected iPXE's buildarch"),
         ));
     }
+    let platform = q.platform.unwrap_or_default();
+    if !["", "pcbios", "efi"].contains(&platform.as_str()) {
+        return Err(refused(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("platform {platform:?}: expected pcbios or efi"),
+        ));
+    }
     let f = facts(&s, mac, uuid.clone(), arch).await?;
     let profile = profile_for(&s, &f).await?;
     let record = s.store.machine(mac).await.map_err(|e| internal(&s, e))?;
@@ -176,7 +185,6 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
         .await
         .map_err(|e| internal(&s, e))?;
     s.metrics.http("ok");
-    let platform = q.platform.unwrap_or_default();
     let profile = match profile {
         Ok(p) => p,
         Err(why) => {
@@ -194,8 +202,11 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
     }
     let sums = read_sums(&s, &profile.image).await?;
     let img = format!("{}/images/{}", s.base, profile.image);
+    // The MAC the server knows, not iPXE's ${mac} (which names net0, not
+    // necessarily the NIC that booted).
+    let mac_path = mac.to_string().replace(':', "-");
     let mut args = format!(
-        "initrd=initrd.img ip=dhcp debvisor.config={}/machines/${{mac:hexhyp}}/config",
+        "initrd=initrd.img ip=dhcp debvisor.config={}/machines/{mac_path}/config",
         s.base
     );
     match profile.mode {
@@ -213,7 +224,7 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
             let _ = write!(
                 args,
                 " debvisor.install={img}/disk.img debvisor.install_sha256={sha} debvisor.install_disk={disk} \
-                 debvisor.installed={}/machines/${{mac:hexhyp}}/installed",
+                 debvisor.installed={}/machines/{mac_path}/installed",
                 s.base
             );
         }

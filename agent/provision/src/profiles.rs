@@ -184,8 +184,12 @@ const RESERVED_ARGS: &[&str] = &[
     "debvisor.live",
     "debvisor.live_sha256",
     "debvisor.config",
+    "debvisor.install",
+    "debvisor.install_sha256",
     "debvisor.install_disk",
+    "debvisor.installed",
     "initrd",
+    "ip",
 ];
 
 impl Profile {
@@ -398,6 +402,11 @@ mod tests {
             |p| p.kernel_args.push("debvisor.live=http://evil/".into()),
             "profile.kernel_args[1]",
         );
+        bad(
+            |p| p.kernel_args.push("debvisor.install=http://evil/".into()),
+            "profile.kernel_args[1]",
+        );
+        bad(|p| p.kernel_args.push("ip=none".into()), "profile.kernel_args[1]");
         bad(|p| p.install_disk = None, "profile.install_disk");
         bad(
             |p| p.install_disk = Some(InstallDisk::ById("/dev/sda".into())),

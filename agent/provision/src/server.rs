@@ -140,7 +140,16 @@ impl Provisioner {
         let metrics = &self.inner.metrics;
         let mut buf = vec![0u8; 1500];
         loop {
-            let (n, src) = socket.recv_from(&mut buf).await.context("receiving a DHCP datagram")?;
+            let (n, src) = match socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // An interface going down and coming back (ENETDOWN and
+                    // the like) must not stop the provisioner.
+                    tracing::warn!(interface = %net.interface, error = %e, "receiving a DHCP datagram failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             let SocketAddr::V4(src) = src else { continue };
             let req = match Request::parse(&buf[..n]) {
                 Ok(r) => r,
@@ -194,7 +203,11 @@ async fn send(socket: &UdpSocket, metrics: &Metrics, (msg, dest): (dhcproto::v4:
         Dest::Unicast(a) => a,
     };
     let kind = msg.opts().msg_type();
-    match socket.send_to(&encode(&msg), to).await {
+    let bytes = encode(&msg);
+    if bytes.is_empty() {
+        return; // logged by encode
+    }
+    match socket.send_to(&bytes, to).await {
         Ok(_) => {
             if let Some(k) = kind {
                 metrics.sent(k);

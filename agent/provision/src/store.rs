@@ -60,6 +60,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// Writing failed.
+    #[error("Cannot write to the provisioner database {db}")]
+    Write {
+        /// The database file.
+        db: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
     /// Reading failed.
     #[error("Cannot read the lease database {db}")]
     Read {
@@ -273,9 +282,25 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<JobBox>) {
     }
 }
 
+/// Commits the machine records of `group` in one transaction, then its
+/// leases in another, so that a failing record never fails a lease.
 async fn apply(pool: &SqlitePool, group: &[JobBox]) -> Result<(), sqlx::Error> {
+    let (seen, leases): (Vec<&JobBox>, Vec<&JobBox>) = group.iter().partition(|j| matches!(j.0, Job::Seen(..)));
+    if !seen.is_empty()
+        && let Err(e) = apply_part(pool, &seen).await
+    {
+        tracing::warn!(error = %e, records = seen.len(), "machine records not stored");
+    }
+    if leases.is_empty() {
+        Ok(())
+    } else {
+        apply_part(pool, &leases).await
+    }
+}
+
+async fn apply_part(pool: &SqlitePool, group: &[&JobBox]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    for JobBox(job) in group {
+    for JobBox(job) in group.iter().copied() {
         match job {
             Job::Change(Change::Bind(l), _) => {
                 // REPLACE drops a row holding the address under another MAC

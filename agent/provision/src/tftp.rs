@@ -108,6 +108,9 @@ pub async fn serve(socket: UdpSocket, root: PathBuf, metrics: Arc<Metrics>) -> a
         .std_socket(socket)?
         .timeout(Duration::from_secs(3))
         .block_size_limit(1468)
+        // One block in flight: a spoofed request with a large window would
+        // otherwise have us blast a whole file at a third party.
+        .ignore_client_window_size()
         .max_send_retries(5)
         .build()
         .await?;

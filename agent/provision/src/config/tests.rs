@@ -74,6 +74,19 @@ fn bad_values_are_named() {
         (format!("{GOOD}[boot]\nbios = \"../../etc/passwd\"\n"), "boot.bios"),
         (GOOD.replace("site0", "prov0"), "served twice"),
         (GOOD.replace("203.0.113.5/24", "198.51.100.7/24"), "overlaps"),
+        (
+            GOOD.replace("\"198.51.100.199\"", "\"198.51.100.255\""),
+            "network or broadcast",
+        ),
+        (
+            GOOD.replace("198.51.100.1/24", "198.51.100.1/8")
+                .replace("\"198.51.100.199\"", "\"198.60.0.0\""),
+            "more than 131072",
+        ),
+        (
+            GOOD.replace("ip = \"198.51.100.20\"", "ip = \"198.51.100.0\""),
+            "the network or the broadcast",
+        ),
     ];
     for (text, want) in cases {
         let e = err(&text);

@@ -119,7 +119,7 @@ impl LeaseTable {
         now: u64,
     ) -> Option<Ipv4Addr> {
         if let Some(ip) = reserved {
-            return Some(ip);
+            return self.free_for(ip, mac, now).then_some(ip);
         }
         if let Some((ip, until)) = self.offers.get(&mac)
             && *until > now
@@ -161,7 +161,7 @@ impl LeaseTable {
         if let Some((old, _)) = self.offers.insert(mac, (ip, now + OFFER_HOLD_SECS))
             && old != ip
         {
-            self.offered_ip.remove(&old);
+            self.unhold(old, mac);
         }
         self.offered_ip.insert(ip, mac);
     }
@@ -169,6 +169,13 @@ impl LeaseTable {
     /// Forgets the offer made to `mac` (it chose another server).
     pub fn drop_offer(&mut self, mac: Mac) {
         if let Some((ip, _)) = self.offers.remove(&mac) {
+            self.unhold(ip, mac);
+        }
+    }
+
+    /// Forgets that `ip` is held for `mac`, unless another client holds it by now.
+    fn unhold(&mut self, ip: Ipv4Addr, mac: Mac) {
+        if self.offered_ip.get(&ip) == Some(&mac) {
             self.offered_ip.remove(&ip);
         }
     }
@@ -206,6 +213,17 @@ impl LeaseTable {
         None
     }
 
+    /// Whether `ip` is leased or offered to `mac` (a DECLINE is believed only then).
+    pub fn held_by(&self, ip: Ipv4Addr, mac: Mac) -> bool {
+        self.by_mac.get(&mac).is_some_and(|l| l.ip == ip) || self.offers.get(&mac).is_some_and(|(o, _)| *o == ip)
+    }
+
+    /// The live lease on `ip` of a client other than `mac`, if any.
+    pub fn held_by_other(&self, ip: Ipv4Addr, mac: Mac, now: u64) -> Option<&Lease> {
+        let owner = self.by_ip.get(&ip).filter(|o| **o != mac)?;
+        self.by_mac.get(owner).filter(|l| l.expires > now)
+    }
+
     /// Keeps `ip` out of the pool for [`DECLINE_HOLD_SECS`] (a client found it in use).
     pub fn decline(&mut self, ip: Ipv4Addr, now: u64) {
         self.declined.insert(ip, now + DECLINE_HOLD_SECS);
@@ -214,9 +232,9 @@ impl LeaseTable {
     /// Drops offers and declines that have run out, so the maps stay small.
     pub fn expire(&mut self, now: u64) {
         let offered_ip = &mut self.offered_ip;
-        self.offers.retain(|_, (ip, until)| {
+        self.offers.retain(|mac, (ip, until)| {
             let keep = *until > now;
-            if !keep {
+            if !keep && offered_ip.get(ip) == Some(mac) {
                 offered_ip.remove(ip);
             }
             keep
@@ -292,6 +310,39 @@ mod tests {
         t.decline(ip(102), 0);
         assert!(!t.free_for(ip(102), mac(1), 0));
         assert!(t.free_for(ip(102), mac(1), DECLINE_HOLD_SECS + 1));
+    }
+
+    #[test]
+    fn an_expired_offer_never_unholds_the_next_clients_offer() {
+        let mut t = LeaseTable::new([], []);
+        t.hold_offer(mac(1), ip(100), 0);
+        // mac 1's offer runs out; mac 2 is offered the same address.
+        assert_eq!(
+            t.pick(mac(2), &pool(), None, Some(ip(100)), OFFER_HOLD_SECS + 1),
+            Some(ip(100))
+        );
+        t.hold_offer(mac(2), ip(100), OFFER_HOLD_SECS + 1);
+        t.expire(OFFER_HOLD_SECS + 2);
+        t.drop_offer(mac(1));
+        assert!(
+            !t.free_for(ip(100), mac(3), OFFER_HOLD_SECS + 2),
+            "mac 2 still holds it"
+        );
+        assert!(t.held_by(ip(100), mac(2)) && !t.held_by(ip(100), mac(1)));
+    }
+
+    #[test]
+    fn a_reservation_waits_for_a_live_lease_on_its_address() {
+        let mut t = LeaseTable::new([], [(ip(100), mac(9))]);
+        // Leased dynamically before the reservation existed (loaded from the store).
+        t.bind(mac(1), ip(100), 100, None);
+        assert_eq!(t.pick(mac(9), &pool(), Some(ip(100)), None, 50), None);
+        assert_eq!(t.held_by_other(ip(100), mac(9), 50).map(|l| l.mac), Some(mac(1)));
+        assert_eq!(
+            t.pick(mac(9), &pool(), Some(ip(100)), None, 101),
+            Some(ip(100)),
+            "after it expires"
+        );
     }
 
     #[test]

@@ -117,12 +117,17 @@ fn serve(
         return Outcome::ignore("no range");
     };
     let pool = Pool { first, last };
+    let giaddr = req.msg.giaddr();
+    if giaddr != Ipv4Addr::UNSPECIFIED && !net.address.contains(giaddr) {
+        // Addresses come from the interface's own subnet only.
+        return Outcome::ignore("relayed from another subnet");
+    }
     let reservation = cfg.reservation(req.mac).filter(|r| net.address.contains(r.ip));
     let reserved_ip = reservation.map(|r| r.ip);
     let hostname = reservation.and_then(|r| r.hostname.clone());
     let in_pool = |ip: Ipv4Addr| (u32::from(first)..=u32::from(last)).contains(&u32::from(ip));
     let allowed = |ip: Ipv4Addr, table: &LeaseTable| match reserved_ip {
-        Some(r) => ip == r,
+        Some(r) => ip == r && table.free_for(ip, req.mac, now),
         None => in_pool(ip) && table.free_for(ip, req.mac, now),
     };
     let reply = |kind: MessageType, yiaddr: Ipv4Addr| {
@@ -152,13 +157,30 @@ fn serve(
         }
     };
     let nak = || Outcome {
-        reply: Some((reply(MessageType::Nak, Ipv4Addr::UNSPECIFIED), dest(MessageType::Nak))),
+        reply: Some((
+            {
+                let mut m = reply(MessageType::Nak, Ipv4Addr::UNSPECIFIED);
+                if giaddr != Ipv4Addr::UNSPECIFIED {
+                    // RFC 2131 4.3.2: the relay broadcasts a NAK to the client.
+                    m.set_flags(m.flags().set_broadcast());
+                }
+                m
+            },
+            dest(MessageType::Nak),
+        )),
         change: None,
         seen: None,
         ignored: None,
     };
     match req.kind {
         MessageType::Discover => {
+            if let Some(r) = reserved_ip
+                && let Some(other) = table.held_by_other(r, req.mac, now)
+            {
+                tracing::warn!(mac = %req.mac, ip = %r, holder = %other.mac, expires = other.expires,
+                    "reserved address still leased to another client: no offer until that lease ends");
+                return Outcome::ignore("reserved address leased to another client");
+            }
             let Some(ip) = table.pick(req.mac, &pool, reserved_ip, req.requested_ip(), now) else {
                 tracing::warn!(mac = %req.mac, interface = %net.interface, "address pool exhausted");
                 return Outcome::ignore("pool exhausted");
@@ -179,9 +201,20 @@ fn serve(
                     table.drop_offer(req.mac);
                     Outcome::ignore("client chose another server")
                 }
-                (Some(_), Some(ip)) | (None, Some(ip)) => {
+                (Some(_), Some(ip)) => {
+                    if net.address.contains(ip) && allowed(ip, table) {
+                        ack(table, ip)
+                    } else {
+                        nak()
+                    }
+                }
+                // INIT-REBOOT: a client reusing an address it had.
+                (None, Some(ip)) => {
                     if !net.address.contains(ip) {
                         nak()
+                    } else if table.lease(req.mac).is_none() && reserved_ip.is_none() {
+                        // RFC 2131 4.3.2: no record of the client, stay silent.
+                        Outcome::ignore("INIT-REBOOT from a client without a record")
                     } else if allowed(ip, table) {
                         ack(table, ip)
                     } else {
@@ -203,7 +236,7 @@ fn serve(
             }
         }
         MessageType::Decline => match (req.server_id(), req.requested_ip()) {
-            (Some(sid), Some(ip)) if sid == server => {
+            (Some(sid), Some(ip)) if sid == server && table.held_by(ip, req.mac) => {
                 tracing::warn!(mac = %req.mac, %ip, "client declined an address: it is in use on the network");
                 table.decline(ip, now);
                 Outcome {
@@ -211,7 +244,7 @@ fn serve(
                     ..Outcome::ignore("decline")
                 }
             }
-            _ => Outcome::ignore("decline for another server"),
+            _ => Outcome::ignore("decline for another server or of an address not given to the client"),
         },
         MessageType::Release => Outcome {
             change: table.release(req.mac, req.msg.ciaddr()).map(Change::Release),

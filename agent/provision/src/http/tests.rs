@@ -7,6 +7,7 @@ use super::*;
 use crate::profiles::{Group, InstallDisk, Selector};
 
 const SUM_ROOT: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const SECRET: &str = "sentinel-7f3a-must-never-be-served";
 const SUM_DISK: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
 struct Lab {
@@ -28,7 +29,7 @@ async fn lab() -> Lab {
         format!("{SUM_ROOT}  rootfs.squashfs\n{SUM_DISK}  disk.img\n"),
     )
     .unwrap();
-    std::fs::write(d.join("secret"), b"no").unwrap();
+    std::fs::write(d.join("secret"), SECRET).unwrap();
     std::fs::create_dir_all(d.join("ipxe")).unwrap();
     std::fs::write(d.join("ipxe/snponly.efi"), b"MZ").unwrap();
     let cfg = Config::parse(
@@ -199,7 +200,7 @@ async fn files_are_served_by_name_and_nothing_else() {
             st == StatusCode::FORBIDDEN || st == StatusCode::NOT_FOUND,
             "{uri}: {st} {body}"
         );
-        assert!(!body.contains("no\n") || body.contains("only"), "{uri} leaked: {body}");
+        assert!(!body.contains(SECRET), "{uri} leaked the file outside the image set");
     }
     let (st, _) = call(&l.app, "GET", "/images/0.2.0/vmlinuz", None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -214,9 +215,12 @@ async fn bad_queries_say_what_is_wrong() {
     let (st, body) = call(&l.app, "GET", "/ipxe?mac=52-54-00-00-00-22&uuid=x'", None).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(body.contains("not a UUID"), "{body}");
+    let (st, body) = call(&l.app, "GET", "/ipxe?mac=52-54-00-00-00-22&platform=efi%0Ashell", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(body.contains("expected pcbios or efi"), "{body}");
     let (_, metrics) = call(&l.app, "GET", "/metrics", None).await;
     assert!(
-        metrics.contains("provision_http_requests_total{result=\"bad_request\"} 2"),
+        metrics.contains("provision_http_requests_total{result=\"bad_request\"} 3"),
         "{metrics}"
     );
 }

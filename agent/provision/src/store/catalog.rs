@@ -39,7 +39,7 @@ pub enum CatalogError {
 
 impl Store {
     fn write_err(&self, source: sqlx::Error) -> StoreError {
-        StoreError::Read {
+        StoreError::Write {
             db: self.db.clone(),
             source,
         }

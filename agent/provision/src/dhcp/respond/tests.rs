@@ -98,7 +98,11 @@ fn discover_request_ack_binds_a_lease_stored_before_the_ack() {
     assert!(matches!(&ack.change, Some(Change::Bind(l)) if l.ip == ip && l.expires == 601));
 
     // Another client cannot take it; the second gets the other address, a third nothing.
-    let req2 = msg(2, MessageType::Request, vec![DhcpOption::RequestedIpAddress(ip)]);
+    let req2 = msg(
+        2,
+        MessageType::Request,
+        vec![DhcpOption::ServerIdentifier(S), DhcpOption::RequestedIpAddress(ip)],
+    );
     assert_eq!(kind(&ask(&c, 0, &req2, SRC, &mut t, 2)), Some(MessageType::Nak));
     let o2 = ask(&c, 0, &msg(2, MessageType::Discover, vec![]), SRC, &mut t, 2);
     assert_eq!(yiaddr(&o2), Ipv4Addr::new(198, 51, 100, 101));
@@ -235,4 +239,76 @@ fn a_request_for_another_server_drops_our_offer() {
     let out = ask(&c, 0, &other, SRC, &mut t, 1);
     assert!(out.reply.is_none());
     assert!(t.free_for(ip, Mac([2, 0, 0, 0, 0, 8]), 1), "the offer was withdrawn");
+}
+
+#[test]
+fn rfc_2131_corner_cases() {
+    let c = cfg();
+    let mut t = LeaseTable::new([], c.reservations.iter().map(|r| (r.ip, r.mac)));
+    let ip = |n| Ipv4Addr::new(198, 51, 100, n);
+
+    // A DECLINE is believed only from the client the address was given to.
+    let decline = |mac, a| {
+        msg(
+            mac,
+            MessageType::Decline,
+            vec![DhcpOption::ServerIdentifier(S), DhcpOption::RequestedIpAddress(a)],
+        )
+    };
+    let out = ask(&c, 0, &decline(1, ip(100)), SRC, &mut t, 0);
+    assert_eq!(
+        out.ignored,
+        Some("decline for another server or of an address not given to the client")
+    );
+    assert!(
+        t.free_for(ip(100), Mac([2, 0, 0, 0, 0, 2]), 0),
+        "a stranger cannot take addresses out of the pool"
+    );
+    let offer = ask(&c, 0, &msg(1, MessageType::Discover, vec![]), SRC, &mut t, 0);
+    assert_eq!(yiaddr(&offer), ip(100));
+    let out = ask(&c, 0, &decline(1, ip(100)), SRC, &mut t, 0);
+    assert_eq!(out.ignored, Some("decline"));
+    assert!(
+        !t.free_for(ip(100), Mac([2, 0, 0, 0, 0, 2]), 1),
+        "declined: kept out of the pool"
+    );
+
+    // INIT-REBOOT: silent without a record, NAK for another subnet.
+    let reboot = |a| msg(3, MessageType::Request, vec![DhcpOption::RequestedIpAddress(a)]);
+    assert_eq!(
+        ask(&c, 0, &reboot(ip(101)), SRC, &mut t, 1).ignored,
+        Some("INIT-REBOOT from a client without a record")
+    );
+    assert_eq!(
+        kind(&ask(&c, 0, &reboot(Ipv4Addr::new(10, 0, 0, 5)), SRC, &mut t, 1)),
+        Some(MessageType::Nak)
+    );
+
+    // A reserved address still leased dynamically to another client is not offered.
+    t.bind(Mac([2, 0, 0, 0, 0, 4]), ip(20), 100, None);
+    let out = ask(&c, 0, &msg(0x99, MessageType::Discover, vec![]), SRC, &mut t, 2);
+    assert_eq!(out.ignored, Some("reserved address leased to another client"));
+
+    // Relayed from another subnet: not ours to answer.
+    let mut relayed = msg(5, MessageType::Discover, vec![]);
+    relayed.msg.set_giaddr(Ipv4Addr::new(10, 9, 9, 1));
+    assert_eq!(
+        ask(&c, 0, &relayed, SRC, &mut t, 2).ignored,
+        Some("relayed from another subnet")
+    );
+    // From a relay on the subnet (perfdhcp does this): answered through it.
+    relayed.msg.set_giaddr(ip(2));
+    let out = ask(&c, 0, &relayed, SRC, &mut t, 2);
+    assert_eq!(out.reply.unwrap().1, Dest::Unicast(SocketAddrV4::new(ip(2), 67)));
+
+    // INFORM: options, no address, no lease time.
+    let mut inform = msg(6, MessageType::Inform, vec![]);
+    inform.msg.set_ciaddr(ip(50));
+    let out = ask(&c, 0, &inform, SRC, &mut t, 2);
+    let (m, dest) = out.reply.unwrap();
+    assert_eq!(
+        (m.yiaddr(), m.opts().get(OptionCode::AddressLeaseTime)),
+        (Ipv4Addr::UNSPECIFIED, None)
+    );
+    assert_eq!(dest, Dest::Unicast(SocketAddrV4::new(ip(50), 68)));
 }
