@@ -24,7 +24,7 @@ use crate::config::{Config, Mac};
 use crate::metrics::Metrics;
 use crate::profiles::{BootMode, Facts, Profile, default_hostname, is_version, select};
 use crate::server::unix_now;
-use crate::store::Store;
+use crate::store::{Machine, Store};
 
 /// The files of an image set served under `/images/VERSION/`.
 pub const IMAGE_FILES: &[&str] = &["vmlinuz", "initrd.img", "rootfs.squashfs", "disk.img", "SHA256SUMS"];
@@ -107,15 +107,21 @@ fn parse_mac(s: &HttpState, m: &str) -> Result<Mac, Refused> {
         .map_err(|e: String| refused(s, StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-/// The facts of a machine: what it says, plus its stored labels.
-async fn facts(s: &HttpState, mac: Mac, uuid: Option<String>, arch: Option<String>) -> Result<Facts, Refused> {
+/// The facts of a machine (what it says, plus its stored labels) and its record.
+async fn facts(
+    s: &HttpState,
+    mac: Mac,
+    uuid: Option<String>,
+    arch: Option<String>,
+) -> Result<(Facts, Option<Machine>), Refused> {
     let record = s.store.machine(mac).await.map_err(|e| internal(s, e))?;
-    Ok(Facts {
+    let facts = Facts {
         mac: Some(mac),
         uuid: uuid.or_else(|| record.as_ref().and_then(|r| r.uuid.clone())),
         arch,
-        labels: record.map(|r| r.labels).unwrap_or_default(),
-    })
+        labels: record.as_ref().map(|r| r.labels.clone()).unwrap_or_default(),
+    };
+    Ok((facts, record))
 }
 
 /// The profile the groups give `f`, or a message saying why there is none.
@@ -172,9 +178,8 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
             format!("platform {platform:?}: expected pcbios or efi"),
         ));
     }
-    let f = facts(&s, mac, uuid.clone(), arch).await?;
+    let (f, record) = facts(&s, mac, uuid.clone(), arch).await?;
     let profile = profile_for(&s, &f).await?;
-    let record = s.store.machine(mac).await.map_err(|e| internal(&s, e))?;
     s.store
         .machine_booted(
             mac,
@@ -328,7 +333,7 @@ async fn image_file(
 
 async fn machine_config(State(s): State<Arc<HttpState>>, Path(mac): Path<String>) -> Result<Response, Refused> {
     let mac = parse_mac(&s, &mac)?;
-    let f = facts(&s, mac, None, None).await?;
+    let (f, _) = facts(&s, mac, None, None).await?;
     let profile = profile_for(&s, &f)
         .await?
         .map_err(|why| refused(&s, StatusCode::NOT_FOUND, "not_found", format!("{mac}: {why}")))?;

@@ -21,6 +21,16 @@ use crate::dhcp::respond::{Change, Seen};
 
 mod catalog;
 
+/// The machines query with `$tail` (a WHERE or ORDER BY clause) appended.
+macro_rules! machines_query {
+    ($tail:literal) => {
+        concat!(
+            "SELECT mac, client, arch, boot_file, first_seen, last_seen, uuid, profile, installed, labels FROM machines ",
+            $tail
+        )
+    };
+}
+
 /// Most changes committed in one transaction.
 const MAX_GROUP: usize = 4096;
 
@@ -207,40 +217,45 @@ impl Store {
 
     /// Every machine seen.
     pub async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
-        let rows = self
-            .rows(
-                "SELECT mac, client, arch, boot_file, first_seen, last_seen, uuid, profile, installed, labels
-                 FROM machines ORDER BY mac",
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let mac: String = r.get(0);
-                let labels: String = r.get(9);
-                let arch: Option<i64> = r.get(2);
-                let (first, last): (i64, i64) = (r.get(4), r.get(5));
-                Ok(Machine {
-                    mac: Mac::from_str(&mac).map_err(|reason| StoreError::BadRow {
-                        db: self.db.clone(),
-                        mac: mac.clone(),
-                        reason,
-                    })?,
-                    client: r.get(1),
-                    arch: arch.and_then(|a| u16::try_from(a).ok()),
-                    boot_file: r.get(3),
-                    first_seen: first.max(0) as u64,
-                    last_seen: last.max(0) as u64,
-                    uuid: r.get(6),
-                    profile: r.get(7),
-                    installed: r.get::<i64, _>(8) != 0,
-                    labels: serde_json::from_str(&labels).map_err(|e| StoreError::BadRow {
-                        db: self.db.clone(),
-                        mac: mac.clone(),
-                        reason: format!("labels: {e}"),
-                    })?,
-                })
-            })
-            .collect()
+        let rows = self.rows(machines_query!("ORDER BY mac")).await?;
+        rows.iter().map(|r| self.machine_row(r)).collect()
+    }
+
+    /// The record of `mac`.
+    pub async fn machine(&self, mac: Mac) -> Result<Option<Machine>, StoreError> {
+        let row = sqlx::query(machines_query!("WHERE mac = ?"))
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Read {
+                db: self.db.clone(),
+                source,
+            })?;
+        row.as_ref().map(|r| self.machine_row(r)).transpose()
+    }
+
+    fn machine_row(&self, r: &sqlx::sqlite::SqliteRow) -> Result<Machine, StoreError> {
+        let mac: String = r.get(0);
+        let bad = |reason: String| StoreError::BadRow {
+            db: self.db.clone(),
+            mac: mac.clone(),
+            reason,
+        };
+        let labels: String = r.get(9);
+        let arch: Option<i64> = r.get(2);
+        let (first, last): (i64, i64) = (r.get(4), r.get(5));
+        Ok(Machine {
+            mac: Mac::from_str(&mac).map_err(bad)?,
+            client: r.get(1),
+            arch: arch.and_then(|a| u16::try_from(a).ok()),
+            boot_file: r.get(3),
+            first_seen: first.max(0) as u64,
+            last_seen: last.max(0) as u64,
+            uuid: r.get(6),
+            profile: r.get(7),
+            installed: r.get::<i64, _>(8) != 0,
+            labels: serde_json::from_str(&labels).map_err(|e| bad(format!("labels: {e}")))?,
+        })
     }
 
     /// Queues `change`; the receiver resolves once it is committed.

@@ -181,11 +181,6 @@ impl Store {
             .map_err(|e| self.write_err(e))?;
         Ok(done.rows_affected() > 0)
     }
-
-    /// The record of `mac`.
-    pub async fn machine(&self, mac: Mac) -> Result<Option<super::Machine>, StoreError> {
-        Ok(self.machines().await?.into_iter().find(|m| m.mac == mac))
-    }
 }
 
 #[cfg(test)]
