@@ -2,7 +2,9 @@
 //!
 //! recipe -> base rootfs (mmdebstrap, cached) -> customised root with initrd
 //! -> `slot.img` (squashfs: gzip, xz or lzo) -> `disk.img` (GPT: esp | root_a | root_b |
-//! data), `update.raucb` (signed RAUC verity bundle of the slot) and `manifest.json`.
+//! data), `update.raucb` (signed RAUC verity bundle of the slot), `pxe/` (the
+//! set the PXE provisioner serves: kernel, initrd, root image, disk image and
+//! their sums) and `manifest.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +15,7 @@ use debvisor_image::progress::Progress;
 use debvisor_image::recipe::Recipe;
 use debvisor_image::signing::{self, Signing};
 use debvisor_image::variant::{MarkFile, Variant};
-use debvisor_image::{bundle, cmd, disk, grubenv, initrd, manifest, mirror, rootfs, slot};
+use debvisor_image::{bundle, cmd, disk, grubenv, initrd, manifest, mirror, pxe, rootfs, slot};
 
 /// Builds DebVisor images.
 #[derive(Debug, Parser)]
@@ -25,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Builds slot.img, disk.img, update.raucb and manifest.json from a recipe (run as root).
+    /// Builds slot.img, disk.img, update.raucb, pxe/ and manifest.json from a recipe (run as root).
     Build(BuildArgs),
 }
 
@@ -90,7 +92,7 @@ fn workspace_root() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-const STEPS: usize = 11;
+const STEPS: usize = 12;
 
 fn build(args: &BuildArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -247,9 +249,22 @@ fn build(args: &BuildArgs) -> Result<()> {
         bundle_info.signer
     ));
 
-    // 11. Manifest.
+    // 11. PXE set.
+    let step = progress.step("PXE set (pxe/)");
+    let disk_artifact = hash(&progress, &disk_path)?;
+    let pxe_dir = pxe::dir(&out);
+    let sources = pxe::Sources {
+        kernel: &root.join("boot/vmlinuz"),
+        initrd: &root.join("boot/initrd.img"),
+        slot: (&slot_path, &slot_artifact),
+        disk: (&disk_path, &disk_artifact),
+    };
+    pxe::write(&pxe_dir, &sources)?;
+    step.finish(&pxe_dir.display().to_string());
+
+    // 12. Manifest.
     let step = progress.step("Checksums and manifest.json");
-    let artifacts = vec![slot_artifact, hash(&progress, &disk_path)?];
+    let artifacts = vec![slot_artifact, disk_artifact];
     let m = manifest::Manifest {
         name: recipe.image.name.clone(),
         version: recipe.image.version.clone(),
