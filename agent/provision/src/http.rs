@@ -210,8 +210,10 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
     // The MAC the server knows, not iPXE's ${mac} (which names net0, not
     // necessarily the NIC that booted).
     let mac_path = mac.to_string().replace(':', "-");
+    // boot=debvisor selects the image's initramfs script; BOOTIF (PXELINUX
+    // style) tells it which NIC to bring up: the one that booted.
     let mut args = format!(
-        "initrd=initrd.img ip=dhcp debvisor.config={}/machines/{mac_path}/config",
+        "initrd=initrd.img boot=debvisor ip=dhcp BOOTIF=01-{mac_path} debvisor.config={}/machines/{mac_path}/config",
         s.base
     );
     match profile.mode {

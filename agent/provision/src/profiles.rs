@@ -190,6 +190,8 @@ const RESERVED_ARGS: &[&str] = &[
     "debvisor.installed",
     "initrd",
     "ip",
+    "boot",
+    "BOOTIF",
 ];
 
 impl Profile {
@@ -407,6 +409,8 @@ mod tests {
             "profile.kernel_args[1]",
         );
         bad(|p| p.kernel_args.push("ip=none".into()), "profile.kernel_args[1]");
+        bad(|p| p.kernel_args.push("boot=local".into()), "profile.kernel_args[1]");
+        bad(|p| p.kernel_args.push("BOOTIF=01-aa".into()), "profile.kernel_args[1]");
         bad(|p| p.install_disk = None, "profile.install_disk");
         bad(
             |p| p.install_disk = Some(InstallDisk::ById("/dev/sda".into())),

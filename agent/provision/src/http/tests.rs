@@ -124,7 +124,10 @@ async fn the_chain_leads_each_machine_to_its_profile() {
     .await;
     assert_eq!(st, StatusCode::OK, "{live}");
     assert!(
-        live.contains("kernel http://198.51.100.1:8080/images/0.1.0/vmlinuz initrd=initrd.img ip=dhcp"),
+        live.contains(
+            "kernel http://198.51.100.1:8080/images/0.1.0/vmlinuz initrd=initrd.img boot=debvisor ip=dhcp \
+             BOOTIF=01-52-54-00-00-00-22 "
+        ),
         "{live}"
     );
     assert!(
