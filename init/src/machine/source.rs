@@ -18,6 +18,10 @@ use crate::console::marker;
 pub const CMDLINE_KEY: &str = "debvisor.config";
 /// The file read at the root of a config medium.
 pub const MEDIUM_FILE: &str = "machine.toml";
+/// Where an installer (PXE or USB) leaves the machine config it was given,
+/// on the data partition it formatted: read on the first boot from disk when
+/// no URL or medium is given, kept as the data partition's copy, then removed.
+pub const INSTALLER_HANDOVER: &str = "/data/install/machine.toml";
 /// The largest config accepted from any source.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
@@ -28,6 +32,9 @@ pub enum Source {
     CommandLine(String),
     /// `machine.toml` on a config medium (the device or directory).
     Medium(PathBuf),
+    /// The config an installer left on the data partition for the first
+    /// boot from disk ([`INSTALLER_HANDOVER`]); adopted once, then removed.
+    Installer(PathBuf),
     /// The copy on the data partition.
     DataPartition(PathBuf),
     /// The last config that was valid and applied (after an error).
@@ -41,6 +48,7 @@ impl fmt::Display for Source {
         match self {
             Source::CommandLine(url) => write!(f, "{CMDLINE_KEY}={url}"),
             Source::Medium(p) => write!(f, "config medium {}", p.display()),
+            Source::Installer(p) => write!(f, "installer's config {}", p.display()),
             Source::DataPartition(p) => write!(f, "{}", p.display()),
             Source::LastGood(p) => write!(f, "last good config {}", p.display()),
             Source::Default => f.write_str("built-in defaults"),
@@ -89,6 +97,8 @@ impl Default for FetchPolicy {
 pub struct SourcePaths {
     /// The config medium.
     pub medium: Medium,
+    /// The installer's hand-over ([`INSTALLER_HANDOVER`]).
+    pub handover: PathBuf,
     /// The copy on the data partition ([`MACHINE_CONFIG`]).
     pub machine_config: PathBuf,
     /// The last good copy ([`MACHINE_CONFIG_LAST_GOOD`]).
@@ -105,6 +115,7 @@ impl SourcePaths {
                 device: PathBuf::from(format!("/dev/disk/by-label/{CONFIG_MEDIUM_LABEL}")),
                 mount_dir: PathBuf::from("/run/debvisor/config-medium"),
             },
+            handover: PathBuf::from(INSTALLER_HANDOVER),
             machine_config: PathBuf::from(MACHINE_CONFIG),
             last_good: PathBuf::from(MACHINE_CONFIG_LAST_GOOD),
             fetch: FetchPolicy::default(),
@@ -142,6 +153,8 @@ pub async fn load(cmdline: &str, paths: &SourcePaths) -> Loaded {
         Some((Source::CommandLine(url.to_string()), fetch(url, &paths.fetch).await))
     } else if let Some((source, text)) = read_medium(&paths.medium).await {
         Some((source, text))
+    } else if paths.handover.exists() {
+        Some((Source::Installer(paths.handover.clone()), read(&paths.handover)))
     } else if paths.machine_config.exists() {
         Some((
             Source::DataPartition(paths.machine_config.clone()),
@@ -160,6 +173,10 @@ pub async fn load(cmdline: &str, paths: &SourcePaths) -> Loaded {
                 && let Err(e) = write_atomic(&paths.machine_config, text.as_bytes(), 0o600)
             {
                 tracing::warn!("Cannot keep the machine config from {source}: {e}");
+            } else if let Source::Installer(p) = &source
+                && let Err(e) = std::fs::remove_file(p)
+            {
+                tracing::warn!("Cannot remove {}: {e}", p.display());
             }
             loaded(config, source, None)
         }
@@ -360,10 +377,12 @@ pub async fn load_and_apply(cmdline: &str, paths: &SourcePaths, root: &Path, hos
                 markers.push(("config-error", one_line(&msg)));
                 let error = Some(loaded.error.take().unwrap_or(msg));
                 loaded = match loaded.source {
-                    Source::CommandLine(_) | Source::Medium(_) | Source::DataPartition(_) => Loaded {
-                        error,
-                        ..fallback(paths, String::new())
-                    },
+                    Source::CommandLine(_) | Source::Medium(_) | Source::Installer(_) | Source::DataPartition(_) => {
+                        Loaded {
+                            error,
+                            ..fallback(paths, String::new())
+                        }
+                    }
                     Source::LastGood(_) => Loaded {
                         error,
                         ..self::loaded(MachineConfig::default(), Source::Default, None)

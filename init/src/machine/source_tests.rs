@@ -24,6 +24,7 @@ fn dirs() -> Dirs {
     std::fs::create_dir_all(&medium).unwrap();
     let paths = SourcePaths {
         medium: Medium::Directory(medium.clone()),
+        handover: base.join("data/install/machine.toml"),
         machine_config: base.join("state/machine.toml"),
         last_good: base.join("state/machine.last-good.toml"),
         fetch: FetchPolicy {
@@ -83,6 +84,34 @@ fn ok_response(body: &str) -> &'static str {
         body.len()
     );
     Box::leak(r.into_boxed_str())
+}
+
+#[tokio::test]
+async fn installer_handover_is_adopted_once() {
+    let d = dirs();
+    std::fs::create_dir_all(d.paths.handover.parent().unwrap()).unwrap();
+    std::fs::write(&d.paths.handover, VALID).unwrap();
+    // An older copy on the data partition loses to the installer's.
+    std::fs::create_dir_all(d.paths.machine_config.parent().unwrap()).unwrap();
+    std::fs::write(&d.paths.machine_config, "version = 1\n[node]\nhostname = \"old\"\n").unwrap();
+    let l = load("", &d.paths).await;
+    assert_eq!(hostname(&l), Some("from-url"));
+    assert_eq!(l.source, Source::Installer(d.paths.handover.clone()));
+    assert!(!d.paths.handover.exists(), "the hand-over is removed once kept");
+    assert_eq!(std::fs::read_to_string(&d.paths.machine_config).unwrap(), VALID);
+    // The next boot reads the kept copy.
+    let l = load("", &d.paths).await;
+    assert_eq!(l.source, Source::DataPartition(d.paths.machine_config.clone()));
+
+    // An invalid hand-over is kept for inspection and reported.
+    std::fs::write(&d.paths.handover, BAD_VLAN).unwrap();
+    let l = load("", &d.paths).await;
+    assert!(
+        l.error.as_deref().unwrap().contains("installer's config"),
+        "{:?}",
+        l.error
+    );
+    assert!(d.paths.handover.exists());
 }
 
 #[test]
