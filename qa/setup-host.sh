@@ -29,10 +29,13 @@ packages=(
 # lockfile); any npm will do (Debian's, or one that came with Node).
 command -v npm >/dev/null || packages+=(npm)
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+missing_packages() {
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+missing_packages
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup-host: missing packages: ${missing[*]}; run this script as root (sudo $0)" >&2
@@ -42,6 +45,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # apt may remove an installed package to satisfy the new ones (seen: a
+  # backports qemu-utils removed by Debian 12's qemu-system-x86); install
+  # whatever is missing now, in the versions that go with the rest.
+  missing_packages
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup-host: installing again what apt removed: ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    missing_packages
+    if [ ${#missing[@]} -gt 0 ]; then
+      echo "setup-host: still missing after apt-get install: ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
 fi
 command -v cargo >/dev/null || { echo "setup-host: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
 
