@@ -26,7 +26,7 @@ if [ "$unit_rc" != 0 ] && [ "$unit_fail" = 0 ]; then
 fi
 
 echo "== system tests (debvisor-qa test)"
-cargo build --release --locked -p debvisor-qa -p debvisor-image || fail=1
+cargo build --release --locked -p debvisor-qa -p debvisor-image -p debvisor-provision || fail=1
 sys_log=target/qa/system-test.log
 target/release/debvisor-qa test "$@" 2>&1 | tee "$sys_log"
 sys_rc=${PIPESTATUS[0]}

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::node::{self, NodeOpts, Paths};
 use crate::peer;
-use crate::qemu::{Accel, Boot, Vm, VmSpec};
+use crate::qemu::{Accel, Boot, Nic, Vm, VmSpec};
 use crate::serial::SerialGuest;
 
 /// Options of `bench boot`.
@@ -108,6 +108,7 @@ fn boot_peer(paths: &Paths, boot: Boot, n: u32, accel: Accel, timeout: Duration,
         console_port: None,
         agent_port: None,
         detach: false,
+        nic: Nic::User,
     })?;
     let m = vm
         .console

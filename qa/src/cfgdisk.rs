@@ -34,7 +34,8 @@ pub fn build(image: &Path, toml: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd`; its stdout, or an error with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("Cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -13,7 +13,7 @@ use debvisor_api::config::{ADMIN_BUNDLE, ClientConfig, Context};
 use debvisor_api::node::v1::GetStatusResponse;
 
 use crate::probes;
-use crate::qemu::{Accel, Boot, Vm, VmSpec};
+use crate::qemu::{Accel, Boot, Nic, Vm, VmSpec};
 use crate::serial::{BootInfo, SerialGuest};
 
 /// Locations of the workspace and the harness's output.
@@ -321,6 +321,7 @@ pub fn boot_with_drives(rt: &tokio::runtime::Runtime, o: &NodeOpts, extra_drives
             console_port: o.console_port,
             agent_port: o.agent_port,
             detach: o.detach,
+            nic: Nic::User,
         },
         extra_drives,
     )?;

@@ -49,6 +49,20 @@ pub enum Boot {
         initrd: PathBuf,
         append: String,
     },
+    /// OVMF's own network boot (PXE, no iPXE option ROM, as on bare metal)
+    /// from the NIC first, then the disk if there is one (a blank disk for
+    /// an install, kept behind an overlay too).
+    Pxe { disk: Option<PathBuf> },
+}
+
+/// Where the guest's NIC is plugged in.
+#[derive(Debug, Clone)]
+pub enum Nic {
+    /// QEMU's user network, with the console and agent ports forwarded.
+    User,
+    /// A tap device already made in network namespace `netns` (QEMU runs
+    /// in that namespace), with this MAC.
+    Tap { netns: String, tap: String, mac: String },
 }
 
 /// Everything needed to start one VM.
@@ -66,6 +80,7 @@ pub struct VmSpec {
     pub agent_port: Option<u16>,
     /// Leave QEMU running when the harness exits (own session, no pdeathsig).
     pub detach: bool,
+    pub nic: Nic,
 }
 
 /// Finds `name` in PATH.
@@ -218,6 +233,8 @@ pub struct Vm {
     keep: bool,
     /// QEMU's arguments, for [`Vm::power_cycle`].
     args: Vec<String>,
+    /// What QEMU runs under (`ip netns exec NS`), or nothing.
+    prefix: Vec<String>,
     detach: bool,
 }
 
@@ -263,12 +280,16 @@ impl Vm {
             "-m".into(),
             spec.memory_mib.to_string(),
         ];
+        let mut disk_image = None;
         match &spec.boot {
-            Boot::Uefi { disk } => {
+            Boot::Uefi { .. } | Boot::Pxe { .. } => {
                 if !Path::new(OVMF_CODE).exists() {
                     bail!("{OVMF_CODE} not found: run apt-get install ovmf");
                 }
-                create_overlay(disk, &overlay, Some("8G"))?;
+                if let Boot::Uefi { disk } | Boot::Pxe { disk: Some(disk) } = &spec.boot {
+                    create_overlay(disk, &overlay, Some("8G"))?;
+                    disk_image = Some(disk);
+                }
                 let vars = wd.join("OVMF_VARS.fd");
                 std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("Cannot copy {OVMF_VARS}"))?;
                 args.extend([
@@ -285,6 +306,7 @@ impl Vm {
                 append,
             } => {
                 create_overlay(disk, &overlay, None)?;
+                disk_image = Some(disk);
                 args.extend([
                     "-kernel".into(),
                     kernel.display().to_string(),
@@ -295,10 +317,22 @@ impl Vm {
                 ]);
             }
         }
-        args.extend([
-            "-drive".into(),
-            format!("file={},if=virtio,format=qcow2", overlay.display()),
-        ]);
+        if matches!(spec.boot, Boot::Pxe { .. }) {
+            // The NIC boots first (bootindex 1), then this disk.
+            if disk_image.is_some() {
+                args.extend([
+                    "-drive".into(),
+                    format!("file={},if=none,id=d0,format=qcow2", overlay.display()),
+                    "-device".into(),
+                    "virtio-blk-pci,drive=d0,bootindex=2".into(),
+                ]);
+            }
+        } else {
+            args.extend([
+                "-drive".into(),
+                format!("file={},if=virtio,format=qcow2", overlay.display()),
+            ]);
+        }
         for d in extra_drives {
             let d = d
                 .canonicalize()
@@ -308,15 +342,35 @@ impl Vm {
                 format!("file={},if=virtio,format=raw,readonly=on", d.display()),
             ]);
         }
+        let mut prefix = Vec::new();
+        match &spec.nic {
+            Nic::User => args.extend([
+                "-netdev".into(),
+                format!(
+                    "user,id=n0,hostfwd=tcp:127.0.0.1:{console_port}-:{},hostfwd=tcp:127.0.0.1:{agent_port}-:{}",
+                    debvisor_api::paths::CONSOLE_HTTPS_PORT,
+                    debvisor_api::paths::AGENT_TLS_PORT
+                ),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={NIC_MAC}"),
+            ]),
+            Nic::Tap { netns, tap, mac } => {
+                prefix = ["ip", "netns", "exec", netns].map(String::from).to_vec();
+                args.extend([
+                    "-netdev".into(),
+                    format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                    "-device".into(),
+                    format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile="),
+                    // No IPv6 PXE attempt first (it waits out its timeouts).
+                    "-fw_cfg".into(),
+                    "name=opt/org.tianocore/IPv6PXESupport,string=no".into(),
+                ]);
+            }
+        }
+        if matches!(spec.boot, Boot::Pxe { .. }) && matches!(spec.nic, Nic::User) {
+            bail!("a PXE boot needs a tap NIC on the provisioner's network");
+        }
         args.extend([
-            "-netdev".into(),
-            format!(
-                "user,id=n0,hostfwd=tcp:127.0.0.1:{console_port}-:{},hostfwd=tcp:127.0.0.1:{agent_port}-:{}",
-                debvisor_api::paths::CONSOLE_HTTPS_PORT,
-                debvisor_api::paths::AGENT_TLS_PORT
-            ),
-            "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={NIC_MAC}"),
             "-display".into(),
             "none".into(),
             "-vga".into(),
@@ -331,7 +385,7 @@ impl Vm {
             "none".into(),
         ]);
 
-        let (child, pid, console, started) = launch(&args, spec.detach, &wd, &spec.console_log)?;
+        let (child, pid, console, started) = launch(&prefix, &args, spec.detach, &wd, &spec.console_log)?;
         Ok(Vm {
             child: Some(child),
             pid,
@@ -342,6 +396,7 @@ impl Vm {
             started,
             keep: false,
             args,
+            prefix,
             detach: spec.detach,
         })
     }
@@ -353,7 +408,7 @@ impl Vm {
     /// from then on; `started` restarts.
     pub fn power_cycle(&mut self, console_log: &Path) -> Result<()> {
         self.kill();
-        let (child, pid, console, started) = launch(&self.args, self.detach, &self.workdir, console_log)?;
+        let (child, pid, console, started) = launch(&self.prefix, &self.args, self.detach, &self.workdir, console_log)?;
         self.child = Some(child);
         self.pid = pid;
         self.console = console;
@@ -399,9 +454,16 @@ impl Vm {
     }
 }
 
-/// Starts QEMU with `args` in `wd` (which holds its sockets and qemu.log)
-/// and connects to its serial socket, logging the console to `console_log`.
-fn launch(args: &[String], detach: bool, wd: &Path, console_log: &Path) -> Result<(Child, u32, Console, Instant)> {
+/// Starts QEMU with `args` in `wd` (which holds its sockets and qemu.log),
+/// under `prefix` (e.g. `ip netns exec NS`, which execs QEMU in place), and
+/// connects to its serial socket, logging the console to `console_log`.
+fn launch(
+    prefix: &[String],
+    args: &[String],
+    detach: bool,
+    wd: &Path,
+    console_log: &Path,
+) -> Result<(Child, u32, Console, Instant)> {
     let serial = wd.join("serial.sock");
     let qmp = wd.join("qmp.sock");
     let _ = std::fs::remove_file(&serial);
@@ -411,12 +473,15 @@ fn launch(args: &[String], detach: bool, wd: &Path, console_log: &Path) -> Resul
     let mut child = if detach {
         // Own session: no pdeathsig, no terminal signals.
         let mut cmd = Command::new("setsid");
-        cmd.arg(QEMU).args(args);
+        cmd.args(prefix).arg(QEMU).args(args);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         cmd.spawn().context("Cannot start setsid qemu-system-x86_64")?
     } else {
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--", QEMU]).args(args);
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .args(prefix)
+            .arg(QEMU)
+            .args(args);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         cmd.process_group(0);
         spawn_from_keeper(cmd).context("Cannot start setpriv qemu-system-x86_64")?

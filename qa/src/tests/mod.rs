@@ -9,6 +9,7 @@ mod config;
 mod console_browser;
 mod console_node;
 mod host;
+mod pxe;
 mod supervisor;
 mod update;
 
@@ -214,6 +215,12 @@ pub const TESTS: &[Test] = &[
         run: config::config_invalid,
     },
     Test {
+        name: "pxe_live",
+        what: "a diskless VM boots live through OVMF PXE, iPXE and the provisioner: root image into RAM, sha256 checked, per-MAC host name",
+        kind: Kind::Vm,
+        run: pxe::pxe_live,
+    },
+    Test {
         name: "update_ab",
         what: "RAUC A/B: v1 -> v2 into slot B with a power cut in the download; a flipped-byte and a foreign bundle refused; power cuts mid-write and late in writing slot A; v3 fails its boot gate and the node falls back to v2",
         kind: Kind::Vm,
@@ -223,7 +230,12 @@ pub const TESTS: &[Test] = &[
 
 /// Tests being built: run only when named (`debvisor-qa test NAME`), not
 /// part of the suite until they pass.
-pub const WIP: &[Test] = &[];
+pub const WIP: &[Test] = &[Test {
+    name: "pxe_install",
+    what: "a VM with a blank disk installs through PXE to the only empty disk, reboots from it and comes up with its per-MAC host name",
+    kind: Kind::Vm,
+    run: pxe::pxe_install,
+}];
 
 /// Options of `test`.
 #[derive(Debug, Clone, clap::Args)]
@@ -333,6 +345,11 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
     }
     if has_host && !a.no_build && (a.image.is_some() || !has_vm) {
         host_agent::build_binaries(paths, HOST_BINARIES)?;
+    }
+    if !a.no_build && selected.iter().any(|t| t.name.starts_with("pxe_")) {
+        // The PXE tests run the provisioner on this host. Built with the
+        // same packages as qa/test.sh builds (one feature set, no rebuild).
+        host_agent::build_binaries(paths, &["debvisor-qa", "debvisor-image", "debvisor-provision"])?;
     }
     let (mut passed, mut failed) = (0, 0);
     let shared: Mutex<Option<Node>> = Mutex::new(None);

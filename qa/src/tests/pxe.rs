@@ -1,0 +1,341 @@
+//! PXE system tests: the release `debvisor-provision` serves the image's PXE
+//! set (`pxe/`, from the image builder) on a bridge in a network namespace,
+//! and a VM whose NIC is a tap on that bridge boots through OVMF's own PXE
+//! (no iPXE option ROM) -> Debian's iPXE over TFTP -> its per-MAC script
+//! over HTTP -> the node's kernel and initramfs.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use super::Ctx;
+use crate::netns::Netns;
+use crate::node::with_tail;
+use crate::qemu::{Boot, Nic, Vm, VmSpec};
+use crate::serial::SerialGuest;
+
+const SERVER: &str = "198.51.100.1";
+
+/// A provisioning network: namespace, bridge `br0` with the provisioner's
+/// address, one tap for the VM, the provisioner's config and state.
+struct PxeLab {
+    ns: Netns,
+    dir: PathBuf,
+    bin: PathBuf,
+    server: Option<Child>,
+}
+
+impl PxeLab {
+    /// Sets up the network and a state directory whose images hold this
+    /// image's PXE set as version `version`.
+    fn new(ctx: &Ctx, name: &str) -> Result<PxeLab> {
+        let bin = ctx.paths.root.join("target/release/debvisor-provision");
+        ensure!(
+            bin.is_file(),
+            "{} not found: cargo build --release -p debvisor-provision",
+            bin.display()
+        );
+        let ns = Netns::create(name)?;
+        ns.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        ns.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "br0"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"])?;
+        ns.ip(&["link", "set", "tap0", "master", "br0", "up"])?;
+        let dir = ctx.dir.join("provisioner");
+        let _ = std::fs::remove_dir_all(&dir);
+        let images = dir.join("state/images").join(&ctx.version);
+        std::fs::create_dir_all(&images)?;
+        let set = ctx.image.join("pxe");
+        for f in ["vmlinuz", "initrd.img", "rootfs.squashfs", "disk.img", "SHA256SUMS"] {
+            let from = set.join(f);
+            ensure!(
+                from.is_file(),
+                "{} not found: the image builder makes the PXE set (rebuild the image)",
+                from.display()
+            );
+            if std::fs::hard_link(&from, images.join(f)).is_err() {
+                std::fs::copy(&from, images.join(f)).with_context(|| format!("Copying {}", from.display()))?;
+            }
+        }
+        std::fs::write(
+            dir.join("provision.toml"),
+            format!(
+                r#"state_dir = "{state}"
+
+[[network]]
+interface = "br0"
+address = "{SERVER}/24"
+mode = "server"
+range = ["198.51.100.100", "198.51.100.200"]
+router = "{SERVER}"
+lease_secs = 3600
+"#,
+                state = dir.join("state").display()
+            ),
+        )?;
+        Ok(PxeLab {
+            ns,
+            dir,
+            bin,
+            server: None,
+        })
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("provision.toml")
+    }
+
+    /// Appends a reservation to the config (before [`PxeLab::serve`]).
+    fn reserve(&self, mac: &str, ip: &str, hostname: &str) -> Result<()> {
+        let mut text = std::fs::read_to_string(self.config())?;
+        text.push_str(&format!(
+            "\n[[reservation]]\nmac = \"{mac}\"\nip = \"{ip}\"\nhostname = \"{hostname}\"\n"
+        ));
+        Ok(std::fs::write(self.config(), text)?)
+    }
+
+    /// Runs a lab command of the provisioner (`put-profile FILE`, `machines`).
+    fn cli(&self, cmd: &str, file_text: Option<&str>) -> Result<String> {
+        let mut c = Command::new(&self.bin);
+        c.arg(cmd).arg("--config").arg(self.config());
+        if let Some(text) = file_text {
+            let f = self.dir.join(format!("{cmd}.toml"));
+            std::fs::write(&f, text)?;
+            c.arg(f);
+        }
+        crate::cfgdisk::run(&mut c)
+    }
+
+    /// Starts the provisioner in the namespace; waits until it serves.
+    fn serve(&mut self) -> Result<()> {
+        let log = self.dir.join("provisioner.log");
+        let cfg = self.config();
+        let child = self.ns.spawn(
+            &[&self.bin.to_string_lossy(), "serve", "--config", &cfg.to_string_lossy()],
+            Some(&log),
+        )?;
+        self.server = Some(child);
+        for _ in 0..150 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("serving") {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+                bail!("The provisioner exited ({status}):\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("The provisioner did not start serving in 30 s: see {}", log.display())
+    }
+
+    /// A VM on the tap, booting from the network first.
+    fn vm(&self, ctx: &Ctx, mac: &str, disk: Option<PathBuf>) -> Result<Vm> {
+        Vm::start(&VmSpec {
+            boot: Boot::Pxe { disk },
+            workdir: ctx.dir.join("vm"),
+            console_log: ctx.dir.join("console.log"),
+            memory_mib: ctx.memory_mib,
+            accel: ctx.accel,
+            console_port: None,
+            agent_port: None,
+            detach: false,
+            nic: Nic::Tap {
+                netns: self.ns.name.clone(),
+                tap: "tap0".into(),
+                mac: mac.into(),
+            },
+        })
+    }
+}
+
+impl Drop for PxeLab {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A lab serving one machine `mac` (reserved address `ip`, host name
+/// `host`) with profile `profile` of `mode`; `extra` ends the profile's TOML.
+fn lab_for(ctx: &Ctx, ns: &str, m: &Machine, mode: &str, extra: &str) -> Result<PxeLab> {
+    let mut lab = PxeLab::new(ctx, ns)?;
+    lab.reserve(m.mac, m.ip, m.host)?;
+    let profile = format!("{mode}-lab");
+    lab.cli(
+        "put-profile",
+        Some(&format!(
+            "name = \"{profile}\"\nmode = \"{mode}\"\nimage = \"{}\"\n\
+             kernel_args = [\"console=ttyS0,115200\", \"panic=10\"]\n\
+             config = '''\nversion = 1\n[node]\nhostname = \"{{{{hostname}}}}\"\n'''\n{extra}",
+            ctx.version
+        )),
+    )?;
+    lab.cli(
+        "put-group",
+        Some(&format!(
+            "name = \"lab\"\nprofile = \"{profile}\"\n[selector]\nmac = \"{}\"\n",
+            m.mac
+        )),
+    )?;
+    lab.serve()?;
+    Ok(lab)
+}
+
+/// The machine a test boots.
+struct Machine {
+    mac: &'static str,
+    ip: &'static str,
+    host: &'static str,
+}
+
+/// Waits for ready, prints and keeps the time, checks the console shows
+/// `needles`, and logs in as root.
+fn ready<'a>(ctx: &Ctx, vm: &'a Vm, what: &str, timeout: Duration, needles: &[&str]) -> Result<SerialGuest<'a>> {
+    let info = vm
+        .console
+        .wait_ready(0, timeout)
+        .map_err(|e| with_tail(e.context(format!("The {what} node did not reach ready")), vm))?;
+    let secs = info.ready_at.as_secs_f64();
+    println!("  {what} to ready: {secs:.1} s");
+    std::fs::write(ctx.dir.join("ready.txt"), format!("{what} to ready: {secs:.1} s\n"))?;
+    let log = vm.console.text(0, vm.console.offset());
+    for needle in needles {
+        ensure!(log.contains(needle), "The console shows no {needle:?}: see console.log");
+    }
+    let (_, password) = info.admin.clone().context("The first boot printed no admin password")?;
+    SerialGuest::login(&vm.console, "root", &password, Duration::from_secs(120))
+}
+
+/// Runs `cmd` on the node; its trimmed output, or an error if it failed.
+fn sh(g: &mut SerialGuest, cmd: &str) -> Result<String> {
+    let (rc, out) = g.exec(cmd, super::CMD)?;
+    ensure!(rc == 0, "`{cmd}` on the node exited {rc}: {}", out.trim());
+    Ok(out.trim().to_string())
+}
+
+/// The node's host name and address are its reservation's.
+fn check_identity(g: &mut SerialGuest, m: &Machine) -> Result<()> {
+    let hostname = sh(g, "hostname")?;
+    ensure!(
+        hostname == m.host,
+        "The node is called {hostname:?}, not {:?} (its per-MAC config)",
+        m.host
+    );
+    let addr = sh(g, "ip -4 -o addr show")?;
+    ensure!(
+        addr.contains(&format!("{}/24", m.ip)),
+        "The node lacks its reserved address {}: {addr}",
+        m.ip
+    );
+    Ok(())
+}
+
+/// The provisioner's row for `mac` (`machines` output).
+fn machine_row(lab: &PxeLab, mac: &str) -> Result<String> {
+    let machines = lab.cli("machines", None)?;
+    machines
+        .lines()
+        .find(|l| l.starts_with(mac))
+        .map(str::to_string)
+        .with_context(|| format!("The provisioner did not record {mac}: {machines}"))
+}
+
+/// A diskless VM boots live from the network: the initramfs fetches the
+/// root image into RAM, checks its sha256 and boots it to ready; the node
+/// takes its per-MAC host name from the config the provisioner renders, no
+/// disk exists, and the provisioner recorded the machine.
+pub(super) fn pxe_live(ctx: &Ctx) -> Result<()> {
+    let m = Machine {
+        mac: "52:54:00:00:00:41",
+        ip: "198.51.100.41",
+        host: "pxe-live-1",
+    };
+    let lab = lab_for(ctx, "dvq-pxe-live", &m, "live", "")?;
+    let vm = lab.vm(ctx, m.mac, None)?;
+    let needles = [
+        "profile live-lab (live)",
+        "debvisor: live root http://198.51.100.1:8080/images/",
+        "(sha256 verified",
+    ];
+    let mut g = ready(ctx, &vm, "PXE live boot", ctx.boot_timeout, &needles)?;
+    let root = sh(&mut g, "findmnt -n -o SOURCE,FSTYPE,OPTIONS /")?;
+    ensure!(
+        root.starts_with("/dev/loop") && root.contains("squashfs") && root.contains("ro"),
+        "/ is not the read-only image on a loop device: {root}"
+    );
+    let data = sh(&mut g, "findmnt -n -o FSTYPE /data")?;
+    ensure!(data == "tmpfs", "/data is {data}, not RAM");
+    let disks = sh(&mut g, "lsblk -d -n -e 7,11 -o NAME,TYPE")?;
+    // -e 7,11: not the loop device of the root, nor the VM's CD-ROM.
+    ensure!(disks.is_empty(), "A live node has disks: {disks}");
+    check_identity(&mut g, &m)?;
+    drop(g);
+    let row = machine_row(&lab, m.mac)?;
+    ensure!(row.contains("live-lab"), "machine row: {row}");
+    Ok(())
+}
+
+/// A VM with a blank disk installs from the network: the initramfs writes
+/// the disk image to the only empty disk of at least 4 GB, checks it, hands
+/// the per-MAC config to the first boot and tells the provisioner, which
+/// then sends the machine on to its disk; the node boots slot A from disk
+/// to ready with its per-MAC host name.
+pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
+    let m = Machine {
+        mac: "52:54:00:00:00:42",
+        ip: "198.51.100.42",
+        host: "pxe-installed-1",
+    };
+    let lab = lab_for(
+        ctx,
+        "dvq-pxe-inst",
+        &m,
+        "install",
+        "[install_disk.only_empty]\nmin_gb = 4\n",
+    )?;
+    // A blank 8 GiB disk (sparse; the VM writes to an overlay of it).
+    let blank = ctx.dir.join("blank.img");
+    std::fs::File::create(&blank)?.set_len(8 << 30)?;
+    let vm = lab.vm(ctx, m.mac, Some(blank))?;
+    let needles = [
+        "profile install-lab (install)",
+        "debvisor: install: writing http://198.51.100.1:8080/images/",
+        "written and verified (sha256",
+        "machine config from http://198.51.100.1:8080/machines/52-54-00-00-00-42/config kept",
+        "is installed (profile install-lab): booting the next device",
+        "debvisor: booting slot A",
+    ];
+    let mut g = ready(ctx, &vm, "PXE install", ctx.boot_timeout * 2, &needles)?;
+    let root = sh(&mut g, "findmnt -n -o SOURCE,FSTYPE /")?;
+    ensure!(
+        root.starts_with("/dev/vda2 squashfs"),
+        "/ is not slot A of the disk: {root}"
+    );
+    let handover = sh(
+        &mut g,
+        "test -e /data/install/machine.toml && echo present || echo gone",
+    )?;
+    ensure!(handover == "gone", "The installer's config hand-over was not adopted");
+    check_identity(&mut g, &m)?;
+    drop(g);
+    let row = machine_row(&lab, m.mac)?;
+    ensure!(
+        row.contains("install-lab") && row.split('\t').any(|f| f == "installed"),
+        "The provisioner does not show the machine installed: {row}"
+    );
+    Ok(())
+}
