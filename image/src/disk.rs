@@ -243,11 +243,45 @@ pub fn make_disk(
     Ok(())
 }
 
+/// How much of the disk image an installer must write: the GPT, the ESP and
+/// root_a up to the end of the slot. root_b is written by the first update,
+/// data is formatted by the installer, and the backup GPT is put at the end
+/// of the real disk afterwards (`sfdisk --relocate gpt-bak-std`).
+pub fn install_len(layout: &Layout, slot_len: u64) -> u64 {
+    (layout.part("root_a").start + slot_len).div_ceil(4096) * 4096
+}
+
+/// Writes the first `len` bytes of the disk image `disk` to `out` (sparse).
+pub fn write_prefix(disk: &Path, out: &Path, len: u64, progress: &Progress) -> Result<(), DiskError> {
+    let have = std::fs::metadata(disk).map_err(io("Reading", disk))?.len();
+    if len > have {
+        let short = std::io::Error::other(format!("it has {have} bytes, the install image needs {len}"));
+        return Err(io("Cutting the install image from", disk)(short).into());
+    }
+    let _ = std::fs::remove_file(out);
+    File::create(out)
+        .and_then(|f| f.set_len(len))
+        .map_err(io("Creating", out))?;
+    copy_range(disk, len, out, 0, progress, "install.img")
+}
+
 /// Writes `src` into `dst` at `offset`, skipping all-zero blocks so `dst`
 /// stays sparse, with a byte progress bar.
 fn copy_into(src: &Path, dst: &Path, offset: u64, progress: &Progress, label: &str) -> Result<(), DiskError> {
-    let mut input = File::open(src).map_err(io("Opening", src))?;
-    let len = input.metadata().map_err(io("Reading", src))?.len();
+    let len = std::fs::metadata(src).map_err(io("Reading", src))?.len();
+    copy_range(src, len, dst, offset, progress, label)
+}
+
+/// Writes the first `len` bytes of `src` into `dst` at `offset` (sparse).
+fn copy_range(
+    src: &Path,
+    len: u64,
+    dst: &Path,
+    offset: u64,
+    progress: &Progress,
+    label: &str,
+) -> Result<(), DiskError> {
+    let mut input = File::open(src).map_err(io("Opening", src))?.take(len);
     let mut output = std::fs::OpenOptions::new()
         .write(true)
         .open(dst)
@@ -276,7 +310,7 @@ fn copy_into(src: &Path, dst: &Path, offset: u64, progress: &Progress, label: &s
     Ok(())
 }
 
-fn read_full(r: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
@@ -304,6 +338,8 @@ mod tests {
         assert_eq!(l.part("root_a").start, 65 * MIB);
         assert_eq!(l.part("data").start, (65 + 2 * 768) * MIB);
         assert_eq!(l.total, (65 + 2 * 768 + 64 + 1) * MIB);
+        // The installer writes through the slot's last 4 KiB block.
+        assert_eq!(install_len(&l, 4096 * 10 + 1), 65 * MIB + 4096 * 11);
         let script = l.sfdisk_script("node 1");
         assert!(script.contains("start=2048, size=131072, type=C12A7328"));
         assert!(script.contains("name=\"root_b\""));
@@ -334,6 +370,12 @@ mod tests {
         let out = std::fs::read(&dst).unwrap();
         assert_eq!(out[4096 + 200 * 1024], 7);
         assert_eq!(out.iter().filter(|&&b| b != 0).count(), 1);
+        // The prefix is the first bytes, whole, and no more.
+        let prefix = dir.join("prefix");
+        write_prefix(&dst, &prefix, 4096 + 200 * 1024 + 1, &p).unwrap();
+        assert_eq!(std::fs::read(&prefix).unwrap(), out[..4096 + 200 * 1024 + 1]);
+        let err = write_prefix(&dst, &prefix, 2 * MIB, &p).unwrap_err().to_string();
+        assert!(err.contains("Cutting the install image"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -257,9 +257,9 @@ fn build(args: &BuildArgs) -> Result<()> {
         kernel: &root.join("boot/vmlinuz"),
         initrd: &root.join("boot/initrd.img"),
         slot: (&slot_path, &slot_artifact),
-        disk: (&disk_path, &disk_artifact),
+        disk: (&disk_path, disk::install_len(&layout, slot_len)),
     };
-    pxe::write(&pxe_dir, &sources)?;
+    pxe::write(&pxe_dir, &sources, &progress)?;
     step.finish(&pxe_dir.display().to_string());
 
     // 12. Manifest.

@@ -281,7 +281,7 @@ pub struct Config {
     #[serde(default)]
     pub boot: Boot,
     /// The image sets served over HTTP, one directory per version holding
-    /// vmlinuz, initrd.img, rootfs.squashfs, disk.img and SHA256SUMS
+    /// vmlinuz, initrd.img, rootfs.squashfs, install.img and SHA256SUMS
     /// (default: `images` in the state directory).
     #[serde(default)]
     pub images_dir: Option<PathBuf>,

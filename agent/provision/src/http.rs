@@ -27,7 +27,7 @@ use crate::server::unix_now;
 use crate::store::{Machine, Store};
 
 /// The files of an image set served under `/images/VERSION/`.
-pub const IMAGE_FILES: &[&str] = &["vmlinuz", "initrd.img", "rootfs.squashfs", "disk.img", "SHA256SUMS"];
+pub const IMAGE_FILES: &[&str] = &["vmlinuz", "initrd.img", "rootfs.squashfs", "install.img", "SHA256SUMS"];
 
 /// What the handlers share.
 pub struct HttpState {
@@ -82,6 +82,14 @@ fn internal(s: &HttpState, e: impl std::fmt::Display) -> Refused {
 
 fn ipxe(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// A script that says `msg` and hands the machine back to its firmware's
+/// next boot option. `exit 1`, not `exit`: a UEFI boot manager (edk2's BDS)
+/// takes a successful return as "show the boot menu" and stops there; only
+/// a failure makes it go on through the boot order.
+fn next_device(msg: &str) -> Response {
+    ipxe(format!("#!ipxe\necho DebVisor provisioner: {msg}\nexit 1\n"))
 }
 
 /// The first script every iPXE gets: it chains to its own script, passing
@@ -194,14 +202,12 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
         Ok(p) => p,
         Err(why) => {
             tracing::warn!(%mac, "{why}");
-            return Ok(ipxe(format!(
-                "#!ipxe\necho DebVisor provisioner: {mac}: {why}\necho Booting the next device.\nexit\n"
-            )));
+            return Ok(next_device(&format!("{mac}: {why}. Booting the next device.")));
         }
     };
     if profile.mode == BootMode::Install && record.is_some_and(|r| r.installed) {
-        return Ok(ipxe(format!(
-            "#!ipxe\necho DebVisor provisioner: {mac} is installed (profile {}): booting the next device, its disk.\nexit\n",
+        return Ok(next_device(&format!(
+            "{mac} is installed (profile {}): booting the next device, its disk.",
             profile.name
         )));
     }
@@ -222,7 +228,7 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
             let _ = write!(args, " debvisor.live={img}/rootfs.squashfs debvisor.live_sha256={sha}");
         }
         BootMode::Install => {
-            let sha = sum_of(&s, &sums, &profile.image, "disk.img")?;
+            let sha = sum_of(&s, &sums, &profile.image, "install.img")?;
             let disk = profile
                 .install_disk
                 .as_ref()
@@ -230,7 +236,7 @@ async fn machine_script(State(s): State<Arc<HttpState>>, Query(q): Query<Machine
                 .unwrap_or_default();
             let _ = write!(
                 args,
-                " debvisor.install={img}/disk.img debvisor.install_sha256={sha} debvisor.install_disk={disk} \
+                " debvisor.install={img}/install.img debvisor.install_sha256={sha} debvisor.install_disk={disk} \
                  debvisor.installed={}/machines/{mac_path}/installed",
                 s.base
             );

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use debvisor_image::pxe;
+
 use super::Ctx;
 use crate::netns::Netns;
 use crate::node::with_tail;
@@ -57,17 +59,15 @@ impl PxeLab {
         let _ = std::fs::remove_dir_all(&dir);
         let images = dir.join("state/images").join(&ctx.version);
         std::fs::create_dir_all(&images)?;
-        let set = ctx.image.join("pxe");
-        for f in ["vmlinuz", "initrd.img", "rootfs.squashfs", "disk.img", "SHA256SUMS"] {
+        let set = pxe::dir(&ctx.image);
+        for f in pxe::FILES.iter().chain([&pxe::SUMS]) {
             let from = set.join(f);
             ensure!(
                 from.is_file(),
                 "{} not found: the image builder makes the PXE set (rebuild the image)",
                 from.display()
             );
-            if std::fs::hard_link(&from, images.join(f)).is_err() {
-                std::fs::copy(&from, images.join(f)).with_context(|| format!("Copying {}", from.display()))?;
-            }
+            pxe::link_or_copy(&from, &images.join(f))?;
         }
         std::fs::write(
             dir.join("provision.toml"),
@@ -320,10 +320,23 @@ pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
         "debvisor: booting slot A",
     ];
     let mut g = ready(ctx, &vm, "PXE install", ctx.boot_timeout * 2, &needles)?;
-    let root = sh(&mut g, "findmnt -n -o SOURCE,FSTYPE /")?;
+    let root = sh(
+        &mut g,
+        "echo $(readlink -f $(findmnt -n -o SOURCE /)) $(findmnt -n -o FSTYPE /)",
+    )?;
+    ensure!(root == "/dev/vda2 squashfs", "/ is not slot A of the disk: {root}");
+    // The installer wrote the image's start only: the backup GPT must now
+    // sit at the end of this disk and data must have grown to fill it.
+    let verify = sh(&mut g, "sfdisk --verify /dev/vda 2>&1")?;
     ensure!(
-        root.starts_with("/dev/vda2 squashfs"),
-        "/ is not slot A of the disk: {root}"
+        verify.contains("No errors detected"),
+        "The installed partition table has problems: {verify}"
+    );
+    let data = sh(&mut g, "lsblk -b -n -o SIZE /dev/vda4")?;
+    let data: u64 = data.parse().with_context(|| format!("lsblk said {data:?}"))?;
+    ensure!(
+        data > 6 << 30,
+        "The data partition has {data} bytes: it was not grown to the end of the 8 GiB disk"
     );
     let handover = sh(
         &mut g,

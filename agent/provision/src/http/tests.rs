@@ -20,13 +20,13 @@ async fn lab() -> Lab {
     let d = dir.path();
     let img = d.join("images/0.1.0");
     std::fs::create_dir_all(&img).unwrap();
-    for f in ["vmlinuz", "initrd.img", "disk.img"] {
+    for f in ["vmlinuz", "initrd.img", "install.img"] {
         std::fs::write(img.join(f), f.as_bytes()).unwrap();
     }
     std::fs::write(img.join("rootfs.squashfs"), b"hsqs-and-more").unwrap();
     std::fs::write(
         img.join("SHA256SUMS"),
-        format!("{SUM_ROOT}  rootfs.squashfs\n{SUM_DISK}  disk.img\n"),
+        format!("{SUM_ROOT}  rootfs.squashfs\n{SUM_DISK}  install.img\n"),
     )
     .unwrap();
     std::fs::write(d.join("secret"), SECRET).unwrap();
@@ -152,7 +152,7 @@ async fn the_chain_leads_each_machine_to_its_profile() {
     assert_eq!(st, StatusCode::OK, "{inst}");
     assert!(
         inst.contains(&format!(
-            "debvisor.install=http://198.51.100.1:8080/images/0.1.0/disk.img debvisor.install_sha256={SUM_DISK}"
+            "debvisor.install=http://198.51.100.1:8080/images/0.1.0/install.img debvisor.install_sha256={SUM_DISK}"
         )),
         "{inst}"
     );
@@ -172,7 +172,7 @@ async fn the_chain_leads_each_machine_to_its_profile() {
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (_, again) = call(&l.app, "GET", "/ipxe?mac=52-54-00-00-00-11", None).await;
     assert!(
-        again.contains("is installed") && again.trim_end().ends_with("exit"),
+        again.contains("is installed") && again.trim_end().ends_with("exit 1"),
         "{again}"
     );
     let (st, _) = call(&l.app, "POST", "/machines/52-54-00-00-00-99/installed", None).await;
