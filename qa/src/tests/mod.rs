@@ -221,6 +221,12 @@ pub const TESTS: &[Test] = &[
         run: pxe::pxe_live,
     },
     Test {
+        name: "pxe_proxy",
+        what: "proxyDHCP beside dnsmasq as the site's DHCP server: a diskless VM boots live to ready with dnsmasq's address; the provisioner leased nothing",
+        kind: Kind::Vm,
+        run: pxe::pxe_proxy,
+    },
+    Test {
         name: "pxe_install",
         what: "a VM with a blank disk installs through PXE to the only empty disk (image start streamed, read back, backup GPT moved to the disk's end), reboots from it and comes up with its per-MAC host name",
         kind: Kind::Vm,

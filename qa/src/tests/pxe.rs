@@ -19,20 +19,34 @@ use crate::qemu::{Boot, Nic, Vm, VmSpec};
 use crate::serial::SerialGuest;
 
 const SERVER: &str = "198.51.100.1";
+/// The site's DHCP server (dnsmasq) in proxy-mode labs.
+const SITE: &str = "198.51.100.2";
+
+/// Who hands out addresses on a lab's network.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dhcp {
+    /// The provisioner (mode = "server", with a reservation for the machine).
+    Server,
+    /// dnsmasq in a namespace of its own on the bridge, as a site's DHCP
+    /// server; the provisioner answers only PXE clients (mode = "proxy").
+    Proxy,
+}
 
 /// A provisioning network: namespace, bridge `br0` with the provisioner's
-/// address, one tap for the VM, the provisioner's config and state.
+/// address, one tap for the VM, the provisioner's config and state; in
+/// proxy labs also the site's namespace running dnsmasq.
 struct PxeLab {
     ns: Netns,
     dir: PathBuf,
     bin: PathBuf,
     server: Option<Child>,
+    site: Option<(Netns, Child)>,
 }
 
 impl PxeLab {
     /// Sets up the network and a state directory whose images hold this
     /// image's PXE set as version `version`.
-    fn new(ctx: &Ctx, name: &str) -> Result<PxeLab> {
+    fn new(ctx: &Ctx, name: &str, dhcp: Dhcp) -> Result<PxeLab> {
         let bin = ctx.paths.root.join("target/release/debvisor-provision");
         ensure!(
             bin.is_file(),
@@ -69,28 +83,67 @@ impl PxeLab {
             );
             pxe::link_or_copy(&from, &images.join(f))?;
         }
+        let mode = match dhcp {
+            Dhcp::Server => {
+                "mode = \"server\"\nrange = [\"198.51.100.100\", \"198.51.100.149\"]\nrouter = \"198.51.100.1\"\nlease_secs = 3600\n"
+            }
+            Dhcp::Proxy => "mode = \"proxy\"\n",
+        };
         std::fs::write(
             dir.join("provision.toml"),
             format!(
-                r#"state_dir = "{state}"
-
-[[network]]
-interface = "br0"
-address = "{SERVER}/24"
-mode = "server"
-range = ["198.51.100.100", "198.51.100.200"]
-router = "{SERVER}"
-lease_secs = 3600
-"#,
-                state = dir.join("state").display()
+                "state_dir = \"{}\"\n\n[[network]]\ninterface = \"br0\"\naddress = \"{SERVER}/24\"\n{mode}",
+                dir.join("state").display()
             ),
         )?;
-        Ok(PxeLab {
+        let mut lab = PxeLab {
             ns,
             dir,
             bin,
             server: None,
-        })
+            site: None,
+        };
+        if dhcp == Dhcp::Proxy {
+            lab.site = Some(lab.site_dhcp(&format!("{name}-site"))?);
+        }
+        Ok(lab)
+    }
+
+    /// The site's DHCP server: dnsmasq in namespace `name`, on a veth
+    /// whose peer is a port of the bridge. It knows nothing of PXE; it gives
+    /// every machine in [`PROXY_MACHINE`]'s lab its fixed address.
+    fn site_dhcp(&self, name: &str) -> Result<(Netns, Child)> {
+        let site = Netns::create(name)?;
+        crate::netns::veth(&self.ns, "site0", &site, "eth0")?;
+        self.ns.ip(&["link", "set", "site0", "master", "br0"])?;
+        site.ip(&["addr", "add", &format!("{SITE}/24"), "dev", "eth0"])?;
+        let log = self.dir.join("dnsmasq.log");
+        let leases = format!("--dhcp-leasefile={}", self.dir.join("dnsmasq.leases").display());
+        let host = format!("--dhcp-host={},{}", PROXY_MACHINE.mac, PROXY_MACHINE.ip);
+        let child = site.spawn(
+            &[
+                "dnsmasq",
+                "-d",
+                "-k",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--dhcp-range=198.51.100.150,198.51.100.199,255.255.255.0,1h",
+                &host,
+                &leases,
+                "--log-facility=-",
+                "--log-dhcp",
+            ],
+            Some(&log),
+        )?;
+        for _ in 0..100 {
+            let out = site.command(&["ss", "-Hulpn", "sport = :67"]).output()?;
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return Ok((site, child));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("dnsmasq did not bind port 67 in 20 s: see {}", log.display())
     }
 
     fn config(&self) -> PathBuf {
@@ -162,18 +215,24 @@ lease_secs = 3600
 
 impl Drop for PxeLab {
     fn drop(&mut self) {
-        if let Some(mut c) = self.server.take() {
+        // Reap the children; the namespaces go with the fields.
+        let site = self.site.as_mut().map(|(_, c)| c);
+        for c in self.server.iter_mut().chain(site) {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 }
 
-/// A lab serving one machine `mac` (reserved address `ip`, host name
-/// `host`) with profile `profile` of `mode`; `extra` ends the profile's TOML.
-fn lab_for(ctx: &Ctx, ns: &str, m: &Machine, mode: &str, extra: &str) -> Result<PxeLab> {
-    let mut lab = PxeLab::new(ctx, ns)?;
-    lab.reserve(m.mac, m.ip, m.host)?;
+/// A lab serving one machine `m` with a profile of `mode`; `extra` ends the
+/// profile's TOML. With [`Dhcp::Server`] the provisioner reserves the
+/// machine's address and host name; with [`Dhcp::Proxy`] the site's dnsmasq
+/// gives the address and the host name is the provisioner's default.
+fn lab_for(ctx: &Ctx, ns: &str, m: &Machine, mode: &str, extra: &str, dhcp: Dhcp) -> Result<PxeLab> {
+    let mut lab = PxeLab::new(ctx, ns, dhcp)?;
+    if dhcp == Dhcp::Server {
+        lab.reserve(m.mac, m.ip, m.host)?;
+    }
     let profile = format!("{mode}-lab");
     lab.cli(
         "put-profile",
@@ -264,7 +323,7 @@ pub(super) fn pxe_live(ctx: &Ctx) -> Result<()> {
         ip: "198.51.100.41",
         host: "pxe-live-1",
     };
-    let lab = lab_for(ctx, "dvq-pxe-live", &m, "live", "")?;
+    let lab = lab_for(ctx, "dvq-pxe-live", &m, "live", "", Dhcp::Server)?;
     let vm = lab.vm(ctx, m.mac, None)?;
     let needles = [
         "profile live-lab (live)",
@@ -306,6 +365,7 @@ pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
         &m,
         "install",
         "[install_disk.only_empty]\nmin_gb = 4\n",
+        Dhcp::Server,
     )?;
     // A blank 8 GiB disk (sparse; the VM writes to an overlay of it).
     let blank = ctx.dir.join("blank.img");
@@ -350,5 +410,43 @@ pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
         row.contains("install-lab") && row.split('\t').any(|f| f == "installed"),
         "The provisioner does not show the machine installed: {row}"
     );
+    Ok(())
+}
+
+/// The machine of the proxy lab: its address comes from the site's dnsmasq,
+/// its host name is the provisioner's default for its MAC.
+const PROXY_MACHINE: Machine = Machine {
+    mac: "52:54:00:00:00:43",
+    ip: "198.51.100.43",
+    host: "node-525400000043",
+};
+
+/// proxyDHCP beside a site's DHCP server: dnsmasq (knowing nothing of PXE)
+/// hands out the addresses, the provisioner only tells PXE clients where to
+/// boot (ports 67 and 4011). A diskless VM boots live to ready through both,
+/// with dnsmasq's address and its per-MAC config; the provisioner leased
+/// nothing.
+pub(super) fn pxe_proxy(ctx: &Ctx) -> Result<()> {
+    let m = PROXY_MACHINE;
+    let lab = lab_for(ctx, "dvq-pxe-proxy", &m, "live", "", Dhcp::Proxy)?;
+    let vm = lab.vm(ctx, m.mac, None)?;
+    let needles = ["profile live-lab (live)", "(sha256 verified"];
+    let mut g = ready(ctx, &vm, "PXE live boot (proxyDHCP)", ctx.boot_timeout, &needles)?;
+    check_identity(&mut g, &m)?;
+    drop(g);
+    let dnsmasq = std::fs::read_to_string(lab.dir.join("dnsmasq.log")).unwrap_or_default();
+    ensure!(
+        dnsmasq.contains(&format!("DHCPACK(eth0) {} {}", m.ip, m.mac)),
+        "dnsmasq did not hand {} its address: see {}",
+        m.mac,
+        lab.dir.join("dnsmasq.log").display()
+    );
+    let leases = lab.cli("leases", None)?;
+    ensure!(
+        !leases.contains(m.mac),
+        "The provisioner leased an address in proxy mode: {leases}"
+    );
+    let row = machine_row(&lab, m.mac)?;
+    ensure!(row.contains("live-lab"), "machine row: {row}");
     Ok(())
 }
