@@ -1,6 +1,7 @@
 //! `debvisor-qa bench dhcp`: DHCP 4-way exchanges per second of our
 //! provisioner and of dnsmasq, driven by perfdhcp (Kea) through the same
-//! namespace pair in the same run.
+//! namespace pair in the same run; then the PXE boot figures: `pxe_live`
+//! and `pxe_install` run as in the suite, timed from QEMU start to ready.
 //!
 //! perfdhcp acts as a relay (it sets giaddr), so it gets a namespace of its
 //! own. Each level starts its server afresh with an empty lease store and
@@ -20,6 +21,8 @@ use serde_json::json;
 use crate::bench_agent::{cpu_seconds, read_kb};
 use crate::netns::{Netns, veth};
 use crate::node::Paths;
+use crate::qemu::Accel;
+use crate::tests as suite;
 
 /// perfdhcp waits this long after the last request for late answers (µs), so
 /// that answers in flight at the end are not counted as drops.
@@ -39,9 +42,20 @@ pub struct DhcpArgs {
     /// Seconds each rate is offered.
     #[arg(long, default_value_t = 10)]
     pub duration: u32,
-    /// Do not run cargo; use target/release/debvisor-provision as it is.
+    /// Do not run cargo or build the image; use target/release and
+    /// target/qa/image as they are.
     #[arg(long)]
     pub no_build: bool,
+    /// Skip the PXE boots (live and install to ready, about 6 minutes under
+    /// TCG; they need the node image).
+    #[arg(long)]
+    pub no_pxe: bool,
+    /// Seconds each PXE boot may take to reach ready.
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+    /// Guest memory in MiB for the PXE boots.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +102,7 @@ impl Level {
 }
 
 /// Runs the benchmark and writes target/qa/bench/dhcp.json.
-pub fn dhcp(paths: &Paths, a: &DhcpArgs) -> Result<()> {
+pub fn dhcp(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &DhcpArgs) -> Result<()> {
     if a.rates.is_empty() || a.rates.contains(&0) || a.duration == 0 {
         bail!("--rates needs positive rates and --duration at least 1 s");
     }
@@ -101,7 +115,7 @@ pub fn dhcp(paths: &Paths, a: &DhcpArgs) -> Result<()> {
         }
     }
     if !a.no_build {
-        crate::host_agent::build_binaries(paths, &["debvisor-provision"])?;
+        crate::host_agent::build_binaries(paths, suite::PXE_BINARIES)?;
     }
     let bin = crate::host_agent::release_binary(paths, "debvisor-provision", "debvisor-provision")?;
     let tag = std::process::id() % 100_000;
@@ -146,7 +160,18 @@ pub fn dhcp(paths: &Paths, a: &DhcpArgs) -> Result<()> {
         }
         results.push((server, levels));
     }
-    report(paths, a, &results)
+    drop((srv, cli));
+    let pxe = if a.no_pxe {
+        Vec::new()
+    } else {
+        let boot = suite::BenchBoot {
+            accel,
+            boot_timeout: a.boot_timeout,
+            memory: a.memory,
+        };
+        suite::pxe_ready_times(paths, rt, boot, a.no_build)?
+    };
+    report(paths, a, &results, &pxe)
 }
 
 fn start(server: Server, bin: &Path, ns: &Netns, dir: &Path, clients: u64) -> Result<Child> {
@@ -273,7 +298,7 @@ fn peak(levels: &[Level], duration: u32) -> f64 {
     levels.iter().map(|l| l.acks_per_s(duration)).fold(0.0, f64::max)
 }
 
-fn report(paths: &Paths, a: &DhcpArgs, results: &[(Server, Vec<Level>)]) -> Result<()> {
+fn report(paths: &Paths, a: &DhcpArgs, results: &[(Server, Vec<Level>)], pxe: &[(&str, f64)]) -> Result<()> {
     println!();
     println!(
         "bench dhcp: perfdhcp (DORA, every exchange a new client), {} s per rate, namespaces joined by a veth pair",
@@ -314,7 +339,16 @@ fn report(paths: &Paths, a: &DhcpArgs, results: &[(Server, Vec<Level>)]) -> Resu
         "  target: no drops at dnsmasq's peak rate ({peer:.0}/s): {} (ours: no drops up to {ours}/s)",
         if met { "met" } else { "NOT met" }
     );
-    println!("  PXE live boot and PXE install to ready: not measured yet (the iPXE boot path is not built yet)");
+    if pxe.is_empty() {
+        println!("  PXE boots to ready: skipped (--no-pxe)");
+    }
+    for (name, secs) in pxe {
+        let what = match *name {
+            "pxe_live" => "PXE live boot to ready",
+            _ => "PXE install to ready (blank disk)",
+        };
+        println!("  {what:<34} {secs:>6.1} s  (TCG, from QEMU start; {name})");
+    }
     let out: PathBuf = paths.bench().join("dhcp.json");
     std::fs::create_dir_all(paths.bench())?;
     let doc = json!({
@@ -330,6 +364,7 @@ fn report(paths: &Paths, a: &DhcpArgs, results: &[(Server, Vec<Level>)]) -> Resu
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "target_met": met,
+        "pxe_to_ready_s": pxe.iter().map(|(n, s)| ((*n).to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
     });
     std::fs::write(&out, serde_json::to_string_pretty(&doc)?)?;
     println!("JSON      {}", out.display());

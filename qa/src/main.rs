@@ -118,7 +118,7 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Update(a),
         } => tests::bench_update(&paths, &rt, cli.accel, a).map(|()| true),
-        Cmd::Bench { cmd: BenchCmd::Dhcp(a) } => bench_dhcp::dhcp(&paths, a).map(|()| true),
+        Cmd::Bench { cmd: BenchCmd::Dhcp(a) } => bench_dhcp::dhcp(&paths, &rt, cli.accel, a).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -16,6 +16,10 @@ use futures_util::io::{Cursor, Sink};
 use crate::config::MAX_BOOT_FILE;
 use crate::metrics::Metrics;
 
+/// The largest file served (iPXE binaries are well under 1 MiB; the
+/// kernel and images go over HTTP).
+pub const MAX_FILE: u64 = 16 << 20;
+
 /// Whether `name` is a plain file name: 1-128 bytes of `A-Z a-z 0-9 _ . -`,
 /// not `.` or `..`.
 pub fn is_plain_file_name(name: &str) -> bool {
@@ -78,8 +82,17 @@ impl Handler for ReadOnly {
             Refusal::Path => refuse(why, TftpError::PermissionDenied),
             Refusal::NotFound => refuse(why, TftpError::FileNotFound),
         })?;
-        // The iPXE binaries are small (< 1 MiB): read whole, serve from memory.
-        let data = std::fs::read(&file).map_err(|e| {
+        // The iPXE binaries are small (< 1 MiB): read whole, off the async
+        // threads, and serve from memory; anything large is not one of them.
+        let data = match tokio::fs::metadata(&file).await {
+            Ok(m) if m.len() > MAX_FILE => Err(std::io::Error::other(format!(
+                "{} bytes, more than the {MAX_FILE} a boot loader may have over TFTP",
+                m.len()
+            ))),
+            Ok(_) => tokio::fs::read(&file).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
             tracing::warn!(file = %file.display(), error = %e, "TFTP read failed");
             self.metrics.tftp("error");
             TftpError::FileNotFound
@@ -148,5 +161,26 @@ mod tests {
         assert_eq!(r("missing.efi"), Err(Refusal::NotFound));
         assert_eq!(r("sub"), Err(Refusal::NotFound), "a directory is not a file");
         assert_eq!(r("link"), Err(Refusal::NotFound), "symlinks are not followed");
+    }
+
+    #[tokio::test]
+    async fn serves_small_files_and_refuses_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snponly.efi"), b"ipxe").unwrap();
+        std::fs::File::create(dir.path().join("huge.img"))
+            .unwrap()
+            .set_len(MAX_FILE + 1)
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut h = ReadOnly {
+            root: dir.path().to_owned(),
+            metrics: metrics.clone(),
+        };
+        let client: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let (_, len) = h.read_req_open(&client, Path::new("snponly.efi")).await.unwrap();
+        assert_eq!(len, Some(4));
+        let err = h.read_req_open(&client, Path::new("huge.img")).await.unwrap_err();
+        assert!(matches!(err, TftpError::FileNotFound), "{err:?}");
+        assert_eq!((metrics.tftp_count("ok"), metrics.tftp_count("error")), (1, 1));
     }
 }

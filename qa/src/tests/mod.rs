@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::host_agent;
 use crate::node::{self, Node, NodeOpts, Paths};
@@ -244,6 +244,10 @@ pub const TESTS: &[Test] = &[
 /// part of the suite until they pass.
 pub const WIP: &[Test] = &[];
 
+/// What the PXE tests run on this host, built as one set (the packages
+/// qa/test.sh builds, so one feature set and no rebuild).
+pub const PXE_BINARIES: &[&str] = &["debvisor-qa", "debvisor-image", "debvisor-provision"];
+
 /// Options of `test`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TestArgs {
@@ -282,28 +286,79 @@ pub struct UpdateBenchArgs {
     pub memory: u32,
 }
 
-/// `bench update`: see [`update::bench`].
-pub fn bench_update(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &UpdateBenchArgs) -> Result<()> {
+/// How a benchmark boots nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchBoot {
+    pub accel: Accel,
+    /// Seconds each boot may take to reach ready.
+    pub boot_timeout: u64,
+    /// Guest memory in MiB.
+    pub memory: u32,
+}
+
+/// A [`Ctx`] for a benchmark that boots nodes from target/qa/image, with
+/// fresh artifacts under target/qa/artifacts/`name`.
+fn bench_ctx<'a>(
+    paths: &'a Paths,
+    rt: &'a tokio::runtime::Runtime,
+    boot: BenchBoot,
+    name: &str,
+    shared: &'a Mutex<Option<Node>>,
+) -> Result<Ctx<'a>> {
     let image = paths.image();
-    if !a.no_build {
-        node::build_image(paths, &image, None)?;
-    }
-    let dir = paths.artifacts().join("bench_update");
+    let dir = paths.artifacts().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let shared: Mutex<Option<Node>> = Mutex::new(None);
-    let ctx = Ctx {
+    Ok(Ctx {
         rt,
         paths,
         version: node::manifest_version(&image)?,
         image,
         dir,
+        accel: boot.accel,
+        boot_timeout: Duration::from_secs(boot.boot_timeout),
+        memory_mib: boot.memory,
+        shared,
+    })
+}
+
+/// `bench update`: see [`update::bench`].
+pub fn bench_update(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &UpdateBenchArgs) -> Result<()> {
+    if !a.no_build {
+        node::build_image(paths, &paths.image(), None)?;
+    }
+    let shared: Mutex<Option<Node>> = Mutex::new(None);
+    let boot = BenchBoot {
         accel,
-        boot_timeout: Duration::from_secs(a.boot_timeout),
-        memory_mib: a.memory,
-        shared: &shared,
+        boot_timeout: a.boot_timeout,
+        memory: a.memory,
     };
+    let ctx = bench_ctx(paths, rt, boot, "bench_update", &shared)?;
     update::bench(&ctx, &paths.bench().join("update.json"))
+}
+
+/// `bench dhcp`'s boot figures: runs `pxe_live` and `pxe_install` as the
+/// suite does (building the image and the provisioner first unless
+/// `no_build`) and returns each one's seconds from QEMU start to ready.
+pub fn pxe_ready_times(
+    paths: &Paths,
+    rt: &tokio::runtime::Runtime,
+    boot: BenchBoot,
+    no_build: bool,
+) -> Result<Vec<(&'static str, f64)>> {
+    if !no_build {
+        node::build_image(paths, &paths.image(), None)?;
+        host_agent::build_binaries(paths, PXE_BINARIES)?;
+    }
+    let shared: Mutex<Option<Node>> = Mutex::new(None);
+    let mut times = Vec::new();
+    for (name, f) in [("pxe_live", pxe::pxe_live as TestFn), ("pxe_install", pxe::pxe_install)] {
+        let ctx = bench_ctx(paths, rt, boot, &format!("bench_{name}"), &shared)?;
+        eprintln!("bench: {name} (logs in {})", ctx.dir.display());
+        f(&ctx).with_context(|| format!("{name} failed: see {}", ctx.dir.display()))?;
+        times.push((name, pxe::ready_secs(&ctx.dir)?));
+    }
+    Ok(times)
 }
 
 /// Runs the selected tests; returns true when none failed.
@@ -356,7 +411,7 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
     if !a.no_build && selected.iter().any(|t| t.name.starts_with("pxe_")) {
         // The PXE tests run the provisioner on this host. Built with the
         // same packages as qa/test.sh builds (one feature set, no rebuild).
-        host_agent::build_binaries(paths, &["debvisor-qa", "debvisor-image", "debvisor-provision"])?;
+        host_agent::build_binaries(paths, PXE_BINARIES)?;
     }
     let (mut passed, mut failed) = (0, 0);
     let shared: Mutex<Option<Node>> = Mutex::new(None);

@@ -270,13 +270,25 @@ fn ready<'a>(ctx: &Ctx, vm: &'a Vm, what: &str, timeout: Duration, needles: &[&s
         .map_err(|e| with_tail(e.context(format!("The {what} node did not reach ready")), vm))?;
     let secs = info.ready_at.as_secs_f64();
     println!("  {what} to ready: {secs:.1} s");
-    std::fs::write(ctx.dir.join("ready.txt"), format!("{what} to ready: {secs:.1} s\n"))?;
+    std::fs::write(ctx.dir.join(READY_FILE), format!("{secs:.1}\n"))?;
     let log = vm.console.text(0, vm.console.offset());
     for needle in needles {
         ensure!(log.contains(needle), "The console shows no {needle:?}: see console.log");
     }
     let (_, password) = info.admin.clone().context("The first boot printed no admin password")?;
     SerialGuest::login(&vm.console, "root", &password, Duration::from_secs(120))
+}
+
+/// Where [`ready`] keeps the seconds from QEMU start to ready.
+const READY_FILE: &str = "ready_secs.txt";
+
+/// The seconds to ready a PXE test in `dir` measured.
+pub(super) fn ready_secs(dir: &std::path::Path) -> Result<f64> {
+    let path = dir.join(READY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("Reading {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} holds {text:?}, not seconds", path.display()))
 }
 
 /// Runs `cmd` on the node; its trimmed output, or an error if it failed.
