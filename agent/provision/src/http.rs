@@ -7,11 +7,12 @@
 //! file names are checked against fixed shapes and lists first.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use crate::config::{Config, Mac};
+use crate::config::{Config, Mac, Mode};
 use crate::metrics::Metrics;
 use crate::profiles::{BootMode, Facts, Profile, default_hostname, is_version, select};
 use crate::server::unix_now;
@@ -35,6 +36,8 @@ pub struct HttpState {
     pub base: String,
     /// The provisioner config.
     pub cfg: Arc<Config>,
+    /// The mode of the network this server answers on.
+    pub mode: Mode,
     /// Profiles, groups, machines.
     pub store: Store,
     /// Counters.
@@ -339,8 +342,46 @@ async fn image_file(
     serve_file(&s, s.cfg.images_dir().join(&version).join(&file), req).await
 }
 
-async fn machine_config(State(s): State<Arc<HttpState>>, Path(mac): Path<String>) -> Result<Response, Refused> {
+/// In server mode a machine's config and its install report are taken only
+/// from the address this provisioner gave that MAC (its reservation or its
+/// lease), so another host on the network can neither read a machine's
+/// config nor mark it installed. Proxy mode hands out no addresses (the
+/// site's server does): there the provisioning network is the boundary.
+async fn check_peer(s: &HttpState, mac: Mac, peer: SocketAddr) -> Result<(), Refused> {
+    if s.mode == Mode::Proxy {
+        return Ok(());
+    }
+    let ip = match s.cfg.reservation(mac) {
+        Some(r) => Some(r.ip),
+        None => s.store.lease_ip(mac).await.map_err(|e| internal(s, e))?,
+    };
+    match ip {
+        Some(ip) if peer.ip() == IpAddr::V4(ip) => Ok(()),
+        Some(ip) => Err(refused(
+            s,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{mac} has address {ip}; its config and install report are taken only from there (this request came from {})",
+                peer.ip()
+            ),
+        )),
+        None => Err(refused(
+            s,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{mac} has no lease or reservation here: boot it from this network first"),
+        )),
+    }
+}
+
+async fn machine_config(
+    State(s): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(mac): Path<String>,
+) -> Result<Response, Refused> {
     let mac = parse_mac(&s, &mac)?;
+    check_peer(&s, mac, peer).await?;
     let (f, _) = facts(&s, mac, None, None).await?;
     let profile = profile_for(&s, &f)
         .await?
@@ -358,8 +399,13 @@ async fn machine_config(State(s): State<Arc<HttpState>>, Path(mac): Path<String>
         .into_response())
 }
 
-async fn installed(State(s): State<Arc<HttpState>>, Path(mac): Path<String>) -> Result<Response, Refused> {
+async fn installed(
+    State(s): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(mac): Path<String>,
+) -> Result<Response, Refused> {
     let mac = parse_mac(&s, &mac)?;
+    check_peer(&s, mac, peer).await?;
     if !s.store.set_installed(mac, true).await.map_err(|e| internal(&s, e))? {
         return Err(refused(
             &s,

@@ -110,10 +110,12 @@ impl Provisioner {
             let app = crate::http::router(Arc::new(HttpState {
                 base: format!("http://{http_addr}"),
                 cfg: self.inner.cfg.clone(),
+                mode: net.mode,
                 store: self.inner.store.clone(),
                 metrics: self.inner.metrics.clone(),
                 registry: registry.clone(),
             }));
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });
             tracing::info!(interface = %net.interface, address = %net.address.addr, mode = ?net.mode, "serving");
         }

@@ -180,6 +180,18 @@ impl Store {
         Ok(Store { pool, tx, db })
     }
 
+    /// The row `sql` (with one `?` for the MAC) finds for `mac`, if any.
+    async fn row_by_mac(&self, sql: &'static str, mac: Mac) -> Result<Option<sqlx::sqlite::SqliteRow>, StoreError> {
+        sqlx::query(sql)
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Read {
+                db: self.db.clone(),
+                source,
+            })
+    }
+
     async fn rows(&self, sql: &'static str) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
         sqlx::query(sql)
             .fetch_all(&self.pool)
@@ -215,6 +227,20 @@ impl Store {
             .collect()
     }
 
+    /// The address stored for `mac`, if it holds a lease.
+    pub async fn lease_ip(&self, mac: Mac) -> Result<Option<Ipv4Addr>, StoreError> {
+        let row = self.row_by_mac("SELECT ip FROM leases WHERE mac = ?", mac).await?;
+        row.map(|r| {
+            let ip: String = r.get(0);
+            Ipv4Addr::from_str(&ip).map_err(|e| StoreError::BadRow {
+                db: self.db.clone(),
+                mac: mac.to_string(),
+                reason: format!("ip {ip:?}: {e}"),
+            })
+        })
+        .transpose()
+    }
+
     /// Every machine seen.
     pub async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
         let rows = self.rows(machines_query!("ORDER BY mac")).await?;
@@ -223,14 +249,7 @@ impl Store {
 
     /// The record of `mac`.
     pub async fn machine(&self, mac: Mac) -> Result<Option<Machine>, StoreError> {
-        let row = sqlx::query(machines_query!("WHERE mac = ?"))
-            .bind(mac.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|source| StoreError::Read {
-                db: self.db.clone(),
-                source,
-            })?;
+        let row = self.row_by_mac(machines_query!("WHERE mac = ?"), mac).await?;
         row.as_ref().map(|r| self.machine_row(r)).transpose()
     }
 

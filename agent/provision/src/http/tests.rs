@@ -4,7 +4,10 @@ use axum::body::Body;
 use http_body_util::BodyExt;
 
 use super::*;
+use crate::dhcp::leases::Lease;
+use crate::dhcp::respond::Change;
 use crate::profiles::{Group, InstallDisk, Selector};
+use crate::store::committed;
 
 const SUM_ROOT: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const SECRET: &str = "sentinel-7f3a-must-never-be-served";
@@ -13,6 +16,7 @@ const SUM_DISK: &str = "22222222222222222222222222222222222222222222222222222222
 struct Lab {
     _dir: tempfile::TempDir,
     app: Router,
+    store: Store,
 }
 
 async fn lab() -> Lab {
@@ -84,18 +88,47 @@ async fn lab() -> Lab {
     let state = HttpState {
         base: "http://198.51.100.1:8080".into(),
         cfg: Arc::new(cfg),
-        store,
+        mode: Mode::Server,
+        store: store.clone(),
         metrics,
         registry: Some(Arc::new(registry)),
     };
     Lab {
         _dir: dir,
         app: router(Arc::new(state)),
+        store,
     }
 }
 
+/// Stores a lease of `ip` for `mac`, as the DHCP server does before its ACK.
+async fn bind(l: &Lab, mac: &str, ip: &str) {
+    let lease = Lease {
+        mac: mac.parse().unwrap(),
+        ip: ip.parse().unwrap(),
+        expires: u64::MAX / 4,
+        hostname: None,
+    };
+    committed(l.store.commit(Change::Bind(lease))).await.unwrap();
+}
+
+/// Another host on the provisioning network.
+const OTHER: &str = "198.51.100.150:5000";
+
+/// The reservation's address of 52:54:00:00:00:11 in [`lab`].
+const NODE_A: &str = "198.51.100.20:40000";
+
 async fn call(app: &Router, method: &str, uri: &str, range: Option<&str>) -> (StatusCode, String) {
-    let mut req = axum::http::Request::builder().method(method).uri(uri);
+    call_from(app, NODE_A, method, uri, range).await
+}
+
+/// A request from `peer` (what `into_make_service_with_connect_info` gives
+/// the handlers).
+async fn call_from(app: &Router, peer: &str, method: &str, uri: &str, range: Option<&str>) -> (StatusCode, String) {
+    let peer: SocketAddr = peer.parse().unwrap();
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .extension(ConnectInfo(peer));
     if let Some(r) = range {
         req = req.header(header::RANGE, r);
     }
@@ -164,8 +197,6 @@ async fn the_chain_leads_each_machine_to_its_profile() {
     let (st, cfg) = call(&l.app, "GET", "/machines/52-54-00-00-00-11/config", None).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(cfg, "[node]\nhostname = \"node-a\"\n# 52:54:00:00:00:11 install\n");
-    let (_, cfg) = call(&l.app, "GET", "/machines/52:54:00:00:00:22/config", None).await;
-    assert_eq!(cfg, "[node]\nhostname = \"node-525400000022\"\n");
 
     // Once installed, the machine is sent on to its disk, not installed again.
     let (st, _) = call(&l.app, "POST", "/machines/52-54-00-00-00-11/installed", None).await;
@@ -175,12 +206,45 @@ async fn the_chain_leads_each_machine_to_its_profile() {
         again.contains("is installed") && again.trim_end().ends_with("exit 1"),
         "{again}"
     );
+    // A machine never seen cannot report an install: it has no address
+    // here, and with a lease but no boot script asked for, nothing is known.
     let (st, _) = call(&l.app, "POST", "/machines/52-54-00-00-00-99/installed", None).await;
-    assert_eq!(
-        st,
-        StatusCode::NOT_FOUND,
-        "a machine never seen cannot report an install"
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    bind(&l, "52:54:00:00:00:99", "198.51.100.199").await;
+    let uri = "/machines/52-54-00-00-00-99/installed";
+    let (st, body) = call_from(&l.app, "198.51.100.199:5000", "POST", uri, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn configs_and_install_reports_come_only_from_the_machines_address() {
+    let l = lab().await;
+    let (st, _) = call(&l.app, "GET", "/ipxe?mac=52-54-00-00-00-11", None).await;
+    assert_eq!(st, StatusCode::OK);
+    // Another host on the network.
+    for (method, uri) in [
+        ("GET", "/machines/52-54-00-00-00-11/config"),
+        ("POST", "/machines/52-54-00-00-00-11/installed"),
+    ] {
+        let (st, body) = call_from(&l.app, OTHER, method, uri, None).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{method} {uri}: {body}");
+        assert!(body.contains("has address 198.51.100.20"), "{body}");
+    }
+    let (_, again) = call(&l.app, "GET", "/ipxe?mac=52-54-00-00-00-11", None).await;
+    assert!(
+        !again.contains("is installed"),
+        "a refused report changed nothing: {again}"
     );
+    // A MAC with neither a lease nor a reservation.
+    let uri = "/machines/52-54-00-00-00-22/config";
+    let (st, body) = call_from(&l.app, OTHER, "GET", uri, None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("no lease or reservation"), "{body}");
+    // With a lease, from the leased address.
+    bind(&l, "52:54:00:00:00:22", "198.51.100.150").await;
+    let (st, cfg) = call_from(&l.app, OTHER, "GET", uri, None).await;
+    assert_eq!(st, StatusCode::OK, "{cfg}");
+    assert_eq!(cfg, "[node]\nhostname = \"node-525400000022\"\n");
 }
 
 #[tokio::test]
