@@ -219,10 +219,12 @@ async fn send(socket: &UdpSocket, metrics: &Metrics, (msg, dest): (dhcproto::v4:
     }
 }
 
-fn udp_socket(net: &Network, addr: SocketAddrV4, what: &str) -> anyhow::Result<StdUdpSocket> {
+/// A UDP socket bound to `addr` on the network's interface. With `share`
+/// (SO_REUSEADDR) another socket may hold the same port there too.
+fn udp_socket(net: &Network, addr: SocketAddrV4, what: &str, share: bool) -> anyhow::Result<StdUdpSocket> {
     let ctx = || format!("{what} socket on {} ({addr})", net.interface);
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).with_context(ctx)?;
-    s.set_reuse_address(true).with_context(ctx)?;
+    s.set_reuse_address(share).with_context(ctx)?;
     s.set_broadcast(true).with_context(ctx)?;
     s.bind_device(Some(net.interface.as_bytes())).with_context(|| {
         format!(
@@ -232,22 +234,36 @@ fn udp_socket(net: &Network, addr: SocketAddrV4, what: &str) -> anyhow::Result<S
         )
     })?;
     s.set_nonblocking(true).with_context(ctx)?;
-    s.bind(&addr.into()).with_context(|| {
-        format!(
-            "{}: is {} configured on {}, and is the port free (run as root)?",
-            ctx(),
-            addr.ip(),
-            net.interface
-        )
+    s.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse && !share && addr.port() == 67 {
+            anyhow::anyhow!(
+                "{}: port 67 is taken on {}: another DHCP server runs here (`ss -ulpn sport = :67` names it). \
+                 Two servers handing out addresses on one network give clients conflicting leases: stop the other \
+                 one, or set mode = \"proxy\" for this network to answer only PXE clients beside it",
+                ctx(),
+                net.interface
+            )
+        } else {
+            anyhow::Error::new(e).context(format!(
+                "{}: is {} configured on {}, and is the port free (run as root)?",
+                ctx(),
+                addr.ip(),
+                net.interface
+            ))
+        }
     })?;
     Ok(s.into())
 }
 
+/// Port 67 is shared only in proxy mode, which is meant to run beside the
+/// site's DHCP server, on this host too; a server-mode network refuses to
+/// start next to another DHCP server instead of silently answering with it.
 fn dhcp_socket(net: &Network, port: u16) -> anyhow::Result<UdpSocket> {
-    let s = udp_socket(net, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), "DHCP")?;
+    let share = net.mode == Mode::Proxy;
+    let s = udp_socket(net, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), "DHCP", share)?;
     Ok(UdpSocket::from_std(s)?)
 }
 
 fn tftp_socket(net: &Network) -> anyhow::Result<StdUdpSocket> {
-    udp_socket(net, SocketAddrV4::new(net.address.addr, 69), "TFTP")
+    udp_socket(net, SocketAddrV4::new(net.address.addr, 69), "TFTP", false)
 }

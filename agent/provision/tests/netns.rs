@@ -2,7 +2,8 @@
 //! and busybox udhcpc get leases (a reservation with its host name among
 //! them), curl (with blksize: Debian 12's tftp-hpa client cannot ask for it)
 //! and tftp-hpa fetch over TFTP, traversal is refused, and leases survive
-//! `kill -9` of the server in the middle of a run of DHCP exchanges.
+//! `kill -9` of the server in the middle of a run of DHCP exchanges, and a
+//! server-mode provisioner will not start beside another DHCP server.
 //!
 //! Topology: namespace `srv` holds a bridge `br0` (198.51.100.1/24,
 //! TEST-NET-2) that the provisioner serves; namespace `cli` holds the
@@ -431,4 +432,57 @@ fn real_uefi_firmware_follows_the_chain_to_its_profile() {
         log.contains(&format!("http://{SERVER}:8080/images/0.1.0/vmlinuz... ok")),
         "{log}"
     );
+}
+
+/// Another DHCP server (dnsmasq) already answers on the bridge: a
+/// server-mode provisioner refuses to start beside it, naming the problem
+/// and the way out; a proxy-mode one starts and shares port 67.
+#[test]
+fn server_mode_refuses_to_run_beside_another_dhcp_server() {
+    if !can_run("server_mode_refuses_to_run_beside_another_dhcp_server") {
+        return;
+    }
+    assert!(
+        on_path("dnsmasq"),
+        "needs dnsmasq (dnsmasq-base): run qa/setup-host.sh as root"
+    );
+    let lab = Lab::new("d");
+    let leases = format!("--dhcp-leasefile={}", lab.path("dnsmasq.leases").display());
+    let _dnsmasq = Reaper(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.srv, "dnsmasq", "-d", "-k", "--port=0"])
+            .args(["--interface=br0", "--bind-interfaces"])
+            .args(["--dhcp-range=198.51.100.100,198.51.100.250,1h", &leases])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let bound = || {
+        let out = run(&["ip", "netns", "exec", &lab.srv, "ss", "-Hulpn", "sport = :67"]);
+        stdout(&out).contains("dnsmasq")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bound() {
+        assert!(Instant::now() < deadline, "dnsmasq did not bind port 67");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cfg = lab.config();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.srv, BIN, "serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server-mode provisioner started: {err}");
+    assert!(
+        err.contains("port 67 is taken on br0: another DHCP server runs here") && err.contains("mode = \"proxy\""),
+        "{err}"
+    );
+    // Proxy mode is meant to run beside the site's server.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let (head, _) = text.split_once("mode = \"server\"").unwrap();
+    let (_, tail) = text.split_once("[tftp]").unwrap();
+    std::fs::write(&cfg, format!("{head}mode = \"proxy\"\n\n[tftp]{tail}")).unwrap();
+    let _proxy = lab.serve(&cfg);
 }
