@@ -18,7 +18,7 @@ use crate::dhcp::packet::{Request, encode};
 use crate::dhcp::respond::{Change, Dest, Port, respond};
 use crate::http::HttpState;
 use crate::metrics::Metrics;
-use crate::store::{Store, committed};
+use crate::store::{Store, StoreError, committed};
 
 /// The lease database's file name in the state directory.
 pub const LEASE_DB: &str = "provision.db";
@@ -164,8 +164,10 @@ impl Provisioner {
             metrics.received(req.kind);
             let now = unix_now();
             let out = respond(&self.inner.cfg, net, port, &req, src, &mut self.table(), now);
-            if let Some(seen) = out.seen {
-                self.inner.store.seen(seen, now);
+            if let Some(seen) = out.seen
+                && !self.inner.store.seen(seen, now)
+            {
+                tracing::debug!(mac = %req.mac, "store queue full: machine record dropped");
             }
             if let Some(why) = out.ignored {
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, why, "no reply");
@@ -180,15 +182,22 @@ impl Provisioner {
                         match committed(done).await {
                             Ok(()) => send(&socket, &p.inner.metrics, reply).await,
                             Err(e) => {
-                                tracing::error!(error = %e, "lease not stored: no ACK sent");
+                                // A full queue is a flood, not a fault: no log line per packet.
+                                if matches!(e, StoreError::Busy) {
+                                    tracing::debug!(error = %e, "lease not queued: no ACK sent");
+                                } else {
+                                    tracing::error!(error = %e, "lease not stored: no ACK sent");
+                                }
                                 p.inner.metrics.commit_failed();
                             }
                         }
                     });
                 }
                 (change, reply) => {
-                    if let Some(c) = change {
-                        self.inner.store.record(c);
+                    if let Some(c) = change
+                        && !self.inner.store.record(c)
+                    {
+                        tracing::warn!(mac = %req.mac, "store queue full: a release was not stored (the lease runs out instead)");
                     }
                     if let Some(r) = reply {
                         send(&socket, metrics, r).await;

@@ -33,6 +33,9 @@ macro_rules! machines_query {
 
 /// Most changes committed in one transaction.
 const MAX_GROUP: usize = 4096;
+/// The most jobs waiting for the writer: a flood beyond it is refused
+/// (leases: no ACK, the client retries) instead of growing memory.
+const QUEUE: usize = 4 * MAX_GROUP;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS leases (
@@ -104,6 +107,9 @@ pub enum StoreError {
     /// The writer task is gone (the provisioner is shutting down).
     #[error("The lease database writer has stopped")]
     Stopped,
+    /// The writer's queue is full (a flood of requests): nothing was queued.
+    #[error("The lease database is busy ({QUEUE} changes queued); the client will retry")]
+    Busy,
 }
 
 /// A machine record.
@@ -140,7 +146,7 @@ enum Job {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
-    tx: mpsc::UnboundedSender<JobBox>,
+    tx: mpsc::Sender<JobBox>,
     db: String,
 }
 
@@ -156,6 +162,11 @@ impl std::fmt::Debug for JobBox {
 impl Store {
     /// Opens (creating) the database at `path` and starts its writer task.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_queue(path, QUEUE).await
+    }
+
+    /// [`Store::open`] with a writer queue of `queue` jobs.
+    async fn open_with_queue(path: &Path, queue: usize) -> Result<Store, StoreError> {
         let db = path.display().to_string();
         let open_err = |source| StoreError::Open { db: db.clone(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -175,7 +186,7 @@ impl Store {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(open_err)?;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(queue);
         tokio::spawn(writer(pool.clone(), rx));
         Ok(Store { pool, tx, db })
     }
@@ -277,22 +288,29 @@ impl Store {
         })
     }
 
-    /// Queues `change`; the receiver resolves once it is committed.
+    /// Queues `change`; the receiver resolves once it is committed, or at
+    /// once with [`StoreError::Busy`] when the queue is full.
     pub fn commit(&self, change: Change) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         // A closed channel drops `done`, and the receiver reports Stopped.
-        let _ = self.tx.send(JobBox(Job::Change(change, Some(done))));
+        if let Err(mpsc::error::TrySendError::Full(JobBox(Job::Change(_, Some(done))))) =
+            self.tx.try_send(JobBox(Job::Change(change, Some(done))))
+        {
+            let _ = done.send(Err(StoreError::Busy));
+        }
         rx
     }
 
-    /// Queues a change nobody waits for (a release).
-    pub fn record(&self, change: Change) {
-        let _ = self.tx.send(JobBox(Job::Change(change, None)));
+    /// Queues a change nobody waits for (a release); false when the queue
+    /// is full and it was dropped.
+    pub fn record(&self, change: Change) -> bool {
+        self.tx.try_send(JobBox(Job::Change(change, None))).is_ok()
     }
 
-    /// Records a network-booting client seen at `now`.
-    pub fn seen(&self, seen: Seen, now: u64) {
-        let _ = self.tx.send(JobBox(Job::Seen(seen, now)));
+    /// Records a network-booting client seen at `now`; false when the queue
+    /// is full and the record was dropped.
+    pub fn seen(&self, seen: Seen, now: u64) -> bool {
+        self.tx.try_send(JobBox(Job::Seen(seen, now))).is_ok()
     }
 }
 
@@ -301,7 +319,7 @@ pub async fn committed(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<
     rx.await.unwrap_or(Err(StoreError::Stopped))
 }
 
-async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<JobBox>) {
+async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<JobBox>) {
     let mut group = Vec::new();
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let result = apply(&pool, &group).await.map_err(|e| e.to_string());
@@ -388,6 +406,21 @@ mod tests {
             expires: 1000 + u64::from(n),
             hostname: (n == 1).then(|| "node-a".to_string()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_queue(&dir.path().join("l.db"), 1).await.unwrap();
+        // The writer has not run yet (one thread, no await): the queue is full after one job.
+        let first = store.commit(Change::Bind(lease(1, 101)));
+        let second = store.commit(Change::Bind(lease(2, 102)));
+        assert!(!store.record(Change::Release(lease(1, 101))));
+        assert!(matches!(committed(second).await, Err(StoreError::Busy)));
+        committed(first).await.unwrap();
+        assert_eq!(store.leases().await.unwrap().len(), 1);
+        // Drained, it takes work again.
+        committed(store.commit(Change::Bind(lease(2, 102)))).await.unwrap();
     }
 
     #[tokio::test]
