@@ -50,5 +50,5 @@ pub use identity::{ClientIdentity, IdentityLayer, IdentityService};
 pub use metrics::{Metrics, MetricsLayer, MetricsService};
 pub use metrics_body::MetricsBody;
 pub use otel::{OtelConfig, OtelGuard, otel_layer};
-pub use ratelimit::{KeyFn, RateLimit, RateLimitFuture, RateLimitLayer, RateLimitService};
+pub use ratelimit::{ClockFn, KeyFn, RateLimit, RateLimitFuture, RateLimitLayer, RateLimitService};
 pub use trace::{TraceBody, TraceFuture, TraceLayer, TraceService};

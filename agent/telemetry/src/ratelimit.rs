@@ -6,12 +6,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::{Request, Response};
 use serde::Deserialize;
-use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
@@ -54,6 +53,10 @@ impl RateLimit {
 /// Computes the bucket key of a request from its head.
 pub type KeyFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
 
+/// Tells the time for refilling and sweeping buckets; [`Instant::now`]
+/// unless a layer is built [`with_clock`](RateLimitLayer::with_clock).
+pub type ClockFn = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 /// A layer that gives each client its own token bucket and answers
 /// `RESOURCE_EXHAUSTED`, with a `google.rpc.RetryInfo` detail, to calls made
 /// with an empty bucket, without passing them on.
@@ -83,14 +86,26 @@ impl RateLimitLayer {
 
     /// A layer keyed by `key`.
     pub fn with_key(limit: RateLimit, key: KeyFn) -> Result<Self, TelemetryError> {
+        Self::build(limit, key, Arc::new(Instant::now))
+    }
+
+    /// A layer keyed like [`new`](Self::new)'s that reads the time from
+    /// `clock` instead of [`Instant::now`] (for tests that control time).
+    pub fn with_clock(limit: RateLimit, clock: ClockFn) -> Result<Self, TelemetryError> {
+        Self::build(limit, Arc::new(identity_key), clock)
+    }
+
+    fn build(limit: RateLimit, key: KeyFn, clock: ClockFn) -> Result<Self, TelemetryError> {
         limit.validate()?;
+        let last_sweep = clock();
         Ok(Self {
             limiter: Arc::new(Limiter {
                 limit,
                 key,
+                clock,
                 buckets: Mutex::new(Buckets {
                     map: HashMap::new(),
-                    last_sweep: Instant::now(),
+                    last_sweep,
                 }),
             }),
         })
@@ -118,6 +133,7 @@ impl<S> Layer<S> for RateLimitLayer {
 struct Limiter {
     limit: RateLimit,
     key: KeyFn,
+    clock: ClockFn,
     buckets: Mutex<Buckets>,
 }
 
@@ -134,9 +150,13 @@ struct Bucket {
 impl Limiter {
     /// Takes a token from `key`'s bucket, or says how long until one is there.
     fn acquire(&self, key: &str) -> Result<(), Duration> {
+        self.acquire_at(key, (self.clock)())
+    }
+
+    /// [`acquire`](Self::acquire) at `now`.
+    fn acquire_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let RateLimit { per_second, burst } = self.limit;
         let capacity = f64::from(burst);
-        let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if now.duration_since(buckets.last_sweep) >= SWEEP_INTERVAL {
             // A bucket idle for the time it takes to refill is full, so
@@ -269,8 +289,13 @@ where
 mod tests {
     use super::*;
 
-    fn limiter(per_second: f64, burst: u32) -> Arc<Limiter> {
-        RateLimitLayer::new(RateLimit { per_second, burst }).unwrap().limiter
+    /// A limiter whose clock stands still at the returned instant; the
+    /// tests pass their own times to `acquire_at`.
+    fn limiter(per_second: f64, burst: u32) -> (Arc<Limiter>, Instant) {
+        let t0 = Instant::now();
+        let clock: ClockFn = Arc::new(move || t0);
+        let layer = RateLimitLayer::with_clock(RateLimit { per_second, burst }, clock).unwrap();
+        (layer.limiter, t0)
     }
 
     #[test]
@@ -300,9 +325,10 @@ mod tests {
         assert!(toml::from_str::<RateLimit>("per_second = 1\nburst = 1\nrate = 3").is_err());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retry_delay_is_the_time_to_the_next_token() {
-        let limiter = limiter(4.0, 2);
+    #[test]
+    fn retry_delay_is_the_time_to_the_next_token() {
+        let (limiter, t0) = limiter(4.0, 2);
+        // Through the clock (standing at t0), as the service calls it.
         limiter.acquire("a").unwrap();
         limiter.acquire("a").unwrap();
         let about = |wait: Result<(), Duration>, ms: u64| {
@@ -312,32 +338,31 @@ mod tests {
                 "{wait:?}"
             );
         };
-        about(limiter.acquire("a"), 250);
-        tokio::time::advance(Duration::from_millis(100)).await;
-        about(limiter.acquire("a"), 150);
-        tokio::time::advance(Duration::from_millis(151)).await;
-        limiter.acquire("a").unwrap();
-        assert!(limiter.acquire("a").is_err());
+        about(limiter.acquire_at("a", t0), 250);
+        let t = t0 + Duration::from_millis(100);
+        about(limiter.acquire_at("a", t), 150);
+        let t = t + Duration::from_millis(151);
+        limiter.acquire_at("a", t).unwrap();
+        assert!(limiter.acquire_at("a", t).is_err());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_buckets_are_swept() {
-        let limiter = limiter(1.0, 1);
-        limiter.acquire("old").unwrap();
-        tokio::time::advance(IDLE_EVICTION + SWEEP_INTERVAL).await;
-        limiter.acquire("new").unwrap();
+    #[test]
+    fn idle_buckets_are_swept() {
+        let (limiter, t0) = limiter(1.0, 1);
+        limiter.acquire_at("old", t0).unwrap();
+        limiter.acquire_at("new", t0 + IDLE_EVICTION + SWEEP_INTERVAL).unwrap();
         let buckets = limiter.buckets.lock().unwrap();
         assert!(buckets.map.contains_key("new"));
         assert!(!buckets.map.contains_key("old"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn slow_buckets_are_kept_until_full() {
+    #[test]
+    fn slow_buckets_are_kept_until_full() {
         // One call per hour: a bucket emptied 11 minutes ago is not full yet.
-        let limiter = limiter(1.0 / 3600.0, 1);
-        limiter.acquire("slow").unwrap();
-        tokio::time::advance(Duration::from_secs(11 * 60)).await;
-        assert!(limiter.acquire("other").is_ok());
-        assert!(limiter.acquire("slow").is_err());
+        let (limiter, t0) = limiter(1.0 / 3600.0, 1);
+        limiter.acquire_at("slow", t0).unwrap();
+        let t = t0 + Duration::from_secs(11 * 60);
+        assert!(limiter.acquire_at("other", t).is_ok());
+        assert!(limiter.acquire_at("slow", t).is_err());
     }
 }

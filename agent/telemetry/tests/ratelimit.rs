@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{sample_becomes, tcp_channel};
 use debvisor_telemetry::{ClientIdentity, IdentityLayer, Metrics, RateLimit, RateLimitLayer};
@@ -98,17 +98,39 @@ async fn a_real_client_decodes_the_rejection() {
     sample_becomes(&metrics, &series("RESOURCE_EXHAUSTED"), 1.0).await;
 }
 
+/// A clock that stands still until the test moves it on.
+#[derive(Clone)]
+struct FakeClock(Arc<Mutex<Instant>>);
+
+impl FakeClock {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap()
+    }
+}
+
 /// A tower stack: identity from the request's extensions, the rate limiter
-/// and an inner service counting the calls that reach it.
+/// (on `clock`'s time) and an inner service counting the calls that reach it.
 fn limited_service(
     limit: RateLimit,
+    clock: &FakeClock,
     calls: Arc<AtomicUsize>,
 ) -> impl Service<http::Request<()>, Response = http::Response<Body>, Error = std::convert::Infallible> + Clone {
     let inner = tower::service_fn(move |_request: http::Request<()>| {
         calls.fetch_add(1, Ordering::SeqCst);
         async { Ok(http::Response::new(Body::empty())) }
     });
-    RateLimitLayer::new(limit).unwrap().layer(inner)
+    let clock = clock.clone();
+    RateLimitLayer::with_clock(limit, Arc::new(move || clock.now()))
+        .unwrap()
+        .layer(inner)
 }
 
 fn request(path: &str, client: Option<&str>) -> http::Request<()> {
@@ -124,14 +146,15 @@ fn code(response: &http::Response<Body>) -> Code {
     Status::from_header_map(response.headers()).map_or(Code::Ok, |status| status.code())
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn buckets_hold_a_burst_and_refill_over_time() {
     let calls = Arc::new(AtomicUsize::new(0));
     let limit = RateLimit {
         per_second: 2.0,
         burst: 3,
     };
-    let mut service = limited_service(limit, Arc::clone(&calls));
+    let clock = FakeClock::new();
+    let mut service = limited_service(limit, &clock, Arc::clone(&calls));
     let mut call = async |path: &str, client: Option<&str>| {
         let response = service.ready().await.unwrap().call(request(path, client)).await;
         code(&response.unwrap())
@@ -155,28 +178,29 @@ async fn buckets_hold_a_burst_and_refill_over_time() {
     assert_eq!(call("/grpc.health.v1.Health/Check", Some("alice")).await, Code::Ok);
 
     // One token comes back every 500 ms.
-    tokio::time::advance(Duration::from_millis(499)).await;
+    clock.advance(Duration::from_millis(499));
     assert_eq!(call(path, Some("alice")).await, Code::ResourceExhausted);
-    tokio::time::advance(Duration::from_millis(2)).await;
+    clock.advance(Duration::from_millis(2));
     assert_eq!(call(path, Some("alice")).await, Code::Ok);
     assert_eq!(call(path, Some("alice")).await, Code::ResourceExhausted);
-    tokio::time::advance(Duration::from_secs(10)).await;
+    clock.advance(Duration::from_secs(10));
     for _ in 0..3 {
         assert_eq!(call(path, Some("alice")).await, Code::Ok);
     }
     assert_eq!(call(path, Some("alice")).await, Code::ResourceExhausted);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn the_retry_delay_says_when_a_token_is_back() {
     let limit = RateLimit {
         per_second: 4.0,
         burst: 1,
     };
-    let mut service = limited_service(limit, Arc::default());
+    let clock = FakeClock::new();
+    let mut service = limited_service(limit, &clock, Arc::default());
     let path = "/debvisor.v1.Vms/List";
     service.call(request(path, Some("carol"))).await.unwrap();
-    tokio::time::advance(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_millis(100));
     let response = service.call(request(path, Some("carol"))).await.unwrap();
     let status = Status::from_header_map(response.headers()).unwrap();
     assert_eq!(status.code(), Code::ResourceExhausted);

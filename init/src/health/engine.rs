@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::clock::{Clock, TokioClock};
 use super::metrics::HealthMetrics;
 use super::{Check, Outcome, Status};
 
@@ -280,14 +281,38 @@ fn update_state(inner: &mut Inner) {
 /// Runs `check` once with `timeout`: a run that does not finish in time
 /// fails with "did not finish within N s".
 pub async fn run_once(check: &dyn Check, timeout: Duration) -> (Outcome, i64, Duration) {
+    run_once_on(&TokioClock, check, timeout).await
+}
+
+/// [`run_once`] on `clock`'s time.
+pub(crate) async fn run_once_on(clock: &impl Clock, check: &dyn Check, timeout: Duration) -> (Outcome, i64, Duration) {
     let started_unix_ms = now_unix_ms();
-    let start = Instant::now();
+    let start = clock.now();
     let deadline = start + timeout;
-    let outcome = match tokio::time::timeout_at(deadline, check.run(deadline)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::fail(format!("did not finish within {} s", timeout.as_secs_f64())),
+    // The check first, as `tokio::time::timeout_at` does.
+    let outcome = tokio::select! {
+        biased;
+        outcome = check.run(deadline) => outcome,
+        () = clock.sleep_until(deadline) => {
+            Outcome::fail(format!("did not finish within {} s", timeout.as_secs_f64()))
+        }
     };
-    (outcome, started_unix_ms, start.elapsed())
+    (outcome, started_unix_ms, clock.now().saturating_duration_since(start))
+}
+
+/// Ticks within this of their time count as on time (as with
+/// `tokio::time::Interval`, whose timer has millisecond resolution).
+const TICK_SLACK: Duration = Duration::from_millis(5);
+
+/// When a check runs next after a tick due at `due` that came at `now`:
+/// one `interval` on, or one `interval` after `now` when the tick came late
+/// (`tokio::time::MissedTickBehavior::Delay`).
+fn next_tick(due: Instant, now: Instant, interval: Duration) -> Instant {
+    if now > due + TICK_SLACK {
+        now + interval
+    } else {
+        due + interval
+    }
 }
 
 /// Runs each check now and then every `interval`, each in its own task,
@@ -298,15 +323,27 @@ pub fn spawn_scheduler(
     interval: Duration,
     timeout: Duration,
 ) -> JoinSet<()> {
+    spawn_scheduler_on(TokioClock, health, checks, interval, timeout)
+}
+
+/// [`spawn_scheduler`] on `clock`'s time.
+pub(crate) fn spawn_scheduler_on(
+    clock: impl Clock,
+    health: Arc<Health>,
+    checks: Vec<Arc<dyn Check>>,
+    interval: Duration,
+    timeout: Duration,
+) -> JoinSet<()> {
+    assert!(!interval.is_zero(), "the check interval must be non-zero");
     let mut set = JoinSet::new();
     for check in checks {
-        let health = health.clone();
+        let (health, clock) = (health.clone(), clock.clone());
         set.spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut due = clock.now();
             loop {
-                tick.tick().await;
-                let (outcome, started, took) = run_once(check.as_ref(), timeout).await;
+                clock.sleep_until(due).await;
+                due = next_tick(due, clock.now(), interval);
+                let (outcome, started, took) = run_once_on(&clock, check.as_ref(), timeout).await;
                 if outcome.status != Status::Pass {
                     tracing::debug!(check = check.name(), status = ?outcome.status, "{}", outcome.message);
                 }
@@ -319,6 +356,7 @@ pub fn spawn_scheduler(
 
 #[cfg(test)]
 mod tests {
+    use super::super::clock::fake::FakeClock;
     use super::*;
 
     struct Fixed {
@@ -359,15 +397,24 @@ mod tests {
         })
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_hung_check_fails_at_its_timeout() {
         let hung = fixed("hung", true, None);
-        let (outcome, _, took) = run_once(hung.as_ref(), Duration::from_secs(5)).await;
+        let clock = FakeClock::new();
+        let run = tokio::spawn({
+            let clock = clock.clone();
+            async move { run_once_on(&clock, hung.as_ref(), Duration::from_secs(5)).await }
+        });
+        // The check hangs: all there is left is the timeout. Go straight to
+        // it, as a paused clock would.
+        clock.idle(1).await;
+        clock.set(clock.next_deadline().unwrap());
+        let (outcome, _, took) = run.await.unwrap();
         assert_eq!(outcome, Outcome::fail("did not finish within 5 s"));
         assert_eq!(took, Duration::from_secs(5));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn scheduler_keeps_history_and_counts_failures() {
         let checks = vec![
             fixed("ok", true, Some(Outcome::pass("fine"))),
@@ -383,8 +430,16 @@ mod tests {
         ));
         assert_eq!(health.snapshot().state, NodeState::Starting as i32);
         let mut rx = health.subscribe();
-        let _set = spawn_scheduler(health.clone(), checks, Duration::from_secs(10), Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_secs(45)).await;
+        let clock = FakeClock::new();
+        let _set = spawn_scheduler_on(
+            clock.clone(),
+            health.clone(),
+            checks,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        // 45 s on the fake clock, each check task waiting for its next tick.
+        clock.run_for(Duration::from_secs(45), 2).await;
         rx.changed().await.unwrap();
         let node = health.snapshot();
         // Runs at 0, 10, 20, 30, 40 s.

@@ -5,6 +5,7 @@
 
 pub mod certificate;
 pub mod checks;
+mod clock;
 pub mod engine;
 pub mod metrics;
 pub mod network;

@@ -250,15 +250,16 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn restarts_after_three_failures_then_escalates_then_recovers() {
+    #[test]
+    fn restarts_after_three_failures_then_escalates_then_recovers() {
         let mut r = Remediation::new(&settings());
         let fail = run(Status::Fail);
         let step = Duration::from_secs(10);
+        let mut now = Instant::now();
         let mut actions = Vec::new();
         for _ in 0..20 {
-            tokio::time::advance(step).await;
-            if let Some(a) = r.decide(&fail, true, Instant::now()) {
+            now += step;
+            if let Some(a) = r.decide(&fail, true, now) {
                 actions.push(a);
             }
         }
@@ -277,19 +278,16 @@ mod tests {
         assert!(r.escalated("service/debvisor-webui"));
         // Passing clears the escalation only after a whole window.
         let pass = run(Status::Pass);
-        assert_eq!(r.decide(&pass, true, Instant::now()), None);
-        tokio::time::advance(Duration::from_secs(599)).await;
-        assert_eq!(r.decide(&pass, true, Instant::now()), None);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(matches!(
-            r.decide(&pass, true, Instant::now()),
-            Some(Action::Recovered(_))
-        ));
+        assert_eq!(r.decide(&pass, true, now), None);
+        now += Duration::from_secs(599);
+        assert_eq!(r.decide(&pass, true, now), None);
+        now += Duration::from_secs(1);
+        assert!(matches!(r.decide(&pass, true, now), Some(Action::Recovered(_))));
         assert!(!r.escalated("service/debvisor-webui"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn backoff_spaces_restarts_and_the_window_forgets() {
+    #[test]
+    fn backoff_spaces_restarts_and_the_window_forgets() {
         let s = HealthSettings {
             failures_before_restart: 1,
             restart_limit: 3,
@@ -298,19 +296,16 @@ mod tests {
         };
         let mut r = Remediation::new(&s);
         let fail = run(Status::Fail);
-        let at = |r: &mut Remediation| r.decide(&fail, true, Instant::now()).is_some();
-        assert!(at(&mut r)); // 1st restart; the next one in 1 s
-        assert!(!at(&mut r));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(at(&mut r)); // 2nd; next in 2 s
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!at(&mut r));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(at(&mut r)); // 3rd
+        let t0 = Instant::now();
+        let at = |r: &mut Remediation, secs: u64| r.decide(&fail, true, t0 + Duration::from_secs(secs)).is_some();
+        assert!(at(&mut r, 0)); // 1st restart; the next one in 1 s
+        assert!(!at(&mut r, 0));
+        assert!(at(&mut r, 1)); // 2nd; next in 2 s
+        assert!(!at(&mut r, 2));
+        assert!(at(&mut r, 3)); // 3rd
         // Restarts older than the window no longer count.
-        tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(
-            r.decide(&fail, true, Instant::now()),
+            r.decide(&fail, true, t0 + Duration::from_secs(3 + 61)),
             Some(Action::Restart("debvisor-webui.service".into()))
         );
         assert_eq!(backoff(1), Duration::from_secs(1));
@@ -318,46 +313,50 @@ mod tests {
         assert_eq!(backoff(30), Duration::from_secs(300));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn failures_while_activating_do_not_count_towards_a_restart() {
+    #[test]
+    fn failures_while_activating_do_not_count_towards_a_restart() {
         let mut r = Remediation::new(&settings());
         let fail = run(Status::Fail);
+        // Time stands still: every run at the same instant.
+        let now = Instant::now();
         // Two runs while the unit is still activating, then two while active:
         // not yet three in a row while active.
-        assert_eq!(r.decide(&fail, false, Instant::now()), None);
-        assert_eq!(r.decide(&fail, false, Instant::now()), None);
-        assert_eq!(r.decide(&fail, true, Instant::now()), None);
-        assert_eq!(r.decide(&fail, true, Instant::now()), None);
+        assert_eq!(r.decide(&fail, false, now), None);
+        assert_eq!(r.decide(&fail, false, now), None);
+        assert_eq!(r.decide(&fail, true, now), None);
+        assert_eq!(r.decide(&fail, true, now), None);
         // An activating run in between starts the count again.
-        assert_eq!(r.decide(&fail, false, Instant::now()), None);
-        assert_eq!(r.decide(&fail, true, Instant::now()), None);
-        assert_eq!(r.decide(&fail, true, Instant::now()), None);
+        assert_eq!(r.decide(&fail, false, now), None);
+        assert_eq!(r.decide(&fail, true, now), None);
+        assert_eq!(r.decide(&fail, true, now), None);
         assert_eq!(
-            r.decide(&fail, true, Instant::now()),
+            r.decide(&fail, true, now),
             Some(Action::Restart("debvisor-webui.service".into()))
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn inactive_units_escalate_late_and_checks_without_units_never() {
+    #[test]
+    fn inactive_units_escalate_late_and_checks_without_units_never() {
         let mut r = Remediation::new(&settings());
         let fail = run(Status::Fail);
+        // Time stands still: every run at the same instant.
+        let now = Instant::now();
         // 3 failures before a restart, 3 restarts: 12 runs before escalating
         // a unit that does not stay active.
         for _ in 0..11 {
-            assert_eq!(r.decide(&fail, false, Instant::now()), None);
+            assert_eq!(r.decide(&fail, false, now), None);
         }
-        let Some(Action::Escalate(reason)) = r.decide(&fail, false, Instant::now()) else {
+        let Some(Action::Escalate(reason)) = r.decide(&fail, false, now) else {
             panic!()
         };
         assert!(
             reason.contains("failed 12 times in a row and debvisor-webui.service does not stay active"),
             "{reason}"
         );
-        assert_eq!(r.decide(&fail, false, Instant::now()), None);
+        assert_eq!(r.decide(&fail, false, now), None);
         let no_unit = CheckRun { unit: None, ..fail };
         for _ in 0..10 {
-            assert_eq!(r.decide(&no_unit, true, Instant::now()), None);
+            assert_eq!(r.decide(&no_unit, true, now), None);
         }
     }
 
