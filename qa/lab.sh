@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 qa/setup-host.sh
-cargo build --release --locked -p debvisor-qa -p debvisor-image
+cargo build --release --locked --workspace
 exec target/release/debvisor-qa lab up "$@"

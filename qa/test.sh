@@ -17,7 +17,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings || fail=1
 
 echo "== unit and integration tests (cargo test --release)"
-# --release shares its dependency builds with the image's release binaries.
+# --release shares its builds with the image's release binaries: every cargo
+# build here and in debvisor-qa/debvisor-image is of the whole workspace, and
+# no dev-dependency adds a feature, so cargo resolves the same features for
+# the tests and the binaries and compiles each crate once.
 cargo test --workspace --release --locked --no-fail-fast 2>&1 | tee "$log"
 unit_rc=${PIPESTATUS[0]}
 read -r unit_pass unit_fail < <(awk '/^test result:/ {p+=$4; f+=$6} END {print p+0, f+0}' "$log")
@@ -26,7 +29,7 @@ if [ "$unit_rc" != 0 ] && [ "$unit_fail" = 0 ]; then
 fi
 
 echo "== system tests (debvisor-qa test)"
-cargo build --release --locked -p debvisor-qa -p debvisor-image -p debvisor-provision || fail=1
+cargo build --release --locked --workspace || fail=1
 sys_log=target/qa/system-test.log
 target/release/debvisor-qa test "$@" 2>&1 | tee "$sys_log"
 sys_rc=${PIPESTATUS[0]}

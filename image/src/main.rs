@@ -142,12 +142,10 @@ fn build(args: &BuildArgs) -> Result<()> {
     if args.no_cargo || recipe.binaries.names.is_empty() {
         step.finish("skipped");
     } else {
-        let mut argv = vec!["build".to_owned(), "--release".into(), "--locked".into()];
-        for name in &recipe.binaries.names {
-            argv.push("-p".into());
-            argv.push(name.clone());
-        }
-        let mut c = cmd::command("cargo", &argv);
+        // The whole workspace, not `-p` each binary: cargo unifies features
+        // over the packages it builds, so a subset would compile the
+        // dependency tree again beside the workspace build of the tests.
+        let mut c = cmd::command("cargo", ["build", "--release", "--locked", "--workspace"]);
         c.current_dir(&ws);
         cmd::run_streaming(&mut c, |l| step.detail(l)).context("cargo build of the image binaries failed")?;
         step.finish(&recipe.binaries.names.join(", "));

@@ -21,21 +21,23 @@ use crate::qemu::free_port;
 /// Days a test client certificate is valid.
 const CLIENT_DAYS: u32 = 2;
 
-/// Builds release binaries of the given packages with cargo (a no-op when
-/// they are up to date).
+/// Builds the workspace's release binaries with cargo, for `packages` (a
+/// no-op when they are up to date). Always the whole workspace: cargo
+/// unifies dependency features over the packages it builds, so building a
+/// subset would compile the dependency tree again with other features (and
+/// the next whole-workspace build, or `cargo test --release`, once more).
 pub fn build_binaries(paths: &Paths, packages: &[&str]) -> Result<()> {
-    let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    eprintln!("Building {}", packages.join(", "));
-    let status = cmd
+    eprintln!("Building the workspace (release) for {}", packages.join(", "));
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--locked", "--workspace"])
         .current_dir(&paths.root)
         .status()
         .context("Cannot run cargo: install Rust (rustup) or put cargo on PATH")?;
     if !status.success() {
-        bail!("cargo build --release -p {} failed", packages.join(" -p "));
+        bail!(
+            "cargo build --release --locked --workspace failed (needed for {})",
+            packages.join(", ")
+        );
     }
     Ok(())
 }
@@ -44,7 +46,10 @@ pub fn build_binaries(paths: &Paths, packages: &[&str]) -> Result<()> {
 pub fn release_binary(paths: &Paths, name: &str, package: &str) -> Result<PathBuf> {
     let p = paths.root.join("target/release").join(name);
     if !p.is_file() {
-        bail!("{} not found: run cargo build --release -p {package}", p.display());
+        bail!(
+            "{} not found: run cargo build --release --locked --workspace (it is built by {package})",
+            p.display()
+        );
     }
     Ok(p)
 }

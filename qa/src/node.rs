@@ -129,14 +129,8 @@ impl ImageOptions {
 /// Builds an image into `out` with `opts` (see [`build_image`]); `out` then
 /// holds disk.img, slot.img, update.raucb and manifest.json.
 pub fn build_image_with(paths: &Paths, out: &Path, opts: &ImageOptions) -> Result<Duration> {
-    let status = Command::new("cargo")
-        .args(["build", "--release", "-p", "debvisor-image"])
-        .current_dir(&paths.root)
-        .status()
-        .context("Cannot run cargo: install Rust (rustup) or put cargo on PATH")?;
-    if !status.success() {
-        bail!("cargo build -p debvisor-image failed: fix the image builder, or pass --image DIR / --no-build");
-    }
+    crate::host_agent::build_binaries(paths, &["debvisor-image"])
+        .context("fix the build, or pass --image DIR / --no-build")?;
     let builder = paths.root.join("target/release/debvisor-image");
     let recipe = opts
         .recipe

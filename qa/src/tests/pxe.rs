@@ -50,7 +50,7 @@ impl PxeLab {
         let bin = ctx.paths.root.join("target/release/debvisor-provision");
         ensure!(
             bin.is_file(),
-            "{} not found: cargo build --release -p debvisor-provision",
+            "{} not found: cargo build --release --locked --workspace",
             bin.display()
         );
         let ns = Netns::create(name)?;
