@@ -1,7 +1,7 @@
 //! The audit page against a real agent's in-memory audit log: filters,
 //! paging, the CSV export and bad filter input.
 
-mod support;
+use crate::support;
 
 use axum::http::{StatusCode, header};
 use debvisor_audit::{NewEntry, Outcome};

@@ -118,7 +118,7 @@ impl NodeHealthService for FixedHealth {
     }
 }
 
-mod support;
+use crate::support;
 
 use support::{Console, PASSWORD, get, hash, login_form, post, sign_in, try_login};
 

@@ -4,7 +4,7 @@
 //! The console samples every 5 s (the production interval), so the tests
 //! that need two samples take about that long.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! with its details and result strip, the node state, the boot gate and the
 //! machine config; and the live panel over server-sent events.
 
-mod support;
+use crate::support;
 
 use axum::http::{StatusCode, header};
 use support::{Console, get, open, read_until, sign_in};

@@ -3,7 +3,7 @@
 //! the console user, CSRF, bad unit names, the journal fragment and its live
 //! tail.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

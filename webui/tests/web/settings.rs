@@ -3,7 +3,7 @@
 //! client bundle download (POST with CSRF, attachment, no-store, audited as
 //! `config.bundle.download` by `console:USER`), checked per role.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

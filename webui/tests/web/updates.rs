@@ -5,7 +5,7 @@
 //! marks and the reboot that activates a slot, each in the agent's audit log
 //! as `console:USER`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

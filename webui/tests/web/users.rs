@@ -3,7 +3,7 @@
 //! the route x role table, CSRF, form validation, session expiry and
 //! restarts, and the per-user request rate.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

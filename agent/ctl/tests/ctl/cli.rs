@@ -2,7 +2,7 @@
 //! three v1 services, served in-process by tonic on a Unix socket in a
 //! temporary directory.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Runs the built `debvisorctl health` with `--socket` against a fake
 //! `debvisor.health.v1.NodeHealthService` served in-process by tonic.
 
-mod common;
+use crate::common;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! config from another CA, a client certificate from another CA, an
 //! unreachable endpoint and an unknown context.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

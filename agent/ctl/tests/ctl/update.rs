@@ -1,7 +1,7 @@
 //! Runs the built `debvisorctl update …` with `--socket` against the real
 //! agent server (its update service on a fake RAUC), in-process.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
