@@ -76,12 +76,12 @@ pub fn build(
             "-no-progress".as_ref(),
             "-sort".as_ref(),
             sort.as_os_str(),
-            // Build artefacts that must never reach an image.
-            "-wildcards".as_ref(),
-            "-e".as_ref(),
-            "var/cache/apt/archives/*.deb".as_ref(),
         ],
     );
+    c.args(compression.options());
+    // Build artefacts that must never reach an image (`-e` takes every
+    // argument after it, so it comes last).
+    c.args(["-wildcards", "-e", "var/cache/apt/archives/*.deb"]);
     cmd::run_streaming(&mut c, |line| step.detail(line)).map_err(|e| err(cmd::tool("mksquashfs")(e)))?;
     let output_err = |e| err(cmd::io("Reading the squashfs", out)(e));
     let mut len = std::fs::metadata(out).map_err(output_err)?.len();
