@@ -402,11 +402,6 @@ impl<'a> SerialGuest<'a> {
             .context("No `login:` prompt after logging out")?;
         Ok(())
     }
-
-    /// Types a command without waiting for it (for `systemctl reboot`).
-    pub fn send_line(&mut self, cmd: &str) -> Result<()> {
-        self.con.send(&format!("{cmd}\n"))
-    }
 }
 
 #[cfg(test)]

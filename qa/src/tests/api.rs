@@ -211,15 +211,26 @@ fn boot_id(g: &mut SerialGuest) -> Result<String> {
     Ok(id.trim().to_string())
 }
 
+/// One reboot of the shared node serves two checks: node.Reboot over mTLS
+/// reboots it (new boot_id, audited), and what was written to /etc and
+/// /var before it is still there after it (same machine-id, the first
+/// boot's password still works and is not printed again).
 pub(super) fn reboot_via_api(ctx: &Ctx) -> Result<()> {
     let n = ctx.shared_node()?;
     let pw = n.password()?;
     let con = &n.vm.console;
-    let before = {
+    let tok = super::boot::token();
+    let (before, machine_id) = {
         let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))?;
-        let id = boot_id(&mut g)?;
+        let (rc, out) = g.exec(
+            &format!("echo {tok} > /etc/qa-token && echo {tok} > /var/lib/qa-token && sync"),
+            CMD,
+        )?;
+        ensure!(rc == 0, "Writing the token files failed: {out}");
+        let (_, id) = g.exec("cat /etc/machine-id", CMD)?;
+        let boot = boot_id(&mut g)?;
         g.logout()?;
-        id
+        (boot, id.trim().to_string())
     };
     let from = con.offset();
     let reason = "qa reboot_via_api";
@@ -243,12 +254,31 @@ pub(super) fn reboot_via_api(ctx: &Ctx) -> Result<()> {
         .map_err(|e| node::with_tail(e.context("The node did not go down after Reboot"), &n.vm))?;
     let again = node::wait_node(ctx.rt, &n.vm, down.1.end, ctx.boot_timeout, Some(&pw), &n.config)
         .map_err(|e| node::with_tail(e.context("The node did not come back after Reboot"), &n.vm))?;
-    let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))?;
+    ensure!(
+        again.boot.admin.is_none(),
+        "The second boot printed the admin password again (it must only appear at first boot)"
+    );
+    let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))
+        .context("Logging in after the reboot with the first boot's password failed")?;
     let after = boot_id(&mut g)?;
     ensure!(
         after != before,
         "boot_id did not change ({before}): the node did not reboot"
     );
+    for f in ["/etc/qa-token", "/var/lib/qa-token"] {
+        let (rc, out) = g.exec(&format!("cat {f}"), CMD)?;
+        ensure!(
+            rc == 0 && out.trim() == tok,
+            "{f} lost its token {tok} across the reboot: {out}"
+        );
+    }
+    let (_, id_after) = g.exec("cat /etc/machine-id", CMD)?;
+    ensure!(
+        id_after.trim() == machine_id,
+        "/etc/machine-id changed across the reboot: {machine_id} -> {}",
+        id_after.trim()
+    );
+    eprintln!("  /etc and /var kept their tokens, machine-id unchanged");
     ctx.rt.block_on(async {
         let ch = probes::connect(&again.client).await?;
         let records = audit_records(&ch).await?;

@@ -11,7 +11,7 @@ use debvisor_api::node::v1::GetStatusRequest;
 use debvisor_api::node::v1::node_service_client::NodeServiceClient;
 
 use super::{CMD, Ctx};
-use crate::node::{self, Node};
+use crate::node::Node;
 use crate::probes;
 use crate::serial::SerialGuest;
 
@@ -137,50 +137,12 @@ pub(super) fn root_read_only(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn token() -> String {
+/// A random token to write on the node and find again.
+pub(super) fn token() -> String {
     let mut b = [0u8; 8];
     let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
     if filled.is_err() {
         b = (std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64).to_le_bytes();
     }
     hex::encode(b)
-}
-
-pub(super) fn persistence_across_reboot(ctx: &Ctx) -> Result<()> {
-    let n = ctx.shared_node()?;
-    let (_, pw) = admin(&n)?;
-    let tok = token();
-    let con = &n.vm.console;
-    let machine_id = {
-        let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))?;
-        let (rc, out) = g.exec(
-            &format!("echo {tok} > /etc/qa-token && echo {tok} > /var/lib/qa-token && sync"),
-            CMD,
-        )?;
-        ensure!(rc == 0, "Writing the token files failed: {out}");
-        let (_, id) = g.exec("cat /etc/machine-id", CMD)?;
-        let from = con.offset();
-        g.send_line("systemctl reboot")?;
-        (id.trim().to_string(), from)
-    };
-    let (id_before, from) = machine_id;
-    let second = node::wait_node(ctx.rt, &n.vm, from, ctx.boot_timeout, Some(&pw), &n.config)
-        .map_err(|e| node::with_tail(e.context("The node did not come back after reboot"), &n.vm))?;
-    ensure!(
-        second.boot.admin.is_none(),
-        "The second boot printed the admin password again (it must only appear at first boot)"
-    );
-    let mut g = SerialGuest::login(con, "root", &pw, Duration::from_secs(120))
-        .context("Logging in after the reboot with the first boot's password failed")?;
-    for f in ["/etc/qa-token", "/var/lib/qa-token"] {
-        let (rc, out) = g.exec(&format!("cat {f}"), CMD)?;
-        ensure!(rc == 0 && out.trim() == tok, "{f} lost its token {tok}: {out}");
-    }
-    let (_, id_after) = g.exec("cat /etc/machine-id", CMD)?;
-    ensure!(
-        id_after.trim() == id_before,
-        "/etc/machine-id changed across the reboot: {id_before} -> {}",
-        id_after.trim()
-    );
-    Ok(())
 }

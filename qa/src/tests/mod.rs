@@ -179,14 +179,8 @@ pub const TESTS: &[Test] = &[
         run: console_node::console_node_browser,
     },
     Test {
-        name: "persistence_across_reboot",
-        what: "/etc and /var survive a reboot",
-        kind: Kind::SharedVm,
-        run: boot::persistence_across_reboot,
-    },
-    Test {
         name: "reboot_via_api",
-        what: "node.Reboot over mTLS reboots the node and is in the audit log",
+        what: "node.Reboot over mTLS reboots the node and is in the audit log; /etc, /var and machine-id survive the reboot",
         kind: Kind::SharedVm,
         run: api::reboot_via_api,
     },
