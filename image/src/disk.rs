@@ -14,7 +14,7 @@ use crate::recipe::DiskSection;
 
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = 512;
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC3B8";
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// Generic Linux data: systemd's gpt-auto-generator leaves these alone.
 const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
@@ -341,7 +341,7 @@ mod tests {
         // The installer writes through the slot's last 4 KiB block.
         assert_eq!(install_len(&l, 4096 * 10 + 1), 65 * MIB + 4096 * 11);
         let script = l.sfdisk_script("node 1");
-        assert!(script.contains("start=2048, size=131072, type=C12A7328"));
+        assert!(script.contains("start=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"));
         assert!(script.contains("name=\"root_b\""));
         assert_eq!(script, l.sfdisk_script("node 1"));
     }
