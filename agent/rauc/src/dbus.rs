@@ -347,6 +347,11 @@ async fn follow_install(
 ) {
     let completion = loop {
         tokio::select! {
+            // Property changes first: RAUC sends the last Progress (100%)
+            // before Completed, and both are already queued when Completed
+            // is read; an unbiased select could take Completed first and
+            // drop that last step.
+            biased;
             msg = props.next() => match msg {
                 Some(Ok(m)) => {
                     if let Some(p) = progress_of(&m) {
