@@ -9,6 +9,7 @@ mod config;
 mod console_browser;
 mod console_node;
 mod host;
+mod jobs;
 mod pxe;
 mod supervisor;
 mod update;
@@ -263,6 +264,11 @@ pub struct TestArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 2048)]
     pub memory: u32,
+    /// Run up to this many VM tests at once, each group in its own process
+    /// (the tests sharing a node form one group); their output is printed
+    /// whole as each group ends.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
 }
 
 /// Options of `bench update`.
@@ -407,6 +413,34 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
         // same packages as qa/test.sh builds (one feature set, no rebuild).
         host_agent::build_binaries(paths, PXE_BINARIES)?;
     }
+    let groups = jobs::groups(&selected, LONGEST);
+    let (passed, failed) = if a.jobs > 1 && groups.len() > 1 {
+        let host: Vec<&Test> = selected.iter().copied().filter(|t| t.kind == Kind::Host).collect();
+        let (hp, hf) = run_here(paths, rt, accel, a, &host, &image, &version)?;
+        let (vp, vf) = jobs::run(paths, accel, a, &image, groups, a.jobs)?;
+        (hp + vp, hf + vf)
+    } else {
+        run_here(paths, rt, accel, a, &selected, &image, &version)?
+    };
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+/// The VM tests that take longest (update_ab about 17 minutes, pxe_install
+/// 5): with `--jobs`, they start first.
+const LONGEST: &[&str] = &["update_ab", "pxe_install"];
+
+/// Runs `selected` one after the other in this process; returns (passed,
+/// failed).
+fn run_here(
+    paths: &Paths,
+    rt: &tokio::runtime::Runtime,
+    accel: Accel,
+    a: &TestArgs,
+    selected: &[&Test],
+    image: &std::path::Path,
+    version: &str,
+) -> Result<(usize, usize)> {
     let (mut passed, mut failed) = (0, 0);
     let shared: Mutex<Option<Node>> = Mutex::new(None);
     for (i, test) in selected.iter().enumerate() {
@@ -417,8 +451,8 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
         let ctx = Ctx {
             rt,
             paths,
-            image: image.clone(),
-            version: version.clone(),
+            image: image.to_path_buf(),
+            version: version.to_string(),
             dir: dir.clone(),
             accel,
             boot_timeout: Duration::from_secs(a.boot_timeout),
@@ -462,6 +496,5 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
             *shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
-    println!("{passed} passed, {failed} failed");
-    Ok(failed == 0)
+    Ok((passed, failed))
 }
