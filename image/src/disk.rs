@@ -14,7 +14,7 @@ use crate::recipe::DiskSection;
 
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = 512;
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// Generic Linux data: systemd's gpt-auto-generator leaves these alone.
 const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
@@ -137,18 +137,29 @@ pub struct EspFiles<'a> {
     pub grubenv: &'a Path,
 }
 
-/// Builds the standalone GRUB EFI binary with `embedded_cfg` as its config.
+/// GRUB modules of the node's BOOTX64.EFI.
+const NODE_GRUB_MODULES: &str =
+    "part_gpt fat squash4 xzio gzio linux normal configfile regexp test loadenv echo all_video";
+
+/// Builds the node's standalone GRUB EFI binary with `embedded_cfg` as its
+/// config.
 pub fn make_bootx64(embedded_cfg: &Path, out: &Path) -> Result<(), DiskError> {
+    make_grub_efi(embedded_cfg, NODE_GRUB_MODULES, out)
+}
+
+/// Builds a standalone GRUB EFI binary (x86_64) holding `modules` (space
+/// separated) with `embedded_cfg` as its config.
+pub fn make_grub_efi(embedded_cfg: &Path, modules: &str, out: &Path) -> Result<(), DiskError> {
     let mut cfg_arg = std::ffi::OsString::from("boot/grub/grub.cfg=");
     cfg_arg.push(embedded_cfg);
+    let modules = format!("--modules={modules}");
     cmd::run(&mut command(
         "grub-mkstandalone",
         [
             "--format=x86_64-efi".as_ref(),
             "--output".as_ref(),
             out.as_os_str(),
-            "--modules=part_gpt fat squash4 xzio gzio linux normal configfile regexp test loadenv echo all_video"
-                .as_ref(),
+            modules.as_ref(),
             "--locales=".as_ref(),
             "--fonts=".as_ref(),
             "--themes=".as_ref(),
@@ -159,48 +170,74 @@ pub fn make_bootx64(embedded_cfg: &Path, out: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Makes a FAT32 ESP image of `size` bytes at `out` holding `files`.
-pub fn make_esp(out: &Path, size: u64, volume_id: &str, files: &EspFiles<'_>) -> Result<(), DiskError> {
+/// A FAT file system image to make with [`make_fat`].
+#[derive(Debug)]
+pub struct Fat<'a> {
+    /// 16 or 32.
+    pub bits: u8,
+    /// Volume label (at most 11 characters).
+    pub label: &'a str,
+    /// Volume id, 8 hex digits.
+    pub volume_id: &'a str,
+    /// Directories to create, parents first (`/EFI`, `/EFI/BOOT`).
+    pub dirs: &'a [&'a str],
+    /// Files: (source, path in the image).
+    pub files: &'a [(&'a Path, &'a str)],
+}
+
+/// Makes a FAT image of `size` bytes at `out` (mkfs.vfat, then mtools).
+pub fn make_fat(out: &Path, size: u64, fat: &Fat<'_>) -> Result<(), DiskError> {
     let _ = std::fs::remove_file(out);
     let kib = (size / 1024).to_string();
+    let bits = fat.bits.to_string();
     cmd::run(&mut command(
         "mkfs.vfat",
         [
             "-C".as_ref(),
             "-F".as_ref(),
-            "32".as_ref(),
+            bits.as_ref(),
             "-n".as_ref(),
-            "DEBVISOR".as_ref(),
+            fat.label.as_ref(),
             "-i".as_ref(),
-            volume_id.as_ref(),
+            fat.volume_id.as_ref(),
             out.as_os_str(),
             kib.as_ref(),
         ],
     ))
-    .map_err(tool("Formatting the ESP"))?;
+    .map_err(tool(format!("Formatting {}", out.display())))?;
     let img = out.as_os_str();
-    let mut mmd = command(
-        "mmd",
-        [
-            "-i".as_ref(),
-            img,
-            "::/EFI".as_ref(),
-            "::/EFI/BOOT".as_ref(),
-            "::/EFI/debvisor".as_ref(),
-        ],
-    );
-    mmd.env("MTOOLS_SKIP_CHECK", "1");
-    cmd::run(&mut mmd).map_err(tool("Creating ESP directories"))?;
-    for (src, dst) in [
-        (files.bootx64, "::/EFI/BOOT/BOOTX64.EFI"),
-        (files.grub_cfg, "::/EFI/debvisor/grub.cfg"),
-        (files.grubenv, "::/EFI/debvisor/grubenv"),
-    ] {
+    if !fat.dirs.is_empty() {
+        let mut mmd = command("mmd", ["-i".as_ref(), img]);
+        mmd.args(fat.dirs.iter().map(|d| format!("::{d}")));
+        mmd.env("MTOOLS_SKIP_CHECK", "1");
+        cmd::run(&mut mmd).map_err(tool(format!("Creating directories in {}", out.display())))?;
+    }
+    for (src, dst) in fat.files {
+        let dst = format!("::{dst}");
         let mut c = command("mcopy", ["-i".as_ref(), img, src.as_os_str(), dst.as_ref()]);
         c.env("MTOOLS_SKIP_CHECK", "1");
-        cmd::run(&mut c).map_err(tool(format!("Copying {} to the ESP", src.display())))?;
+        cmd::run(&mut c).map_err(tool(format!("Copying {} to {}", src.display(), out.display())))?;
     }
     Ok(())
+}
+
+/// Makes a FAT32 ESP image of `size` bytes at `out` holding `files`.
+pub fn make_esp(out: &Path, size: u64, volume_id: &str, files: &EspFiles<'_>) -> Result<(), DiskError> {
+    make_fat(
+        out,
+        size,
+        &Fat {
+            bits: 32,
+            label: "DEBVISOR",
+            volume_id,
+            dirs: &["/EFI", "/EFI/BOOT", "/EFI/debvisor"],
+            files: &[
+                (files.bootx64, "/EFI/BOOT/BOOTX64.EFI"),
+                (files.grub_cfg, "/EFI/debvisor/grub.cfg"),
+                (files.grubenv, "/EFI/debvisor/grubenv"),
+            ],
+        },
+    )
 }
 
 /// Creates the sparse disk image, partitions it and writes the ESP and the

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod disk;
 pub mod grubenv;
 pub mod initrd;
+pub mod installer;
 pub mod manifest;
 pub mod mirror;
 pub mod progress;

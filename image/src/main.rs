@@ -15,7 +15,7 @@ use debvisor_image::progress::Progress;
 use debvisor_image::recipe::Recipe;
 use debvisor_image::signing::{self, Signing};
 use debvisor_image::variant::{MarkFile, Variant};
-use debvisor_image::{bundle, cmd, disk, grubenv, initrd, manifest, mirror, pxe, rootfs, slot};
+use debvisor_image::{bundle, cmd, disk, grubenv, initrd, installer, manifest, mirror, pxe, rootfs, slot};
 
 /// Builds DebVisor images.
 #[derive(Debug, Parser)]
@@ -92,7 +92,7 @@ fn workspace_root() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-const STEPS: usize = 12;
+const STEPS: usize = 13;
 
 fn build(args: &BuildArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -257,10 +257,34 @@ fn build(args: &BuildArgs) -> Result<()> {
         slot: (&slot_path, &slot_artifact),
         disk: (&disk_path, disk::install_len(&layout, slot_len)),
     };
-    pxe::write(&pxe_dir, &sources, &progress)?;
+    let sums = pxe::write(&pxe_dir, &sources, &progress)?;
     step.finish(&pxe_dir.display().to_string());
 
-    // 12. Manifest.
+    // 12. USB installer.
+    let step = progress.step("USB installer (installer.iso)");
+    let install_sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("  install.img"))
+        .context("The PXE set's sums have no install.img")?;
+    let installer = installer::write(
+        &out,
+        &work,
+        &seed,
+        &installer::Sources {
+            kernel: &root.join("boot/vmlinuz"),
+            initrd: &root.join("boot/initrd.img"),
+            install: (&pxe_dir.join("install.img"), install_sha),
+            grub_cfg: &firmware.join("grub/installer.cfg"),
+            version: &recipe.image.version,
+        },
+    )?;
+    step.finish(&format!(
+        "{} ({})",
+        installer.display(),
+        human(std::fs::metadata(&installer)?.len())
+    ));
+
+    // 13. Manifest.
     let step = progress.step("Checksums and manifest.json");
     let artifacts = vec![slot_artifact, disk_artifact];
     let m = manifest::Manifest {

@@ -37,6 +37,10 @@ pub enum Accel {
     Kvm,
 }
 
+/// The serial of the virtio disk of a [`Boot::Usb`] VM: the installer
+/// sees it as /dev/disk/by-id/virtio-DVDISK01.
+pub const USB_TARGET_SERIAL: &str = "DVDISK01";
+
 /// What the VM boots.
 #[derive(Debug, Clone)]
 pub enum Boot {
@@ -53,6 +57,11 @@ pub enum Boot {
     /// from the NIC first, then the disk if there is one (a blank disk for
     /// an install, kept behind an overlay too).
     Pxe { disk: Option<PathBuf> },
+    /// OVMF booting a USB stick (`stick`, a raw image written to in place,
+    /// on an xHCI controller) after the virtio disk (`disk`, behind an
+    /// overlay, serial DVDISK01): a blank disk boots nothing, so the stick
+    /// boots until something is installed on the disk.
+    Usb { stick: PathBuf, disk: PathBuf },
 }
 
 /// Where the guest's NIC is plugged in.
@@ -282,11 +291,11 @@ impl Vm {
         ];
         let mut disk_image = None;
         match &spec.boot {
-            Boot::Uefi { .. } | Boot::Pxe { .. } => {
+            Boot::Uefi { .. } | Boot::Pxe { .. } | Boot::Usb { .. } => {
                 if !Path::new(OVMF_CODE).exists() {
                     bail!("{OVMF_CODE} not found: run apt-get install ovmf");
                 }
-                if let Boot::Uefi { disk } | Boot::Pxe { disk: Some(disk) } = &spec.boot {
+                if let Boot::Uefi { disk } | Boot::Pxe { disk: Some(disk) } | Boot::Usb { disk, .. } = &spec.boot {
                     create_overlay(disk, &overlay, Some("8G"))?;
                     disk_image = Some(disk);
                 }
@@ -327,6 +336,22 @@ impl Vm {
                     "virtio-blk-pci,drive=d0,bootindex=2".into(),
                 ]);
             }
+        } else if let Boot::Usb { stick, .. } = &spec.boot {
+            let stick = stick
+                .canonicalize()
+                .with_context(|| format!("USB stick image {} not found", stick.display()))?;
+            args.extend([
+                "-drive".into(),
+                format!("file={},if=none,id=d0,format=qcow2", overlay.display()),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=d0,bootindex=1,serial={USB_TARGET_SERIAL}"),
+                "-device".into(),
+                "qemu-xhci,id=xhci".into(),
+                "-drive".into(),
+                format!("file={},if=none,id=usb0,format=raw", stick.display()),
+                "-device".into(),
+                "usb-storage,bus=xhci.0,drive=usb0,removable=on,bootindex=2".into(),
+            ]);
         } else {
             args.extend([
                 "-drive".into(),

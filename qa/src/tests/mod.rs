@@ -13,6 +13,7 @@ mod jobs;
 mod pxe;
 mod supervisor;
 mod update;
+mod usb;
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -237,7 +238,12 @@ pub const TESTS: &[Test] = &[
 
 /// Tests being built: run only when named (`debvisor-qa test NAME`), not
 /// part of the suite until they pass.
-pub const WIP: &[Test] = &[];
+pub const WIP: &[Test] = &[Test {
+    name: "usb_install",
+    what: "installer.iso written to a USB stick with a machine config naming the disk: OVMF boots it, it installs to the blank virtio disk unattended, and the node reboots from slot A to ready with the config's host name",
+    kind: Kind::Vm,
+    run: usb::usb_install,
+}];
 
 /// What the PXE tests run on this host, built as one set (the packages
 /// qa/test.sh builds, so one feature set and no rebuild).

@@ -65,6 +65,10 @@ pub struct MachineConfig {
     /// The A/B boot gate.
     #[serde(default)]
     pub boot: BootConfig,
+    /// How the USB installer installs this node (read from the medium by
+    /// the installer; the installed node keeps it but does not use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallConfig>,
 }
 
 impl Default for MachineConfig {
@@ -82,6 +86,7 @@ impl Default for MachineConfig {
             health: HealthConfig::default(),
             alerts: AlertsConfig::default(),
             boot: BootConfig::default(),
+            install: None,
         }
     }
 }
@@ -301,6 +306,16 @@ impl Default for BootConfig {
             gate_deadline_seconds: d::gate_deadline_seconds(),
         }
     }
+}
+
+/// `[install]`: read by the USB installer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    /// The disk to erase and install to: a `/dev/disk/by-id/...` path, or
+    /// `empty:GB`, the only disk without partitions or signatures of at
+    /// least GB gigabytes (10^9 bytes).
+    pub disk: String,
 }
 
 /// Default values, as functions for `#[serde(default = ...)]`.

@@ -315,3 +315,36 @@ fn digest_follows_content_not_formatting() {
         MachineConfig::default()
     );
 }
+
+#[test]
+fn install_disk_takes_what_the_installer_takes() {
+    for disk in [
+        "/dev/disk/by-id/virtio-DVDISK01",
+        "/dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64ANS0T:1",
+        "empty:16",
+    ] {
+        let cfg = MachineConfig::from_toml(&format!("version = 1\n[install]\ndisk = \"{disk}\"\n")).unwrap();
+        // It survives the canonical form (the installed node keeps it).
+        assert_eq!(MachineConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        assert_eq!(cfg.install.unwrap().disk, disk);
+    }
+    for (disk, needle) in [
+        ("/dev/sda", "a disk by id"),
+        ("/dev/disk/by-id/", "a disk by id"),
+        ("/dev/disk/by-id/../sda", "a disk by id"),
+        ("/dev/disk/by-id/a b", "a disk by id"),
+        ("/dev/disk/by-id/x;reboot", "a disk by id"),
+        ("empty:", "from 1 to 9999999"),
+        ("empty:0", "from 1 to 9999999"),
+        ("empty:12x", "from 1 to 9999999"),
+        ("empty:99999999", "from 1 to 9999999"),
+    ] {
+        let e = err(&format!("version = 1\n[install]\ndisk = \"{disk}\"\n"));
+        assert!(e.starts_with("install.disk = "), "{disk}: {e}");
+        assert!(e.contains(needle), "{disk}: {e}");
+    }
+    let e = err("version = 1\n[install]\ndisk = \"empty:8\"\nwipe = true\n");
+    assert!(e.contains("wipe"), "{e}");
+    let e = err("version = 1\n[install]\n");
+    assert!(e.contains("disk"), "{e}");
+}

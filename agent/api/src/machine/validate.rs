@@ -79,6 +79,9 @@ pub(super) fn config(cfg: &MachineConfig) -> Result {
         check_str(&key, unit, seen.insert(unit), "listed twice")?;
     }
     health(cfg)?;
+    if let Some(install) = &cfg.install {
+        install_disk(&install.disk)?;
+    }
     for (i, hook) in cfg.alerts.webhooks.iter().enumerate() {
         let key = |k: &str| format!("alerts.webhooks[{i}].{k}");
         check_str(
@@ -440,5 +443,34 @@ fn health(cfg: &MachineConfig) -> Result {
         "restart_window_seconds",
         &h.restart_window_seconds,
         &format!("at least interval_seconds ({})", h.interval_seconds),
+    )
+}
+
+/// `install.disk`: what the installer's shell script accepts as
+/// `debvisor.install_disk=`, so that a config that validates is one it can
+/// act on.
+fn install_disk(disk: &str) -> Result {
+    const KEY: &str = "install.disk";
+    if let Some(gb) = disk.strip_prefix("empty:") {
+        let ok = !gb.is_empty() && gb.len() <= 7 && !gb.starts_with('0') && gb.bytes().all(|b| b.is_ascii_digit());
+        return check_str(
+            KEY,
+            disk,
+            ok,
+            "empty:GB needs a number of gigabytes from 1 to 9999999, e.g. \"empty:16\"",
+        );
+    }
+    let rest = disk.strip_prefix("/dev/disk/by-id/").unwrap_or_default();
+    let ok = !rest.is_empty()
+        && rest != "."
+        && rest != ".."
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b','));
+    check_str(
+        KEY,
+        disk,
+        ok,
+        "a disk by id (\"/dev/disk/by-id/NAME\", see ls -l /dev/disk/by-id) or \"empty:GB\" (the only empty disk of at least GB gigabytes)",
     )
 }

@@ -1,0 +1,141 @@
+//! The USB installer in a VM: installer.iso written raw to a "stick" (a
+//! copy of the file, as `dd` would write it), a machine config naming the
+//! install disk copied onto the stick's FAT partition, the stick on an xHCI
+//! controller as `usb-storage`, and a blank virtio disk. OVMF boots the
+//! stick (the blank disk boots nothing), the installer writes the disk
+//! unattended and reboots, and the node comes up from slot A of the disk
+//! with the config's host name, the stick still plugged in.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use super::Ctx;
+use crate::node::with_tail;
+use crate::qemu::{Boot, Nic, USB_TARGET_SERIAL, Vm, VmSpec};
+use crate::serial::SerialGuest;
+
+/// The host name the stick's machine config gives the node.
+const HOST: &str = "usb-installed-1";
+
+/// The byte offset of partition `n` of the GPT disk image `img`.
+fn partition_offset(img: &Path, n: usize) -> Result<u64> {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(img)
+        .output()
+        .context("Cannot run sfdisk: apt-get install fdisk")?;
+    ensure!(
+        out.status.success(),
+        "sfdisk --json {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("sfdisk --json printed no JSON")?;
+    let table = &v["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let start = table["partitions"]
+        .as_array()
+        .and_then(|p| p.get(n - 1))
+        .and_then(|p| p["start"].as_u64())
+        .with_context(|| format!("{} has no partition {n}: {v}", img.display()))?;
+    Ok(start * sector)
+}
+
+/// Copies `file` onto the FAT file system at byte `offset` of `img` as
+/// `/name` (mtools, as a user would with a file manager).
+fn mcopy(img: &Path, offset: u64, file: &Path, name: &str) -> Result<()> {
+    let status = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{offset}", img.display()))
+        .arg(file)
+        .arg(format!("::/{name}"))
+        .status()
+        .context("Cannot run mcopy: apt-get install mtools")?;
+    if !status.success() {
+        bail!("mcopy {} to {}@@{offset} failed", file.display(), img.display());
+    }
+    Ok(())
+}
+
+fn sh(g: &mut SerialGuest, cmd: &str) -> Result<String> {
+    let (rc, out) = g.exec(cmd, super::CMD)?;
+    ensure!(rc == 0, "`{cmd}` on the node exited {rc}: {}", out.trim());
+    Ok(out.trim().to_string())
+}
+
+pub(super) fn usb_install(ctx: &Ctx) -> Result<()> {
+    let iso = ctx.image.join(debvisor_image::installer::FILE);
+    ensure!(iso.is_file(), "{} is missing: build the image", iso.display());
+    let stick = ctx.dir.join("stick.img");
+    std::fs::copy(&iso, &stick).with_context(|| format!("Copying {}", iso.display()))?;
+    let config = ctx.dir.join("machine.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n\n[node]\nhostname = \"{HOST}\"\n\n[install]\n# The virtio disk.\ndisk = \"/dev/disk/by-id/virtio-{USB_TARGET_SERIAL}\"\n"
+        ),
+    )?;
+    mcopy(&stick, partition_offset(&stick, 2)?, &config, "machine.toml")?;
+    let blank = ctx.dir.join("blank.img");
+    std::fs::File::create(&blank)?.set_len(8 << 30)?;
+
+    let vm = Vm::start(&VmSpec {
+        boot: Boot::Usb {
+            stick: stick.clone(),
+            disk: blank,
+        },
+        workdir: ctx.dir.join("vm"),
+        console_log: ctx.dir.join("console.log"),
+        memory_mib: ctx.memory_mib,
+        accel: ctx.accel,
+        console_port: None,
+        agent_port: None,
+        detach: false,
+        nic: Nic::User,
+    })?;
+    let info = vm
+        .console
+        .wait_ready(0, ctx.boot_timeout * 2)
+        .map_err(|e| with_tail(e.context("The USB-installed node did not reach ready"), &vm))?;
+    println!("  USB install to ready: {:.1} s", info.ready_at.as_secs_f64());
+    let log = vm.console.text(0, vm.console.offset());
+    for needle in [
+        "debvisor: install: installer medium DVINST_",
+        "debvisor: install: machine config machine.toml on",
+        "debvisor: install: writing the installer medium",
+        "written and verified (sha256",
+        "machine config from the medium kept for the first boot",
+        "debvisor: booting slot A",
+    ] {
+        ensure!(log.contains(needle), "The console shows no {needle:?}: see console.log");
+    }
+    ensure!(
+        !log.contains("no machine config names the disk"),
+        "The installer asked for a disk although the stick's config names one"
+    );
+    let (_, password) = info.admin.clone().context("The first boot printed no admin password")?;
+    let mut g = SerialGuest::login(&vm.console, "root", &password, Duration::from_secs(120))?;
+    let root = sh(
+        &mut g,
+        "echo $(readlink -f $(findmnt -n -o SOURCE /)) $(findmnt -n -o FSTYPE /)",
+    )?;
+    ensure!(root == "/dev/vda2 squashfs", "/ is not slot A of the disk: {root}");
+    let verify = sh(&mut g, "sfdisk --verify /dev/vda 2>&1")?;
+    ensure!(
+        verify.contains("No errors detected"),
+        "The installed partition table has problems: {verify}"
+    );
+    let hostname = sh(&mut g, "hostname")?;
+    ensure!(
+        hostname == HOST,
+        "The node is called {hostname:?}, not {HOST:?} (the stick's config)"
+    );
+    // The stick is still there, untouched: an ISO 9660 medium, not a target.
+    let usb = sh(&mut g, "lsblk -n -o NAME,TRAN,LABEL -d -e 7,11 | grep usb || true")?;
+    ensure!(!usb.is_empty(), "The stick is gone from the node's disks");
+    Ok(())
+}
