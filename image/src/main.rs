@@ -278,6 +278,7 @@ fn build(args: &BuildArgs) -> Result<()> {
             version: &recipe.image.version,
         },
     )?;
+    let installer_artifact = hash(&progress, &installer)?;
     step.finish(&format!(
         "{} ({})",
         installer.display(),
@@ -286,7 +287,7 @@ fn build(args: &BuildArgs) -> Result<()> {
 
     // 13. Manifest.
     let step = progress.step("Checksums and manifest.json");
-    let artifacts = vec![slot_artifact, disk_artifact];
+    let artifacts = vec![slot_artifact, disk_artifact, installer_artifact];
     let m = manifest::Manifest {
         name: recipe.image.name.clone(),
         version: recipe.image.version.clone(),

@@ -42,6 +42,9 @@ pub enum Marker {
     Other(String),
 }
 
+/// What the initramfs's BusyBox prints when `panic` opens its rescue shell.
+pub const RESCUE_SHELL: &str = "built-in shell (ash)";
+
 /// Parses a console line that may carry a marker anywhere in it (kernel
 /// messages can share the line).
 pub fn parse_marker(line: &str) -> Option<Marker> {
@@ -267,12 +270,19 @@ impl Console {
         let deadline = Instant::now() + timeout;
         let mut info = BootInfo::default();
         let mut cursor = from;
+        let mut said = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (line, next) = self
                 .next_line(cursor, left)
                 .with_context(|| format!("The guest did not print `{CONSOLE_MARKER} ready`"))?;
             cursor = next;
+            if line.contains("debvisor: ") {
+                said = line.trim().to_string();
+            }
+            if line.contains(RESCUE_SHELL) {
+                bail!("The initramfs gave up and opened its rescue shell; its last word: {said:?}");
+            }
             match parse_marker(&line) {
                 Some(Marker::TlsFingerprint(fp)) => info.fingerprint = Some(fp),
                 Some(Marker::AdminPassword { user, password }) => info.admin = Some((user, password)),

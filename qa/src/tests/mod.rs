@@ -229,6 +229,12 @@ pub const TESTS: &[Test] = &[
         run: pxe::pxe_install,
     },
     Test {
+        name: "usb_install",
+        what: "installer.iso written raw to a USB stick: with no config it lists the disks and writes nothing unconfirmed; with machine.toml naming the disk on the stick it installs unattended to the blank virtio disk and the node reboots from slot A to ready with the config's host name",
+        kind: Kind::Vm,
+        run: usb::usb_install,
+    },
+    Test {
         name: "update_ab",
         what: "RAUC A/B: v1 -> v2 into slot B with a power cut in the download; a flipped-byte and a foreign bundle refused; power cuts mid-write and late in writing slot A; v3 fails its boot gate and the node falls back to v2",
         kind: Kind::Vm,
@@ -238,12 +244,7 @@ pub const TESTS: &[Test] = &[
 
 /// Tests being built: run only when named (`debvisor-qa test NAME`), not
 /// part of the suite until they pass.
-pub const WIP: &[Test] = &[Test {
-    name: "usb_install",
-    what: "installer.iso written to a USB stick with a machine config naming the disk: OVMF boots it, it installs to the blank virtio disk unattended, and the node reboots from slot A to ready with the config's host name",
-    kind: Kind::Vm,
-    run: usb::usb_install,
-}];
+pub const WIP: &[Test] = &[];
 
 /// What the PXE tests run on this host, built as one set (the packages
 /// qa/test.sh builds, so one feature set and no rebuild).
@@ -434,7 +435,7 @@ pub fn run(paths: &Paths, rt: &tokio::runtime::Runtime, accel: Accel, a: &TestAr
 
 /// The VM tests that take longest (update_ab about 17 minutes, pxe_install
 /// 5): with `--jobs`, they start first.
-const LONGEST: &[&str] = &["update_ab", "pxe_install"];
+const LONGEST: &[&str] = &["update_ab", "pxe_install", "usb_install"];
 
 /// Runs `selected` one after the other in this process; returns (passed,
 /// failed).

@@ -61,6 +61,51 @@ fn mcopy(img: &Path, offset: u64, file: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Boots the stick with no machine config: the installer lists the disks
+/// (the virtio disk with its size and serial, never the stick), takes a
+/// number, and writes nothing when the confirmation is anything but
+/// "erase vda" (QEMU counts no byte written to any drive); then the VM is
+/// switched off.
+fn prompt_refuses(ctx: &Ctx, spec: &VmSpec) -> Result<()> {
+    let vm = Vm::start(spec)?;
+    let con = &vm.console;
+    let fail = |e: anyhow::Error| with_tail(e, &vm);
+    let ask = con
+        .wait_for("Disk to install to (1-", 0, ctx.boot_timeout)
+        .map_err(|e| fail(e.context("The installer without a machine config showed no disk prompt")))?;
+    let list = con.text(0, ask.end);
+    let disks: Vec<&str> = list
+        .lines()
+        .skip_while(|l| !l.contains("Installing ERASES the disk you choose"))
+        .filter(|l| l.trim_start().starts_with("1)") || l.trim_start().starts_with("2)"))
+        .collect();
+    ensure!(
+        disks.len() == 1
+            && disks[0].contains("/dev/vda 8 GB")
+            && disks[0].contains(&format!("serial {USB_TARGET_SERIAL}")),
+        "The prompt should list the virtio disk alone, with size and serial (the stick is the medium): {disks:?}"
+    );
+    con.send("1\n")?;
+    let confirm = con
+        .wait_for("Type \"erase vda\"", ask.end, CMD_WAIT)
+        .map_err(|e| fail(e.context("Choosing disk 1 asked for no confirmation")))?;
+    con.send("yes\n")?;
+    let refused = con
+        .wait_for("not confirmed; nothing was written", confirm.end, CMD_WAIT)
+        .map_err(|e| fail(e.context("A confirmation other than \"erase vda\" was not refused")))?;
+    con.wait_for("Disk to install to (1-", refused.end, CMD_WAIT)
+        .map_err(|e| fail(e.context("After a refused confirmation the installer did not ask again")))?;
+    let written = vm.disk_written()?;
+    ensure!(
+        written == 0,
+        "The guest wrote {written} bytes to its disks although nothing was confirmed"
+    );
+    Ok(())
+}
+
+/// How long the installer may take to answer a line typed on its console.
+const CMD_WAIT: Duration = Duration::from_secs(30);
+
 fn sh(g: &mut SerialGuest, cmd: &str) -> Result<String> {
     let (rc, out) = g.exec(cmd, super::CMD)?;
     ensure!(rc == 0, "`{cmd}` on the node exited {rc}: {}", out.trim());
@@ -72,6 +117,27 @@ pub(super) fn usb_install(ctx: &Ctx) -> Result<()> {
     ensure!(iso.is_file(), "{} is missing: build the image", iso.display());
     let stick = ctx.dir.join("stick.img");
     std::fs::copy(&iso, &stick).with_context(|| format!("Copying {}", iso.display()))?;
+    let blank = ctx.dir.join("blank.img");
+    std::fs::File::create(&blank)?.set_len(8 << 30)?;
+
+    // 1. The stick as written, no machine config: the installer asks.
+    let spec = |log: &str| VmSpec {
+        boot: Boot::Usb {
+            stick: stick.clone(),
+            disk: blank.clone(),
+        },
+        workdir: ctx.dir.join("vm"),
+        console_log: ctx.dir.join(log),
+        memory_mib: ctx.memory_mib,
+        accel: ctx.accel,
+        console_port: None,
+        agent_port: None,
+        detach: false,
+        nic: Nic::User,
+    };
+    prompt_refuses(ctx, &spec("console-prompt.log"))?;
+
+    // 2. machine.toml on the stick's FAT partition: unattended.
     let config = ctx.dir.join("machine.toml");
     std::fs::write(
         &config,
@@ -80,23 +146,7 @@ pub(super) fn usb_install(ctx: &Ctx) -> Result<()> {
         ),
     )?;
     mcopy(&stick, partition_offset(&stick, 2)?, &config, "machine.toml")?;
-    let blank = ctx.dir.join("blank.img");
-    std::fs::File::create(&blank)?.set_len(8 << 30)?;
-
-    let vm = Vm::start(&VmSpec {
-        boot: Boot::Usb {
-            stick: stick.clone(),
-            disk: blank,
-        },
-        workdir: ctx.dir.join("vm"),
-        console_log: ctx.dir.join("console.log"),
-        memory_mib: ctx.memory_mib,
-        accel: ctx.accel,
-        console_port: None,
-        agent_port: None,
-        detach: false,
-        nic: Nic::User,
-    })?;
+    let vm = Vm::start(&spec("console.log"))?;
     let info = vm
         .console
         .wait_ready(0, ctx.boot_timeout * 2)
