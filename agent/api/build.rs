@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/debvisor/health/v1/health.proto",
         "proto/debvisor/config/v1/config.proto",
         "proto/debvisor/update/v1/update.proto",
+        "proto/debvisor/provision/v1/provision.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

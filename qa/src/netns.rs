@@ -59,6 +59,8 @@ impl Netns {
     /// Starts `argv` in the namespace with output discarded unless `log` names a file.
     pub fn spawn(&self, argv: &[&str], log: Option<&std::path::Path>) -> Result<Child> {
         let mut c = self.command(argv);
+        // Daemons log to stderr, not to the journal of whoever runs this.
+        c.env_remove("JOURNAL_STREAM");
         c.stdin(Stdio::null()).stdout(Stdio::null());
         match log {
             Some(p) => c.stderr(std::fs::File::create(p).with_context(|| format!("Cannot create {}", p.display()))?),

@@ -10,6 +10,7 @@
 //! | `ViewAudit`: audit log and its CSV export | ✓ | ✓ | | |
 //! | `ManageVms`: create, start, stop VMs (S7) | ✓ | ✓ | ✓ | |
 //! | `ManageUpdates`: install, roll back (S5) | ✓ | | | |
+//! | `ManageProvisioning`: let an installed machine install again (S6) | ✓ | ✓ | | |
 //! | `ManageUsers`: create, disable, reset, assign roles | ✓ | | | |
 //! | `DownloadClientBundle`: the debvisorctl admin bundle | ✓ | | | |
 //!
@@ -52,6 +53,8 @@ pub enum Permission {
     ManageVms,
     /// OS updates and rollback.
     ManageUpdates,
+    /// The PXE provisioner's machines.
+    ManageProvisioning,
     /// Users and roles.
     ManageUsers,
     /// The debvisorctl admin client bundle.
@@ -71,6 +74,7 @@ pub const TABLE: &[(Permission, &[Role])] = &[
     (P::ViewAudit, &[R::Admin, R::Operator]),
     (P::ManageVms, &[R::Admin, R::Operator, R::Developer]),
     (P::ManageUpdates, &[R::Admin]),
+    (P::ManageProvisioning, &[R::Admin, R::Operator]),
     (P::ManageUsers, &[R::Admin]),
     (P::DownloadClientBundle, &[R::Admin]),
 ];
@@ -134,6 +138,7 @@ mod tests {
             P::ViewAudit,
             P::ManageVms,
             P::ManageUpdates,
+            P::ManageProvisioning,
             P::ManageUsers,
             P::DownloadClientBundle,
         ];
@@ -154,6 +159,8 @@ mod tests {
         assert!(Role::Operator.allows(P::ControlServices));
         assert!(!Role::Operator.allows(P::ManageUsers));
         assert!(!Role::Operator.allows(P::DownloadClientBundle));
+        assert!(Role::Operator.allows(P::ManageProvisioning));
+        assert!(!Role::Developer.allows(P::ManageProvisioning));
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub const NAV_LINKS: &[(&str, &str, &str, Permission)] = &[
     ("health", "/health", "Health", Permission::ViewDashboard),
     ("audit", "/audit", "Audit", Permission::ViewAudit),
     ("users", "/users", "Users", Permission::ManageUsers),
+    ("provisioning", "/provisioning", "Provisioning", Permission::ViewConfig),
     ("settings", "/settings", "Settings", Permission::ViewConfig),
     ("about", "/about", "About", Permission::ViewDashboard),
 ];
@@ -491,12 +492,29 @@ mod tests {
         let labels = |role| nav(role).links().iter().map(|l| l.label).collect::<Vec<_>>();
         assert_eq!(
             labels(Role::Admin),
-            ["Dashboard", "Services", "Health", "Audit", "Users", "Settings", "About"]
+            [
+                "Dashboard",
+                "Services",
+                "Health",
+                "Audit",
+                "Users",
+                "Provisioning",
+                "Settings",
+                "About"
+            ]
         );
         assert_eq!(labels(Role::Viewer), ["Dashboard", "Services", "Health", "About"]);
         assert_eq!(
             labels(Role::Operator),
-            ["Dashboard", "Services", "Health", "Audit", "Settings", "About"]
+            [
+                "Dashboard",
+                "Services",
+                "Health",
+                "Audit",
+                "Provisioning",
+                "Settings",
+                "About"
+            ]
         );
         let current: Vec<_> = nav(Role::Viewer).links().into_iter().filter(|l| l.current).collect();
         assert_eq!(current.len(), 1);

@@ -61,6 +61,62 @@ pub mod config_api {
     }
 }
 
+/// `debvisor.provision.v1`: the PXE provisioner's profiles, groups,
+/// machines and leases.
+pub mod provision {
+    /// Version 1 of the provisioning service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.provision.v1");
+    }
+
+    /// A profile's mode as a word: `live`, `install`, or `?` for a value
+    /// this build does not know.
+    pub fn mode_word(mode: i32) -> &'static str {
+        match v1::BootMode::try_from(mode) {
+            Ok(v1::BootMode::Live) => "live",
+            Ok(v1::BootMode::Install) => "install",
+            _ => "?",
+        }
+    }
+
+    /// The disk a profile installs to, for people: the by-id path, "the
+    /// only empty disk of N GB or more", or `-` (live).
+    pub fn disk_text(p: &v1::Profile) -> String {
+        match p.install_disk.as_ref().and_then(|d| d.disk.as_ref()) {
+            Some(v1::install_disk::Disk::ById(path)) => path.clone(),
+            Some(v1::install_disk::Disk::OnlyEmptyMinGb(gb)) => format!("the only empty disk of {gb} GB or more"),
+            None => "-".into(),
+        }
+    }
+
+    /// Labels as sorted `k=v` joined by `sep`, or `-` when there are none.
+    pub fn labels_text(labels: &std::collections::HashMap<String, String>, sep: &str) -> String {
+        let mut v: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        v.sort();
+        if v.is_empty() { "-".into() } else { v.join(sep) }
+    }
+
+    /// What a group's selector matches, for people: `mac=.., arch=..,
+    /// labels k=v` or "every machine".
+    pub fn selector_text(s: Option<&v1::Selector>) -> String {
+        let Some(s) = s else { return "every machine".into() };
+        let mut parts: Vec<String> = [("mac", &s.mac), ("uuid", &s.uuid), ("arch", &s.arch)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !s.labels.is_empty() {
+            parts.push(format!("labels {}", labels_text(&s.labels, " ")));
+        }
+        if parts.is_empty() {
+            "every machine".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 /// `debvisor.update.v1`: the A/B root slots and their updates through RAUC.
 pub mod update {
     /// Version 1 of the update service.
@@ -96,4 +152,5 @@ pub const SUPPORTED_SERVICES: &[&str] = &[
     "debvisor.health.v1.NodeHealthService",
     "debvisor.config.v1.ConfigService",
     "debvisor.update.v1.UpdateService",
+    "debvisor.provision.v1.ProvisionService",
 ];

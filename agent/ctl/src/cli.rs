@@ -92,6 +92,10 @@ pub enum Cmd {
     /// A/B updates: the slot table, installs, boot marks and rollback.
     #[command(subcommand)]
     Update(UpdateCmd),
+    /// The PXE provisioner (on a node that runs it): profiles, groups,
+    /// machines seen and DHCP leases.
+    #[command(subcommand)]
+    Provision(ProvisionCmd),
     /// Reboot the node.
     Reboot(PowerArgs),
     /// Power the node off.
@@ -249,6 +253,119 @@ pub struct InstallArgs {
     /// computed when omitted.
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+}
+
+/// `provision ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProvisionCmd {
+    /// List the profiles (how machines boot: live or install, image, disk).
+    Profiles,
+    /// Show, create or replace, or delete one profile.
+    #[command(subcommand)]
+    Profile(CatalogCmd),
+    /// List the groups (which machines get which profile).
+    Groups,
+    /// Show, create or replace, or delete one group.
+    #[command(subcommand)]
+    Group(CatalogCmd),
+    /// List the machines the provisioner has seen, most recent first.
+    Machines(MachinesArgs),
+    /// Show one machine, label it, or forget its install.
+    #[command(subcommand)]
+    Machine(MachineCmd),
+    /// List the DHCP leases of the provisioner's own DHCP server.
+    Leases(LeasesArgs),
+}
+
+/// `provision profile|group ...`.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Show one, with every field.
+    Show(NameArg),
+    /// Create or replace one from a TOML file (the format of
+    /// `debvisor-provision put-profile` and `put-group`).
+    Put(FileArg),
+    /// Delete one (a profile only when no group uses it).
+    Delete(NameArg),
+}
+
+/// A catalog name.
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The name (a-z 0-9 -).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// A definition file.
+#[derive(Debug, Args)]
+pub struct FileArg {
+    /// The TOML file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `provision machines`.
+#[derive(Debug, Args)]
+pub struct MachinesArgs {
+    /// Only machines last given this profile.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Only machines that finished an install.
+    #[arg(long, conflicts_with = "not_installed")]
+    pub installed: bool,
+    /// Only machines that have not installed.
+    #[arg(long)]
+    pub not_installed: bool,
+}
+
+/// `provision machine ...`.
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    /// Show one machine and the group and profile it would get now.
+    Show(MacArg),
+    /// Replace a machine's labels (group selectors match them).
+    Label(LabelArgs),
+    /// Forget that a machine installed: its next PXE boot follows its profile
+    /// again instead of booting its disk.
+    Reset(MacArg),
+    /// Forget a machine's record (labels, install state); it is recorded
+    /// again when it boots.
+    Delete(MacArg),
+}
+
+/// A machine.
+#[derive(Debug, Args)]
+pub struct MacArg {
+    /// Its MAC, e.g. 52:54:00:ab:cd:ef.
+    #[arg(value_name = "MAC")]
+    pub mac: String,
+}
+
+/// `provision machine label`.
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Its MAC, e.g. 52:54:00:ab:cd:ef.
+    #[arg(value_name = "MAC")]
+    pub mac: String,
+    /// The labels, KEY=VALUE; none removes them all.
+    #[arg(value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE (e.g. rack=r1)")),
+    }
+}
+
+/// `provision leases`.
+#[derive(Debug, Args)]
+pub struct LeasesArgs {
+    /// Also list expired leases still on record.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `update mark-good|mark-bad`.

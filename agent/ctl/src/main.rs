@@ -17,6 +17,7 @@ mod health;
 mod logs;
 mod node;
 mod output;
+mod provision;
 mod rpc;
 mod timefmt;
 mod units;
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Health(args) => return health::run(&ctx, args).await,
         Cmd::Audit(cmd) => return audit::run(&ctx, cmd).await,
         Cmd::Update(cmd) => update::run(&ctx, cmd).await?,
+        Cmd::Provision(cmd) => provision::run(&ctx, cmd).await?,
         Cmd::Reboot(args) => node::power(&ctx, Power::Reboot, args).await?,
         Cmd::Shutdown(args) => node::power(&ctx, Power::Shutdown, args).await?,
     }

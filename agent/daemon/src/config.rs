@@ -29,6 +29,10 @@ pub struct AgentConfig {
     /// The largest request message accepted, in bytes; larger ones are
     /// refused with OUT_OF_RANGE before they are decoded.
     pub max_message_bytes: usize,
+    /// The PXE provisioner's config (`provision.toml`, see
+    /// `debvisor-provision`): when set, the agent runs the provisioner on the
+    /// networks it names and serves `debvisor.provision.v1`.
+    pub provision: Option<PathBuf>,
 }
 
 /// Where `/metrics` is served.
@@ -63,6 +67,7 @@ impl Default for AgentConfig {
             audit: AuditConfig::default(),
             console_user: "debvisor-console".into(),
             max_message_bytes: 1 << 20,
+            provision: None,
         }
     }
 }

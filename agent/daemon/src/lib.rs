@@ -1,7 +1,7 @@
 //! The DebVisor node agent: the one door to a node.
 //!
 //! Serves the `debvisor.*.v1` gRPC services (node, units, audit, config,
-//! update through RAUC, and health, which it forwards to debvisor-init) over a Unix socket (authorised by peer
+//! update through RAUC, provision (when the agent runs the PXE provisioner), and health, which it forwards to debvisor-init) over a Unix socket (authorised by peer
 //! credentials) and over TCP with mutual TLS. Host facilities sit behind
 //! traits ([`host::HostFacts`], [`health_service::HealthSource`], and the
 //! systemd units and journal of `debvisor-systemd`) with a production
@@ -15,6 +15,7 @@ pub mod config_service;
 pub mod fakes;
 pub mod health_service;
 pub mod host;
+pub mod provision_service;
 pub mod routing;
 pub mod server;
 pub mod service;

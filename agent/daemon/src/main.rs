@@ -117,6 +117,10 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let (audit, systemd, bound) = tokio::try_join!(open_audit, connect_units, server::bind(&serve_cfg))?;
 
+    let provision = match &cfg.provision {
+        Some(path) => Some(start_provisioner(path).await?),
+        None => None,
+    };
     let backends = match systemd {
         None => {
             tracing::warn!("SIMULATION MODE: answers come from a fake host, units, journal and health checks");
@@ -127,6 +131,7 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
                 journal,
                 audit: audit.clone(),
                 health: Arc::new(SimHealth::new()),
+                provision: provision.clone(),
             }
         }
         Some(units) => Backends {
@@ -135,6 +140,7 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
             journal: Arc::new(JournalCtl::new()),
             audit: audit.clone(),
             health: Arc::new(InitForwarder::new(&args.init_socket)),
+            provision: provision.clone(),
         },
     };
     tracing::info!(
@@ -161,4 +167,26 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
         debvisor_api::daemon::shutdown_signal(),
     )
     .await
+}
+
+/// Opens the PXE provisioner of the config at `path` and runs it in the
+/// background; the agent keeps serving (its provision API included) if a
+/// network of it fails later, and says so in the journal.
+async fn start_provisioner(path: &std::path::Path) -> anyhow::Result<debvisor_provision::Provisioner> {
+    let cfg = debvisor_provision::Config::from_file(path)
+        .with_context(|| format!("The provisioner config {} (agent.toml `provision`)", path.display()))?;
+    let metrics = Arc::new(debvisor_provision::Metrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let p = debvisor_provision::Provisioner::open(cfg, metrics)
+        .await
+        .context("Cannot open the provisioner's state")?;
+    let run = p.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run.run(Some(Arc::new(registry))).await {
+            tracing::error!("The PXE provisioner stopped: {e:#}");
+        }
+    });
+    tracing::info!(config = %path.display(), "PXE provisioner running");
+    Ok(p)
 }

@@ -13,6 +13,7 @@ use debvisor_api::audit::v1::audit_service_server::AuditServiceServer;
 use debvisor_api::config_api::v1::config_service_server::ConfigServiceServer;
 use debvisor_api::health::v1::node_health_service_server::NodeHealthServiceServer;
 use debvisor_api::node::v1::node_service_server::NodeServiceServer;
+use debvisor_api::provision::v1::provision_service_server::ProvisionServiceServer;
 use debvisor_api::units::v1::unit_service_server::UnitServiceServer;
 use debvisor_api::update::v1::update_service_server::UpdateServiceServer;
 use debvisor_audit::AuditLog;
@@ -29,6 +30,7 @@ use crate::config::AgentConfig;
 use crate::config_service::{ConfigApi, ConfigFiles, ConfigOrigin};
 use crate::health_service::{HealthApi, HealthSource};
 use crate::host::HostFacts;
+use crate::provision_service::ProvisionApi;
 use crate::routing::{KnownMethods, UnknownMethodLayer};
 use crate::service::NodeApi;
 use crate::status::{MAX_AGE, StatusCache};
@@ -73,6 +75,8 @@ pub struct Backends {
     pub audit: AuditLog,
     /// The node's health: debvisor-init's socket, or a simulation.
     pub health: Arc<dyn HealthSource>,
+    /// The PXE provisioner this agent runs, if any (agent.toml `provision`).
+    pub provision: Option<debvisor_provision::Provisioner>,
 }
 
 /// Listeners bound and ready to serve; binding first lets the caller report
@@ -207,6 +211,10 @@ async fn routes(
         )),
         max
     );
+    let provision = tuned!(
+        ProvisionServiceServer::new(ProvisionApi::new(b.provision.clone(), auditor.clone())),
+        max
+    );
     let update = tuned!(UpdateServiceServer::new(UpdateApi::new(update, auditor)), max);
     let audit = tuned!(AuditServiceServer::new(AuditApi::new(b.audit.clone())), max);
     let node_health = tuned!(NodeHealthServiceServer::new(HealthApi::new(b.health.clone())), max);
@@ -218,6 +226,11 @@ async fn routes(
     reporter.set_serving::<NodeHealthServiceServer<HealthApi>>().await;
     reporter.set_serving::<ConfigServiceServer<ConfigApi>>().await;
     reporter.set_serving::<UpdateServiceServer<UpdateApi>>().await;
+    if b.provision.is_some() {
+        reporter.set_serving::<ProvisionServiceServer<ProvisionApi>>().await;
+    } else {
+        reporter.set_not_serving::<ProvisionServiceServer<ProvisionApi>>().await;
+    }
     fn reflection() -> tonic_reflection::server::Builder<'static> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(debvisor_api::DESCRIPTOR_SET)
@@ -235,6 +248,7 @@ async fn routes(
         .add_service(node_health)
         .add_service(config)
         .add_service(update)
+        .add_service(provision)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))

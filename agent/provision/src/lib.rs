@@ -13,6 +13,7 @@ pub mod profiles;
 pub mod server;
 pub mod store;
 pub mod tftp;
+pub mod wire;
 
 pub use config::{Config, ConfigError, Mac, Mode};
 pub use metrics::Metrics;

@@ -75,6 +75,16 @@ impl Provisioner {
         &self.inner.store
     }
 
+    /// The config it runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Whether a reservation of the config holds `ip` for `mac`.
+    pub fn reserved(&self, mac: crate::config::Mac, ip: Ipv4Addr) -> bool {
+        self.inner.cfg.reservations.iter().any(|r| r.mac == mac && r.ip == ip)
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
         // A panic while holding the lock leaves a consistent table (every
         // update is a few map operations): keep serving.

@@ -20,6 +20,7 @@ use crate::dhcp::leases::Lease;
 use crate::dhcp::respond::{Change, Seen};
 
 mod catalog;
+pub use catalog::CatalogError;
 
 /// The machines query with `$tail` (a WHERE or ORDER BY clause) appended.
 macro_rules! machines_query {

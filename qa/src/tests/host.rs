@@ -179,7 +179,14 @@ fn check_python(v: &Value) -> Result<()> {
         .chain(debvisor_api::SUPPORTED_SERVICES.iter().map(|s| s.to_string()))
     {
         let h = &v["health"][&svc];
-        ensure!(h == "SERVING", "Health of {svc:?} is {h}, expected SERVING");
+        // This agent runs no PXE provisioner: its provision service says so
+        // (every call is UNAVAILABLE, saying how to enable one).
+        let want = if svc == "debvisor.provision.v1.ProvisionService" {
+            "NOT_SERVING"
+        } else {
+            "SERVING"
+        };
+        ensure!(h == want, "Health of {svc:?} is {h}, expected {want}");
     }
     // NodeHealthService/List with a kind filter and history, answered by
     // the simulated health source through the agent.
@@ -343,6 +350,7 @@ mod tests {
             "services": ["debvisor.audit.v1.AuditService", "debvisor.health.v1.NodeHealthService",
                 "debvisor.config.v1.ConfigService",
                 "debvisor.node.v1.NodeService", "debvisor.units.v1.UnitService", "debvisor.update.v1.UpdateService",
+                "debvisor.provision.v1.ProvisionService",
                 "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"],
             "status": {"hostname": "sim-node", "simulated": true},
             "units": ["a.service"],
@@ -350,7 +358,8 @@ mod tests {
             "health": {"": "SERVING", "debvisor.node.v1.NodeService": "SERVING",
                 "debvisor.units.v1.UnitService": "SERVING", "debvisor.audit.v1.AuditService": "SERVING",
                 "debvisor.health.v1.NodeHealthService": "SERVING", "debvisor.config.v1.ConfigService": "SERVING",
-                "debvisor.update.v1.UpdateService": "SERVING"},
+                "debvisor.update.v1.UpdateService": "SERVING",
+                "debvisor.provision.v1.ProvisionService": "NOT_SERVING"},
             "node_health": {"state": "NODE_STATE_HEALTHY", "gate": "GATE_STATE_GOOD",
                 "checks": [{"name": "service/debvisor-agent", "kind": "service",
                     "status": "CHECK_STATUS_PASS", "history": 3}]},

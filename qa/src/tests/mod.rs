@@ -212,7 +212,7 @@ pub const TESTS: &[Test] = &[
     },
     Test {
         name: "pxe_live",
-        what: "a diskless VM boots live through OVMF PXE, iPXE and the provisioner: root image into RAM, sha256 checked, per-MAC host name",
+        what: "a diskless VM boots live through OVMF PXE, iPXE and the provisioner run by the agent: root image into RAM, sha256 checked, per-MAC host name; debvisorctl provision shows the machine, its profile and its reserved lease",
         kind: Kind::Vm,
         run: pxe::pxe_live,
     },
@@ -248,7 +248,13 @@ pub const WIP: &[Test] = &[];
 
 /// What the PXE tests run on this host, built as one set (the packages
 /// qa/test.sh builds, so one feature set and no rebuild).
-pub const PXE_BINARIES: &[&str] = &["debvisor-qa", "debvisor-image", "debvisor-provision"];
+pub const PXE_BINARIES: &[&str] = &[
+    "debvisor-qa",
+    "debvisor-image",
+    "debvisor-provision",
+    "debvisor-agent",
+    "debvisorctl",
+];
 
 /// Options of `test`.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,8 +1,11 @@
-//! PXE system tests: the release `debvisor-provision` serves the image's PXE
-//! set (`pxe/`, from the image builder) on a bridge in a network namespace,
-//! and a VM whose NIC is a tap on that bridge boots through OVMF's own PXE
-//! (no iPXE option ROM) -> Debian's iPXE over TFTP -> its per-MAC script
-//! over HTTP -> the node's kernel and initramfs.
+//! PXE system tests: the provisioner serves the image's PXE set (`pxe/`,
+//! from the image builder) on a bridge in a network namespace, and a VM
+//! whose NIC is a tap on that bridge boots through OVMF's own PXE (no iPXE
+//! option ROM) -> Debian's iPXE over TFTP -> its per-MAC script over HTTP ->
+//! the node's kernel and initramfs. The provisioner is either the release
+//! `debvisor-provision serve` (labs) or the release `debvisor-agent` running
+//! it (`provision = FILE` in agent.toml), managed with `debvisorctl
+//! provision` over the agent's socket.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -32,6 +35,17 @@ enum Dhcp {
     Proxy,
 }
 
+/// Which program runs the provisioner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    /// `debvisor-provision serve`, its catalog set with its lab commands.
+    Standalone,
+    /// `debvisor-agent --sim` with `provision = FILE` in its agent.toml, the
+    /// catalog set and read through `debvisor.provision.v1` with
+    /// `debvisorctl provision` on the agent's Unix socket.
+    Agent,
+}
+
 /// A provisioning network: namespace, bridge `br0` with the provisioner's
 /// address, one tap for the VM, the provisioner's config and state; in
 /// proxy labs also the site's namespace running dnsmasq.
@@ -41,12 +55,13 @@ struct PxeLab {
     bin: PathBuf,
     server: Option<Child>,
     site: Option<(Netns, Child)>,
+    runner: Runner,
 }
 
 impl PxeLab {
     /// Sets up the network and a state directory whose images hold this
     /// image's PXE set as version `version`.
-    fn new(ctx: &Ctx, name: &str, dhcp: Dhcp) -> Result<PxeLab> {
+    fn new(ctx: &Ctx, name: &str, dhcp: Dhcp, runner: Runner) -> Result<PxeLab> {
         let bin = ctx.paths.root.join("target/release/debvisor-provision");
         ensure!(
             bin.is_file(),
@@ -102,6 +117,7 @@ impl PxeLab {
             bin,
             server: None,
             site: None,
+            runner,
         };
         if dhcp == Dhcp::Proxy {
             lab.site = Some(lab.site_dhcp(&format!("{name}-site"))?);
@@ -171,14 +187,65 @@ impl PxeLab {
         crate::cfgdisk::run(&mut c)
     }
 
+    /// The agent's socket (with [`Runner::Agent`]).
+    fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// Runs `debvisorctl --socket SOCKET args...` against the lab's agent.
+    fn ctl(&self, args: &[&str]) -> Result<String> {
+        let bin = self.bin.with_file_name("debvisorctl");
+        let mut c = Command::new(&bin);
+        c.arg("--socket").arg(self.socket()).args(args);
+        crate::cfgdisk::run(&mut c)
+    }
+
+    /// Creates or replaces a profile or group (`kind`) from its TOML.
+    fn put(&self, kind: &str, text: &str) -> Result<()> {
+        match self.runner {
+            Runner::Standalone => self.cli(&format!("put-{kind}"), Some(text)).map(drop),
+            Runner::Agent => {
+                let f = self.dir.join(format!("{kind}.toml"));
+                std::fs::write(&f, text)?;
+                self.ctl(&["provision", kind, "put", &f.to_string_lossy()]).map(drop)
+            }
+        }
+    }
+
     /// Starts the provisioner in the namespace; waits until it serves.
     fn serve(&mut self) -> Result<()> {
         let log = self.dir.join("provisioner.log");
         let cfg = self.config();
-        let child = self.ns.spawn(
-            &[&self.bin.to_string_lossy(), "serve", "--config", &cfg.to_string_lossy()],
-            Some(&log),
-        )?;
+        let argv: Vec<String> = match self.runner {
+            Runner::Standalone => vec![
+                self.bin.to_string_lossy().into(),
+                "serve".into(),
+                "--config".into(),
+                cfg.to_string_lossy().into(),
+            ],
+            Runner::Agent => {
+                let agent_toml = self.dir.join("agent.toml");
+                std::fs::write(
+                    &agent_toml,
+                    format!(
+                        "provision = \"{}\"\n\n[audit]\npath = \"{}\"\n",
+                        cfg.display(),
+                        self.dir.join("audit.db").display()
+                    ),
+                )?;
+                vec![
+                    self.bin.with_file_name("debvisor-agent").to_string_lossy().into(),
+                    "--sim".into(),
+                    "--no-tcp".into(),
+                    "--config".into(),
+                    agent_toml.to_string_lossy().into(),
+                    "--socket".into(),
+                    self.socket().to_string_lossy().into(),
+                ]
+            }
+        };
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let child = self.ns.spawn(&argv, Some(&log))?;
         self.server = Some(child);
         for _ in 0..150 {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -228,29 +295,36 @@ impl Drop for PxeLab {
 /// profile's TOML. With [`Dhcp::Server`] the provisioner reserves the
 /// machine's address and host name; with [`Dhcp::Proxy`] the site's dnsmasq
 /// gives the address and the host name is the provisioner's default.
-fn lab_for(ctx: &Ctx, ns: &str, m: &Machine, mode: &str, extra: &str, dhcp: Dhcp) -> Result<PxeLab> {
-    let mut lab = PxeLab::new(ctx, ns, dhcp)?;
+fn lab_for(ctx: &Ctx, ns: &str, m: &Machine, mode: &str, extra: &str, dhcp: Dhcp, runner: Runner) -> Result<PxeLab> {
+    let mut lab = PxeLab::new(ctx, ns, dhcp, runner)?;
     if dhcp == Dhcp::Server {
         lab.reserve(m.mac, m.ip, m.host)?;
     }
+    // The agent's API needs the agent; the lab commands write the database
+    // the provisioner reads on every request.
+    if runner == Runner::Agent {
+        lab.serve()?;
+    }
     let profile = format!("{mode}-lab");
-    lab.cli(
-        "put-profile",
-        Some(&format!(
+    lab.put(
+        "profile",
+        &format!(
             "name = \"{profile}\"\nmode = \"{mode}\"\nimage = \"{}\"\n\
              kernel_args = [\"console=ttyS0,115200\", \"panic=10\"]\n\
              config = '''\nversion = 1\n[node]\nhostname = \"{{{{hostname}}}}\"\n'''\n{extra}",
             ctx.version
-        )),
+        ),
     )?;
-    lab.cli(
-        "put-group",
-        Some(&format!(
+    lab.put(
+        "group",
+        &format!(
             "name = \"lab\"\nprofile = \"{profile}\"\n[selector]\nmac = \"{}\"\n",
             m.mac
-        )),
+        ),
     )?;
-    lab.serve()?;
+    if runner == Runner::Standalone {
+        lab.serve()?;
+    }
     Ok(lab)
 }
 
@@ -335,7 +409,7 @@ pub(super) fn pxe_live(ctx: &Ctx) -> Result<()> {
         ip: "198.51.100.41",
         host: "pxe-live-1",
     };
-    let lab = lab_for(ctx, "dvq-pxe-live", &m, "live", "", Dhcp::Server)?;
+    let lab = lab_for(ctx, "dvq-pxe-live", &m, "live", "", Dhcp::Server, Runner::Agent)?;
     let vm = lab.vm(ctx, m.mac, None)?;
     let needles = [
         "profile live-lab (live)",
@@ -355,8 +429,54 @@ pub(super) fn pxe_live(ctx: &Ctx) -> Result<()> {
     ensure!(disks.is_empty(), "A live node has disks: {disks}");
     check_identity(&mut g, &m)?;
     drop(g);
-    let row = machine_row(&lab, m.mac)?;
-    ensure!(row.contains("live-lab"), "machine row: {row}");
+    provision_api_agrees(&lab, &m)
+}
+
+/// What the agent's `debvisor.provision.v1` says after the boot, read with
+/// `debvisorctl provision ... --json`: the machine with its profile, address
+/// and the group that chose it, and its lease as a reservation.
+fn provision_api_agrees(lab: &PxeLab, m: &Machine) -> Result<()> {
+    let json = |args: &[&str]| -> Result<serde_json::Value> {
+        let mut all = vec!["--json", "provision"];
+        all.extend_from_slice(args);
+        let out = lab.ctl(&all)?;
+        serde_json::from_str(&out).with_context(|| format!("debvisorctl {all:?} printed no JSON: {out}"))
+    };
+    let machine = json(&["machine", "show", m.mac])?;
+    for (key, want) in [
+        ("mac", m.mac),
+        ("ip", m.ip),
+        ("profile", "live-lab"),
+        ("selected_group", "lab"),
+        ("selected_profile", "live-lab"),
+    ] {
+        ensure!(
+            machine[key].as_str() == Some(want),
+            "provision machine show: {key} is {}, not {want:?}: {machine}",
+            machine[key]
+        );
+    }
+    let leases = json(&["leases"])?;
+    let lease = leases["leases"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["mac"].as_str() == Some(m.mac)))
+        .with_context(|| format!("provision leases lists no lease of {}: {leases}", m.mac))?;
+    ensure!(
+        lease["ip"].as_str() == Some(m.ip)
+            && lease["reserved"].as_bool() == Some(true)
+            && lease["hostname"].as_str() == Some(m.host),
+        "The lease is not the reservation ({} {}): {lease}",
+        m.ip,
+        m.host
+    );
+    let listed = lab.ctl(&["provision", "machines"])?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(m.mac) && l.contains(m.ip) && l.contains("live-lab")),
+        "provision machines does not list {} with its address and profile:\n{listed}",
+        m.mac
+    );
     Ok(())
 }
 
@@ -378,6 +498,7 @@ pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
         "install",
         "[install_disk.only_empty]\nmin_gb = 4\n",
         Dhcp::Server,
+        Runner::Standalone,
     )?;
     // A blank 8 GiB disk (sparse; the VM writes to an overlay of it).
     let blank = ctx.dir.join("blank.img");
@@ -440,7 +561,7 @@ const PROXY_MACHINE: Machine = Machine {
 /// nothing.
 pub(super) fn pxe_proxy(ctx: &Ctx) -> Result<()> {
     let m = PROXY_MACHINE;
-    let lab = lab_for(ctx, "dvq-pxe-proxy", &m, "live", "", Dhcp::Proxy)?;
+    let lab = lab_for(ctx, "dvq-pxe-proxy", &m, "live", "", Dhcp::Proxy, Runner::Standalone)?;
     let vm = lab.vm(ctx, m.mac, None)?;
     let needles = ["profile live-lab (live)", "(sha256 verified"];
     let mut g = ready(ctx, &vm, "PXE live boot (proxyDHCP)", ctx.boot_timeout, &needles)?;

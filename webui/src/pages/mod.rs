@@ -6,6 +6,7 @@ pub mod about;
 pub mod audit;
 pub mod dashboard;
 pub mod health;
+pub mod provisioning;
 pub mod services;
 pub mod settings;
 pub mod updates;
@@ -26,4 +27,5 @@ pub fn routes() -> Router<AppState> {
         .merge(settings::routes())
         .merge(users::routes())
         .merge(updates::routes())
+        .merge(provisioning::routes())
 }

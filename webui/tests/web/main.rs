@@ -6,6 +6,7 @@ mod audit_page;
 mod console;
 mod dashboard;
 mod health_page;
+mod provisioning;
 mod services;
 mod settings;
 mod support;

@@ -180,6 +180,12 @@ fn routes(role: Role) -> Vec<Route> {
             form: vec![("url", "http://127.0.0.1:9/table.raucb".into())],
             ..route("POST", "/updates/install", Some(P::ManageUpdates))
         },
+        route("GET", "/provisioning", Some(P::ViewConfig)),
+        route(
+            "POST",
+            "/provisioning/machines/52:54:00:aa:bb:07/reset",
+            Some(P::ManageProvisioning),
+        ),
     ]
 }
 
@@ -228,6 +234,8 @@ const COVERED: &[&str] = &[
     // A multipart upload: its role checks are in tests/updates.rs.
     "/updates/upload",
     "/static/updates.js",
+    "/provisioning",
+    "/provisioning/machines/{mac}/reset",
 ];
 
 /// Every `.route("...")` pattern in the crate's source.

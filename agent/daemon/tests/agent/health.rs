@@ -212,6 +212,7 @@ impl Agent {
             journal,
             audit: AuditLog::open_in_memory().await.unwrap(),
             health: Arc::new(InitForwarder::new(init_socket)),
+            provision: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(

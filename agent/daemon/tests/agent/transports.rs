@@ -106,6 +106,7 @@ impl Agent {
             journal,
             audit: AuditLog::open(&d.join("audit.db")).await.unwrap(),
             health: Arc::new(debvisor_agent::health_service::InitForwarder::new(d.join("init.sock"))),
+            provision: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(bound, backends, cfg, Metrics::new(), async {

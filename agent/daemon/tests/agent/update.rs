@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use debvisor_agent::config::AgentConfig;
-use debvisor_agent::fakes::FakeHost;
-use debvisor_agent::server::{self, Backends, ServeConfig};
+use debvisor_agent::server::{self, ServeConfig};
 use debvisor_agent::update_service::UpdateBackend;
 use debvisor_api::update::v1::update_service_client::UpdateServiceClient;
 use debvisor_api::update::v1::{
@@ -19,7 +18,6 @@ use debvisor_api::update::v1::{
 use debvisor_audit::{AuditLog, Query};
 use debvisor_rauc::InstallErrorKind;
 use debvisor_rauc::fakes::{FakeRauc, FakeVerifier};
-use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
 use debvisor_telemetry::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -59,15 +57,8 @@ impl Agent {
             metrics: None,
         };
         let bound = server::bind(&serve).await.unwrap();
-        let journal = Arc::new(FakeJournal::new());
         let audit = AuditLog::open_in_memory().await.unwrap();
-        let backends = Backends {
-            host: Arc::new(FakeHost::new("update-test")),
-            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
-            journal,
-            audit: audit.clone(),
-            health: Arc::new(debvisor_agent::fakes::SimHealth::new()),
-        };
+        let backends = crate::sim_backends("update-test", audit.clone(), None);
         let rauc = FakeRauc::new(COMPATIBLE).with_step(step);
         let updates = dir.path().join("updates");
         let verifier = FakeVerifier::default().with_step(step * 10);

@@ -170,6 +170,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Forgets the record of `mac` (its lease, if any, stays until it
+    /// expires); false when the machine is unknown. Seen again, it is
+    /// recorded again.
+    pub async fn delete_machine(&self, mac: Mac) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM machines WHERE mac = ?")
+            .bind(mac.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.write_err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Sets the labels of `mac`; false when the machine is unknown.
     pub async fn set_labels(&self, mac: Mac, labels: &BTreeMap<String, String>) -> Result<bool, StoreError> {
         let json = serde_json::to_string(labels).map_err(|e| StoreError::Commit(e.to_string()))?;
@@ -233,5 +245,8 @@ mod tests {
         assert!(m.installed);
         assert_eq!(m.profile.as_deref(), Some("live"));
         assert_eq!(m.labels.get("rack").map(String::as_str), Some("r1"));
+        assert!(store.delete_machine(mac).await.unwrap());
+        assert!(store.machine(mac).await.unwrap().is_none());
+        assert!(!store.delete_machine(mac).await.unwrap());
     }
 }

@@ -71,6 +71,11 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts it on `socket`.
     pub async fn start(socket: PathBuf) -> TestAgent {
+        TestAgent::start_with(socket, None).await
+    }
+
+    /// Starts it on `socket`, serving `provision` as its PXE provisioner.
+    pub async fn start_with(socket: PathBuf, provision: Option<debvisor_provision::Provisioner>) -> TestAgent {
         let journal = Arc::new(FakeJournal::new());
         let units = Arc::new(FakeUnits::new().with_journal(journal.clone()));
         let audit = AuditLog::open_in_memory().await.unwrap();
@@ -80,6 +85,7 @@ impl TestAgent {
             journal: journal.clone(),
             audit: audit.clone(),
             health: Arc::new(SimHealth::new()),
+            provision,
         };
         let me = nix_user_name();
         let cfg = AgentConfig {
@@ -176,6 +182,22 @@ impl Console {
     pub async fn with_agent() -> Console {
         let dir = temp_dir();
         let agent = TestAgent::start(dir.join("agent.sock")).await;
+        let mut c = Console::new(dir);
+        c.agent = Some(agent);
+        c
+    }
+
+    /// A console in front of a real [`TestAgent`] that runs the provisioner
+    /// `make` opens in the directory it is given (not serving on any
+    /// network: its catalog and records are what the pages show).
+    pub async fn with_provisioner<F, Fut>(make: F) -> Console
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = debvisor_provision::Provisioner>,
+    {
+        let dir = temp_dir();
+        let prov = make(dir.join("provision")).await;
+        let agent = TestAgent::start_with(dir.join("agent.sock"), Some(prov)).await;
         let mut c = Console::new(dir);
         c.agent = Some(agent);
         c
@@ -403,6 +425,7 @@ pub async fn console_with_rauc(rauc: debvisor_rauc::fakes::FakeRauc) -> Console 
             journal: journal.clone(),
             audit: audit.clone(),
             health: Arc::new(SimHealth::new()),
+            provision: None,
         },
         config,
         update,
