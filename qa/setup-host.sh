@@ -16,10 +16,12 @@ packages=(
   # PXE provisioning: iPXE binaries served over TFTP, real DHCP clients
   # (dhclient, busybox udhcpc), the tftp-hpa client, dnsmasq as the site's
   # DHCP server and as the peer of `bench dhcp`, perfdhcp (kea-admin), and
-  # xorriso for the USB installer's hybrid ISO
-  ipxe isc-dhcp-client busybox tftp-hpa dnsmasq-base kea-admin xorriso
-  # build of the workspace
-  build-essential pkg-config
+  # xorriso for the USB installer's hybrid ISO; curl reports installs
+  # as the node would
+  ipxe isc-dhcp-client busybox tftp-hpa dnsmasq-base kea-admin xorriso curl
+  # build of the workspace (libvirt-dev: the agent's VMs link libvirt; its
+  # test driver, in libvirt0, runs the VM tests on the host)
+  build-essential pkg-config libvirt-dev
   # the Python gRPC client of the agent_sim_clients test
   python3-venv
   # the console's browser tests (headless Chromium driven over WebDriver)
