@@ -31,11 +31,12 @@ impl Netns {
     /// Creates namespace `name` (a stale one of that name is removed first)
     /// with its loopback up.
     pub fn create(name: &str) -> Result<Netns> {
-        if is_root() {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        } else {
+        if !is_root() {
             bail!("network namespaces need root: run as root (sudo)");
         }
+        // A run that was killed leaves its namespace, and the servers and
+        // VMs in it, which would hold the ports and addresses of this one.
+        remove(name);
         ip(&["netns", "add", name])?;
         let ns = Netns { name: name.to_string() };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
@@ -73,13 +74,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        remove(&self.name);
     }
+}
+
+/// Kills every process in namespace `name`, then deletes it (if it exists).
+fn remove(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
 }
 
 /// A veth pair: `a` in `ns_a`, `b` in `ns_b`, both up.

@@ -296,7 +296,10 @@ impl Vm {
                     bail!("{OVMF_CODE} not found: run apt-get install ovmf");
                 }
                 if let Boot::Uefi { disk } | Boot::Pxe { disk: Some(disk) } | Boot::Usb { disk, .. } = &spec.boot {
-                    create_overlay(disk, &overlay, Some("8G"))?;
+                    // The node image grows to an 8 GiB disk; a blank disk
+                    // for an installer keeps the size the test gave it.
+                    let size = matches!(spec.boot, Boot::Uefi { .. }).then_some("8G");
+                    create_overlay(disk, &overlay, size)?;
                     disk_image = Some(disk);
                 }
                 let vars = wd.join("OVMF_VARS.fd");
@@ -442,12 +445,14 @@ impl Vm {
     }
 
     /// Bytes the guest has written to its disks since QEMU started (QMP
-    /// `query-blockstats`, summed over the drives).
+    /// `query-blockstats`, summed over the drives; the firmware's variable
+    /// store, a pflash drive, is not a disk).
     pub fn disk_written(&self) -> Result<u64> {
         let stats = qmp_execute(&self.workdir.join("qmp.sock"), "query-blockstats")?;
         let drives = stats.as_array().context("query-blockstats returned no list")?;
         Ok(drives
             .iter()
+            .filter(|d| !d["device"].as_str().is_some_and(|n| n.starts_with("pflash")))
             .filter_map(|d| d.pointer("/stats/wr_bytes").and_then(serde_json::Value::as_u64))
             .sum())
     }

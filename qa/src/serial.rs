@@ -371,6 +371,14 @@ impl<'a> SerialGuest<'a> {
         Ok(g)
     }
 
+    /// Runs `cmd` in the guest shell, waiting up to `timeout`: its trimmed
+    /// output, or an error naming the command if it exited non-zero.
+    pub fn sh(&mut self, cmd: &str, timeout: Duration) -> Result<String> {
+        let (rc, out) = self.exec(cmd, timeout)?;
+        anyhow::ensure!(rc == 0, "`{cmd}` on the node exited {rc}: {}", out.trim());
+        Ok(out.trim().to_string())
+    }
+
     /// Runs `cmd` in the guest shell and returns its exit status and output.
     /// Output is read between two marker lines the shell prints, which the
     /// typed command line itself can never match; lines with a supervisor

@@ -9,6 +9,7 @@ mod config;
 mod console_browser;
 mod console_node;
 mod host;
+mod installed;
 mod jobs;
 mod pxe;
 mod supervisor;
@@ -369,7 +370,7 @@ pub fn pxe_ready_times(
         let ctx = bench_ctx(paths, rt, boot, &format!("bench_{name}"), &shared)?;
         eprintln!("bench: {name} (logs in {})", ctx.dir.display());
         f(&ctx).with_context(|| format!("{name} failed: see {}", ctx.dir.display()))?;
-        times.push((name, pxe::ready_secs(&ctx.dir)?));
+        times.push((name, installed::ready_secs(&ctx.dir)?));
     }
     Ok(times)
 }

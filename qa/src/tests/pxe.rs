@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 use debvisor_image::pxe;
 
 use super::Ctx;
+use super::installed::{check_slot_a_of_disk, ready, sh};
 use crate::netns::Netns;
 use crate::node::with_tail;
 use crate::qemu::{Boot, Nic, Vm, VmSpec};
@@ -262,10 +263,15 @@ impl PxeLab {
 
     /// A VM on the tap, booting from the network first.
     fn vm(&self, ctx: &Ctx, mac: &str, disk: Option<PathBuf>) -> Result<Vm> {
+        self.vm_logged(ctx, mac, disk, "console.log")
+    }
+
+    /// [`PxeLab::vm`] with its console kept in `log`.
+    fn vm_logged(&self, ctx: &Ctx, mac: &str, disk: Option<PathBuf>, log: &str) -> Result<Vm> {
         Vm::start(&VmSpec {
             boot: Boot::Pxe { disk },
             workdir: ctx.dir.join("vm"),
-            console_log: ctx.dir.join("console.log"),
+            console_log: ctx.dir.join(log),
             memory_mib: ctx.memory_mib,
             accel: ctx.accel,
             console_port: None,
@@ -337,41 +343,6 @@ struct Machine {
 
 /// Waits for ready, prints and keeps the time, checks the console shows
 /// `needles`, and logs in as root.
-fn ready<'a>(ctx: &Ctx, vm: &'a Vm, what: &str, timeout: Duration, needles: &[&str]) -> Result<SerialGuest<'a>> {
-    let info = vm
-        .console
-        .wait_ready(0, timeout)
-        .map_err(|e| with_tail(e.context(format!("The {what} node did not reach ready")), vm))?;
-    let secs = info.ready_at.as_secs_f64();
-    println!("  {what} to ready: {secs:.1} s");
-    std::fs::write(ctx.dir.join(READY_FILE), format!("{secs:.1}\n"))?;
-    let log = vm.console.text(0, vm.console.offset());
-    for needle in needles {
-        ensure!(log.contains(needle), "The console shows no {needle:?}: see console.log");
-    }
-    let (_, password) = info.admin.clone().context("The first boot printed no admin password")?;
-    SerialGuest::login(&vm.console, "root", &password, Duration::from_secs(120))
-}
-
-/// Where [`ready`] keeps the seconds from QEMU start to ready.
-const READY_FILE: &str = "ready_secs.txt";
-
-/// The seconds to ready a PXE test in `dir` measured.
-pub(super) fn ready_secs(dir: &std::path::Path) -> Result<f64> {
-    let path = dir.join(READY_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("Reading {}", path.display()))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{} holds {text:?}, not seconds", path.display()))
-}
-
-/// Runs `cmd` on the node; its trimmed output, or an error if it failed.
-fn sh(g: &mut SerialGuest, cmd: &str) -> Result<String> {
-    let (rc, out) = g.exec(cmd, super::CMD)?;
-    ensure!(rc == 0, "`{cmd}` on the node exited {rc}: {}", out.trim());
-    Ok(out.trim().to_string())
-}
-
 /// The node's host name and address are its reservation's.
 fn check_identity(g: &mut SerialGuest, m: &Machine) -> Result<()> {
     let hostname = sh(g, "hostname")?;
@@ -480,6 +451,35 @@ fn provision_api_agrees(lab: &PxeLab, m: &Machine) -> Result<()> {
     Ok(())
 }
 
+/// The machine boots the install profile with only a blank 2 GiB disk: the
+/// rule "the only empty disk of at least 4 GB" matches none, so the
+/// installer stops with a message that says so and QEMU counts no byte
+/// written; the provisioner does not take the machine as installed.
+fn too_small_refused(ctx: &Ctx, lab: &PxeLab, m: &Machine) -> Result<()> {
+    let small = ctx.dir.join("small.img");
+    std::fs::File::create(&small)?.set_len(2 << 30)?;
+    let vm = lab.vm_logged(ctx, m.mac, Some(small), "console-small.log")?;
+    let refusal = "install disk rule 'the only empty disk of at least 4 GB' matches 0 disks; nothing was written";
+    vm.console.wait_for(refusal, 0, ctx.boot_timeout).map_err(|e| {
+        with_tail(
+            e.context("The installer did not refuse a disk below the rule's size"),
+            &vm,
+        )
+    })?;
+    let written = vm.disk_written()?;
+    ensure!(
+        written == 0,
+        "The guest wrote {written} bytes to the 2 GiB disk the rule does not allow"
+    );
+    let row = machine_row(lab, m.mac)?;
+    ensure!(
+        !row.split('\t').any(|f| f == "installed"),
+        "The provisioner takes the machine as installed after a refused install: {row}"
+    );
+    println!("  2 GiB disk refused, 0 bytes written");
+    Ok(())
+}
+
 /// A VM with a blank disk installs from the network: the initramfs writes
 /// the disk image to the only empty disk of at least 4 GB, checks it, hands
 /// the per-MAC config to the first boot and tells the provisioner, which
@@ -500,6 +500,7 @@ pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
         Dhcp::Server,
         Runner::Standalone,
     )?;
+    too_small_refused(ctx, &lab, &m)?;
     // A blank 8 GiB disk (sparse; the VM writes to an overlay of it).
     let blank = ctx.dir.join("blank.img");
     std::fs::File::create(&blank)?.set_len(8 << 30)?;
@@ -513,18 +514,9 @@ pub(super) fn pxe_install(ctx: &Ctx) -> Result<()> {
         "debvisor: booting slot A",
     ];
     let mut g = ready(ctx, &vm, "PXE install", ctx.boot_timeout * 2, &needles)?;
-    let root = sh(
-        &mut g,
-        "echo $(readlink -f $(findmnt -n -o SOURCE /)) $(findmnt -n -o FSTYPE /)",
-    )?;
-    ensure!(root == "/dev/vda2 squashfs", "/ is not slot A of the disk: {root}");
     // The installer wrote the image's start only: the backup GPT must now
     // sit at the end of this disk and data must have grown to fill it.
-    let verify = sh(&mut g, "sfdisk --verify /dev/vda 2>&1")?;
-    ensure!(
-        verify.contains("No errors detected"),
-        "The installed partition table has problems: {verify}"
-    );
+    check_slot_a_of_disk(&mut g)?;
     let data = sh(&mut g, "lsblk -b -n -o SIZE /dev/vda4")?;
     let data: u64 = data.parse().with_context(|| format!("lsblk said {data:?}"))?;
     ensure!(

@@ -13,9 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use super::Ctx;
+use super::installed::{check_slot_a_of_disk, ready, sh};
 use crate::node::with_tail;
 use crate::qemu::{Boot, Nic, USB_TARGET_SERIAL, Vm, VmSpec};
-use crate::serial::SerialGuest;
 
 /// The host name the stick's machine config gives the node.
 const HOST: &str = "usb-installed-1";
@@ -106,12 +106,6 @@ fn prompt_refuses(ctx: &Ctx, spec: &VmSpec) -> Result<()> {
 /// How long the installer may take to answer a line typed on its console.
 const CMD_WAIT: Duration = Duration::from_secs(30);
 
-fn sh(g: &mut SerialGuest, cmd: &str) -> Result<String> {
-    let (rc, out) = g.exec(cmd, super::CMD)?;
-    ensure!(rc == 0, "`{cmd}` on the node exited {rc}: {}", out.trim());
-    Ok(out.trim().to_string())
-}
-
 pub(super) fn usb_install(ctx: &Ctx) -> Result<()> {
     let iso = ctx.image.join(debvisor_image::installer::FILE);
     ensure!(iso.is_file(), "{} is missing: build the image", iso.display());
@@ -147,38 +141,21 @@ pub(super) fn usb_install(ctx: &Ctx) -> Result<()> {
     )?;
     mcopy(&stick, partition_offset(&stick, 2)?, &config, "machine.toml")?;
     let vm = Vm::start(&spec("console.log"))?;
-    let info = vm
-        .console
-        .wait_ready(0, ctx.boot_timeout * 2)
-        .map_err(|e| with_tail(e.context("The USB-installed node did not reach ready"), &vm))?;
-    println!("  USB install to ready: {:.1} s", info.ready_at.as_secs_f64());
-    let log = vm.console.text(0, vm.console.offset());
-    for needle in [
+    let needles = [
         "debvisor: install: installer medium DVINST_",
         "debvisor: install: machine config machine.toml on",
         "debvisor: install: writing the installer medium",
         "written and verified (sha256",
         "machine config from the medium kept for the first boot",
         "debvisor: booting slot A",
-    ] {
-        ensure!(log.contains(needle), "The console shows no {needle:?}: see console.log");
-    }
+    ];
+    let mut g = ready(ctx, &vm, "USB install", ctx.boot_timeout * 2, &needles)?;
+    let log = vm.console.text(0, vm.console.offset());
     ensure!(
         !log.contains("no machine config names the disk"),
         "The installer asked for a disk although the stick's config names one"
     );
-    let (_, password) = info.admin.clone().context("The first boot printed no admin password")?;
-    let mut g = SerialGuest::login(&vm.console, "root", &password, Duration::from_secs(120))?;
-    let root = sh(
-        &mut g,
-        "echo $(readlink -f $(findmnt -n -o SOURCE /)) $(findmnt -n -o FSTYPE /)",
-    )?;
-    ensure!(root == "/dev/vda2 squashfs", "/ is not slot A of the disk: {root}");
-    let verify = sh(&mut g, "sfdisk --verify /dev/vda 2>&1")?;
-    ensure!(
-        verify.contains("No errors detected"),
-        "The installed partition table has problems: {verify}"
-    );
+    check_slot_a_of_disk(&mut g)?;
     let hostname = sh(&mut g, "hostname")?;
     ensure!(
         hostname == HOST,
