@@ -355,15 +355,16 @@ async fn check_peer(s: &HttpState, mac: Mac, peer: SocketAddr) -> Result<(), Ref
         Some(r) => Some(r.ip),
         None => s.store.lease_ip(mac).await.map_err(|e| internal(s, e))?,
     };
+    // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+    let from = peer.ip().to_canonical();
     match ip {
-        Some(ip) if peer.ip() == IpAddr::V4(ip) => Ok(()),
+        Some(ip) if from == IpAddr::V4(ip) => Ok(()),
         Some(ip) => Err(refused(
             s,
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "{mac} has address {ip}; its config and install report are taken only from there (this request came from {})",
-                peer.ip()
+                "{mac} has address {ip}; its config and install report are taken only from there (this request came from {from})"
             ),
         )),
         None => Err(refused(

@@ -262,6 +262,12 @@ fn udp_socket(net: &Network, addr: SocketAddrV4, what: &str, share: bool) -> any
                 ctx(),
                 net.interface
             )
+        } else if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 67 {
+            anyhow::anyhow!(
+                "{}: port 67 is held on {} by a program that does not share it (SO_REUSEADDR;                  `ss -ulpn sport = :67` names it). Proxy mode needs the site's DHCP server elsewhere on the                  network, or one that shares the port on this host (dnsmasq does)",
+                ctx(),
+                net.interface
+            )
         } else {
             anyhow::Error::new(e).context(format!(
                 "{}: is {} configured on {}, and is the port free (run as root)?",

@@ -245,6 +245,10 @@ async fn configs_and_install_reports_come_only_from_the_machines_address() {
     let (st, cfg) = call_from(&l.app, OTHER, "GET", uri, None).await;
     assert_eq!(st, StatusCode::OK, "{cfg}");
     assert_eq!(cfg, "[node]\nhostname = \"node-525400000022\"\n");
+    // The same address as a dual-stack listener reports it.
+    let (st, mapped) = call_from(&l.app, "[::ffff:198.51.100.150]:40000", "GET", uri, None).await;
+    assert_eq!(st, StatusCode::OK, "{mapped}");
+    assert_eq!(mapped, cfg);
 }
 
 #[tokio::test]
