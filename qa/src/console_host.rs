@@ -117,6 +117,13 @@ fn user_name() -> Result<String> {
     Ok(user.name)
 }
 
+/// How the console's agent runs, beyond the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct AgentSetup {
+    /// Top-level agent.toml lines (e.g. `provision = "FILE"`).
+    pub config: String,
+}
+
 /// The simulated agent and the console in front of it, both killed on drop.
 pub struct ConsoleHost {
     /// `debvisor-agent --sim`.
@@ -127,6 +134,8 @@ pub struct ConsoleHost {
     pub https: SocketAddr,
     /// The admin's password.
     pub password: String,
+    /// The agent's Unix socket.
+    pub agent_socket: PathBuf,
     /// The PKI whose server certificate the console presents.
     pub pki: TestPki,
 }
@@ -156,12 +165,18 @@ impl ConsoleHost {
     /// Starts both daemons with their files in `dir` (which must exist) and
     /// waits until the console listens for HTTPS.
     pub fn start(paths: &Paths, dir: &Path) -> Result<ConsoleHost> {
-        Self::start_with(paths, dir, &[])
+        Self::start_with(paths, dir, &[], &AgentSetup::default())
     }
 
     /// Like [`ConsoleHost::start`], with more flags for the console (for
-    /// example a short `--idle-timeout`).
-    pub fn start_with(paths: &Paths, dir: &Path, webui_flags: &[String]) -> Result<ConsoleHost> {
+    /// example a short `--idle-timeout`) and the agent set up as `agent_setup`
+    /// says.
+    pub fn start_with(
+        paths: &Paths,
+        dir: &Path,
+        webui_flags: &[String],
+        agent_setup: &AgentSetup,
+    ) -> Result<ConsoleHost> {
         let agent_bin = release_binary(paths, "debvisor-agent", "debvisor-agent")?;
         let webui_bin = release_binary(paths, "debvisor-webui", "debvisor-webui")?;
         let pki = TestPki::create(&dir.join("pki"))?;
@@ -176,8 +191,9 @@ impl ConsoleHost {
         std::fs::write(
             &agent_cfg,
             format!(
-                "console_user = \"{}\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
-                user_name()?
+                "console_user = \"{}\"\n{}\n[metrics]\nlisten = \"{metrics}\"\n",
+                user_name()?,
+                agent_setup.config
             ),
         )?;
         let s = |p: &Path| p.display().to_string();
@@ -234,6 +250,7 @@ impl ConsoleHost {
             webui,
             https,
             password,
+            agent_socket: socket,
             pki,
         })
     }

@@ -14,6 +14,7 @@
 //! [`nojs::STEPS`]: the same console through plain links and forms.
 
 mod nojs;
+mod provisioning;
 mod updates;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use anyhow::{Context as _, Result, ensure};
 use super::Ctx;
 use crate::browser::{Browser, Scripts};
 use crate::console_host::ConsoleHost;
+use crate::host_agent::release_binary;
 
 /// The simulated node's host name (`debvisor-agent --sim`).
 const SIM_HOSTNAME: &str = "sim-node";
@@ -126,6 +128,10 @@ pub const STEPS: &[Step] = &[
     Step {
         name: "updates-url-refused",
         run: updates::url_refused,
+    },
+    Step {
+        name: "provisioning",
+        run: provisioning::page,
     },
     Step {
         name: "users-create-viewer",
@@ -396,7 +402,13 @@ pub(crate) fn sign_out(w: &mut Web) -> StepFuture<'_> {
 pub fn console_browser(ctx: &Ctx) -> Result<()> {
     let dir = &ctx.dir;
     let idle = ["--idle-timeout".to_string(), IDLE_TIMEOUT_SECS.to_string()];
-    let mut host = ConsoleHost::start_with(ctx.paths, dir, &idle)?;
+    // The agent runs a provisioner on a network of its own.
+    let net = provisioning::ProvisionNet::create("dvq-cb", dir)?;
+    let mut host = ConsoleHost::start_with(ctx.paths, dir, &idle, &net.agent_setup())?;
+    net.seed(
+        &release_binary(ctx.paths, "debvisorctl", "debvisorctl")?,
+        &host.agent_socket,
+    )?;
     ctx.rt.block_on(async {
         session(&host, dir, Scripts::On, STEPS).await?;
         eprintln!("  JavaScript off ({}):", dir.join("nojs").display());
