@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/debvisor/config/v1/config.proto",
         "proto/debvisor/update/v1/update.proto",
         "proto/debvisor/provision/v1/provision.proto",
+        "proto/debvisor/vm/v1/vm.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -61,6 +61,15 @@ pub mod config_api {
     }
 }
 
+/// `debvisor.vm.v1`: the node's virtual machines (libvirt).
+pub mod vm {
+    /// Version 1 of the VM service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("debvisor.vm.v1");
+    }
+}
+
 /// `debvisor.provision.v1`: the PXE provisioner's profiles, groups,
 /// machines and leases.
 pub mod provision {
@@ -153,4 +162,5 @@ pub const SUPPORTED_SERVICES: &[&str] = &[
     "debvisor.config.v1.ConfigService",
     "debvisor.update.v1.UpdateService",
     "debvisor.provision.v1.ProvisionService",
+    "debvisor.vm.v1.VmService",
 ];

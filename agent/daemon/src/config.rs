@@ -33,6 +33,56 @@ pub struct AgentConfig {
     /// `debvisor-provision`): when set, the agent runs the provisioner on the
     /// networks it names and serves `debvisor.provision.v1`.
     pub provision: Option<PathBuf>,
+    /// Virtual machines: the libvirt connection and storage pool.
+    pub vm: VmConfig,
+}
+
+/// Where the agent's VMs live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// The libvirt URI.
+    pub uri: String,
+    /// The libvirt storage pool for disks, images and ISOs (on the data
+    /// partition).
+    pub pool: String,
+    /// libvirt's NAT network.
+    pub nat_network: String,
+    /// The QEMU domain type: `kvm`, or `qemu` (TCG) where KVM is missing or
+    /// unusable.
+    pub domain_type: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            uri: "qemu:///system".into(),
+            pool: "debvisor".into(),
+            nat_network: "default".into(),
+            domain_type: "kvm".into(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// The libvirt options; with `sim`, libvirt's test driver (its
+    /// `default-pool` and `default` network) whatever the config says.
+    pub fn options(&self, sim: bool) -> debvisor_virt::LibvirtOptions {
+        if sim {
+            return debvisor_virt::LibvirtOptions {
+                uri: "test:///default".into(),
+                pool: "default-pool".into(),
+                nat_network: "default".into(),
+                qemu_domain_type: "qemu".into(),
+            };
+        }
+        debvisor_virt::LibvirtOptions {
+            uri: self.uri.clone(),
+            pool: self.pool.clone(),
+            nat_network: self.nat_network.clone(),
+            qemu_domain_type: self.domain_type.clone(),
+        }
+    }
 }
 
 /// Where `/metrics` is served.
@@ -68,6 +118,7 @@ impl Default for AgentConfig {
             console_user: "debvisor-console".into(),
             max_message_bytes: 1 << 20,
             provision: None,
+            vm: VmConfig::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod service;
 pub mod status;
 pub mod units_service;
 pub mod update_service;
+pub mod vm_service;
 
 /// An error and all its sources on one line, for status messages: the wire
 /// carries no error chain, so the cause has to travel in the text.

@@ -11,6 +11,7 @@ use debvisor_agent::fakes::{FakeHost, SimHealth};
 use debvisor_agent::health_service::InitForwarder;
 use debvisor_agent::host::ProcHost;
 use debvisor_agent::server::{self, Backends, ServeConfig, TlsListen};
+use debvisor_agent::vm_service::VmBackend;
 use debvisor_api::paths;
 use debvisor_audit::AuditLog;
 use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
@@ -121,6 +122,8 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
         Some(path) => Some(start_provisioner(path).await?),
         None => None,
     };
+    // libvirt is reached on first use (libvirtd may start later).
+    let vm = Arc::new(VmBackend::new(cfg.vm.options(args.sim)));
     let backends = match systemd {
         None => {
             tracing::warn!("SIMULATION MODE: answers come from a fake host, units, journal and health checks");
@@ -132,6 +135,7 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
                 audit: audit.clone(),
                 health: Arc::new(SimHealth::new()),
                 provision: provision.clone(),
+                vm: Some(vm.clone()),
             }
         }
         Some(units) => Backends {
@@ -141,6 +145,7 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
             audit: audit.clone(),
             health: Arc::new(InitForwarder::new(&args.init_socket)),
             provision: provision.clone(),
+            vm: Some(vm.clone()),
         },
     };
     tracing::info!(

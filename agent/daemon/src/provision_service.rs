@@ -5,7 +5,7 @@
 //! agent that runs no provisioner answers UNAVAILABLE, saying how to enable
 //! it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use debvisor_api::provision::v1 as pb;
 use debvisor_api::provision::v1::provision_service_server::ProvisionService;
@@ -257,9 +257,10 @@ impl ProvisionService for ProvisionApi {
                 && r.installed.is_none_or(|i| m.installed == i)
         });
         all.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.mac.cmp(&b.mac)));
+        let mut ips = lease_ips(prov);
         let machines = all
             .iter()
-            .map(|m| wire::machine_to_pb(m, lease_ip(prov, m.mac)))
+            .map(|m| wire::machine_to_pb(m, ips.remove(&m.mac).unwrap_or_default()))
             .collect();
         Ok(Response::new(pb::ListMachinesResponse { machines }))
     }
@@ -374,13 +375,20 @@ impl ProvisionService for ProvisionApi {
     }
 }
 
-fn lease_ip(prov: &Provisioner, mac: Mac) -> String {
+/// The address each MAC holds an unexpired lease on, read once from the
+/// provisioner's lease table.
+fn lease_ips(prov: &Provisioner) -> HashMap<Mac, String> {
     let now = debvisor_provision::server::unix_now();
     prov.leases()
         .into_iter()
-        .find(|l| l.mac == mac && l.expires > now)
-        .map(|l| l.ip.to_string())
-        .unwrap_or_default()
+        .filter(|l| l.expires > now)
+        .map(|l| (l.mac, l.ip.to_string()))
+        .collect()
+}
+
+/// The address `mac` holds a lease on, or "" without one.
+fn lease_ip(prov: &Provisioner, mac: Mac) -> String {
+    lease_ips(prov).remove(&mac).unwrap_or_default()
 }
 
 /// iPXE's build architecture for a DHCP option 93 value, as group selectors

@@ -16,6 +16,7 @@ use debvisor_api::node::v1::node_service_server::NodeServiceServer;
 use debvisor_api::provision::v1::provision_service_server::ProvisionServiceServer;
 use debvisor_api::units::v1::unit_service_server::UnitServiceServer;
 use debvisor_api::update::v1::update_service_server::UpdateServiceServer;
+use debvisor_api::vm::v1::vm_service_server::VmServiceServer;
 use debvisor_audit::AuditLog;
 use debvisor_systemd::{Journal, Units};
 use debvisor_telemetry::{Metrics, RateLimitLayer, TraceLayer};
@@ -36,6 +37,7 @@ use crate::service::NodeApi;
 use crate::status::{MAX_AGE, StatusCache};
 use crate::units_service::UnitsApi;
 use crate::update_service::{UpdateApi, UpdateBackend};
+use crate::vm_service::{VmApi, VmBackend};
 
 /// Where and how the agent serves.
 #[derive(Debug, Clone)]
@@ -77,6 +79,8 @@ pub struct Backends {
     pub health: Arc<dyn HealthSource>,
     /// The PXE provisioner this agent runs, if any (agent.toml `provision`).
     pub provision: Option<debvisor_provision::Provisioner>,
+    /// The hypervisor (libvirt), if this agent manages VMs.
+    pub vm: Option<Arc<VmBackend>>,
 }
 
 /// Listeners bound and ready to serve; binding first lets the caller report
@@ -215,6 +219,7 @@ async fn routes(
         ProvisionServiceServer::new(ProvisionApi::new(b.provision.clone(), auditor.clone())),
         max
     );
+    let vm = tuned!(VmServiceServer::new(VmApi::new(b.vm.clone(), auditor.clone())), max);
     let update = tuned!(UpdateServiceServer::new(UpdateApi::new(update, auditor)), max);
     let audit = tuned!(AuditServiceServer::new(AuditApi::new(b.audit.clone())), max);
     let node_health = tuned!(NodeHealthServiceServer::new(HealthApi::new(b.health.clone())), max);
@@ -226,6 +231,11 @@ async fn routes(
     reporter.set_serving::<NodeHealthServiceServer<HealthApi>>().await;
     reporter.set_serving::<ConfigServiceServer<ConfigApi>>().await;
     reporter.set_serving::<UpdateServiceServer<UpdateApi>>().await;
+    if b.vm.is_some() {
+        reporter.set_serving::<VmServiceServer<VmApi>>().await;
+    } else {
+        reporter.set_not_serving::<VmServiceServer<VmApi>>().await;
+    }
     if b.provision.is_some() {
         reporter.set_serving::<ProvisionServiceServer<ProvisionApi>>().await;
     } else {
@@ -249,6 +259,7 @@ async fn routes(
         .add_service(config)
         .add_service(update)
         .add_service(provision)
+        .add_service(vm)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))

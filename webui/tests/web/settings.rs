@@ -193,6 +193,7 @@ async fn agent_on_files(dir: &Path, init: Init) -> (AuditLog, tokio::sync::onesh
         audit: audit.clone(),
         health: Arc::new(init),
         provision: None,
+        vm: None,
     };
     let me = std::env::var("USER").ok().filter(|u| !u.is_empty());
     let uid = nix_uid_name().or(me).unwrap_or_else(|| "root".into());

@@ -40,6 +40,7 @@ impl Agent {
             audit: AuditLog::open_in_memory().await.unwrap(),
             health: Arc::new(SimHealth::new()),
             provision: None,
+            vm: None,
         };
         let rauc = FakeRauc::new("debvisor-node-x86_64").with_step(Duration::from_millis(5));
         let update = UpdateBackend::with_rauc(Arc::new(rauc.clone()), dir.path().join("updates"), true);

@@ -213,6 +213,7 @@ impl Agent {
             audit: AuditLog::open_in_memory().await.unwrap(),
             health: Arc::new(InitForwarder::new(init_socket)),
             provision: None,
+            vm: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(

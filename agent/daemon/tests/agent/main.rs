@@ -6,11 +6,13 @@ mod health;
 mod provision;
 mod transports;
 mod update;
+mod vm;
 
 use std::sync::Arc;
 
+use debvisor_agent::config::AgentConfig;
 use debvisor_agent::fakes::{FakeHost, SimHealth};
-use debvisor_agent::server::Backends;
+use debvisor_agent::server::{self, Backends, ServeConfig};
 use debvisor_audit::AuditLog;
 use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
 
@@ -25,5 +27,44 @@ fn sim_backends(host: &str, audit: AuditLog, provision: Option<debvisor_provisio
         audit,
         health: Arc::new(SimHealth::new()),
         provision,
+        vm: None,
+    }
+}
+
+/// The agent serving `backends` on `agent.sock` in `dir` (Unix socket only,
+/// default config) until dropped.
+struct Served {
+    channel: tonic::transport::Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn serve(dir: &std::path::Path, backends: Backends) -> Served {
+    let serve = ServeConfig {
+        socket: dir.join("agent.sock"),
+        tls: None,
+        metrics: None,
+    };
+    let bound = server::bind(&serve).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(
+        bound,
+        backends,
+        AgentConfig::default(),
+        debvisor_telemetry::Metrics::new(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Served {
+        channel: debvisor_api::client::connect_unix(&serve.socket).await.unwrap(),
+        stop: Some(stop),
     }
 }

@@ -6,14 +6,12 @@
 
 use std::sync::Arc;
 
-use debvisor_agent::config::AgentConfig;
 use debvisor_agent::provision_service::NOT_RUNNING;
-use debvisor_agent::server::{self, ServeConfig};
 use debvisor_api::provision::v1::provision_service_client::ProvisionServiceClient;
 use debvisor_api::provision::v1::{
     BootMode, DeleteGroupRequest, DeleteMachineRequest, DeleteProfileRequest, GetMachineRequest, GetProfileRequest,
-    Group, InstallDisk, ListGroupsRequest, ListLeasesRequest, ListMachinesRequest, ListProfilesRequest, Profile,
-    PutGroupRequest, PutProfileRequest, ResetMachineRequest, Selector, SetMachineLabelsRequest, install_disk,
+    Group, InstallDisk, ListGroupsRequest, ListLeasesRequest, ListMachinesRequest, ListProfilesRequest, Machine,
+    Profile, PutGroupRequest, PutProfileRequest, ResetMachineRequest, Selector, SetMachineLabelsRequest, install_disk,
 };
 use debvisor_audit::{AuditLog, Query};
 use debvisor_provision::{Config, Metrics, Provisioner};
@@ -21,18 +19,24 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 struct Agent {
-    _dir: tempfile::TempDir,
     client: ProvisionServiceClient<Channel>,
     prov: Option<Provisioner>,
     audit: AuditLog,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _served: crate::Served,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+impl Agent {
+    /// The audit records of provisioning changes.
+    async fn provision_records(&self) -> Vec<debvisor_audit::AuditRecord> {
+        self.audit
+            .query(&Query {
+                action: Some("provision.*".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .records
     }
 }
 
@@ -52,31 +56,19 @@ async fn agent(with_provisioner: bool) -> Agent {
     } else {
         None
     };
-    let serve = ServeConfig {
-        socket: dir.path().join("agent.sock"),
-        tls: None,
-        metrics: None,
-    };
-    let bound = server::bind(&serve).await.unwrap();
     let audit = AuditLog::open_in_memory().await.unwrap();
-    let backends = crate::sim_backends("provision-test", audit.clone(), prov.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(
-        bound,
-        backends,
-        AgentConfig::default(),
-        debvisor_telemetry::Metrics::new(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let client = ProvisionServiceClient::new(debvisor_api::client::connect_unix(&serve.socket).await.unwrap());
+    let served = crate::serve(
+        dir.path(),
+        crate::sim_backends("provision-test", audit.clone(), prov.clone()),
+    )
+    .await;
+    let client = ProvisionServiceClient::new(served.channel.clone());
     Agent {
-        _dir: dir,
         client,
         prov,
         audit,
-        stop: Some(stop),
+        _served: served,
+        _dir: dir,
     }
 }
 
@@ -89,6 +81,11 @@ fn live(name: &str) -> Profile {
         config: "version = 1\n[node]\nhostname = \"{{hostname}}\"\n".into(),
         install_disk: None,
     }
+}
+
+/// The machines `req` selects.
+async fn machines(c: &mut ProvisionServiceClient<Channel>, req: ListMachinesRequest) -> Vec<Machine> {
+    c.list_machines(req).await.unwrap().into_inner().machines
 }
 
 fn put(p: Profile) -> PutProfileRequest {
@@ -270,20 +267,13 @@ async fn catalog_crud_with_refusals_naming_the_field_and_audited() {
     .unwrap();
 
     // Every change, refused or not, is in the audit log.
-    let page = a
-        .audit
-        .query(&Query {
-            action: Some("provision.*".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let ok = page.records.iter().filter(|r| r.ok).count();
-    let failed = page.records.iter().filter(|r| !r.ok).count();
-    assert_eq!(ok, 6, "{:?}", page.records);
-    assert_eq!(failed, 11, "{:?}", page.records);
+    let records = a.provision_records().await;
+    let ok = records.iter().filter(|r| r.ok).count();
+    let failed = records.iter().filter(|r| !r.ok).count();
+    assert_eq!(ok, 6, "{:?}", records);
+    assert_eq!(failed, 11, "{:?}", records);
     assert!(
-        page.records
+        records
             .iter()
             .any(|r| r.action == "provision.profile.delete" && r.target == "profile:edge-live" && r.ok)
     );
@@ -367,24 +357,18 @@ async fn machines_show_the_profile_they_would_get_and_take_labels_and_resets() {
     assert!(e.message().contains("labels.Rack"), "{}", e.message());
 
     // Newest first; filters.
-    let all = c
-        .list_machines(ListMachinesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .machines;
+    let all = machines(c, ListMachinesRequest::default()).await;
     let macs: Vec<&str> = all.iter().map(|m| m.mac.as_str()).collect();
     assert_eq!(macs, ["52:54:00:aa:bb:02", "52:54:00:aa:bb:01"]);
     prov.store().set_installed(mac, true).await.unwrap();
-    let installed = c
-        .list_machines(ListMachinesRequest {
+    let installed = machines(
+        c,
+        ListMachinesRequest {
             installed: Some(true),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .machines;
+        },
+    )
+    .await;
     assert_eq!(installed.len(), 1);
     assert_eq!(installed[0].mac, "52:54:00:aa:bb:01");
     let m = c
@@ -409,12 +393,7 @@ async fn machines_show_the_profile_they_would_get_and_take_labels_and_resets() {
     c.delete_machine(DeleteMachineRequest { mac: other.to_string() })
         .await
         .unwrap();
-    let left = c
-        .list_machines(ListMachinesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .machines;
+    let left = machines(c, ListMachinesRequest::default()).await;
     assert_eq!(left.len(), 1, "{left:?}");
     let e = c
         .delete_machine(DeleteMachineRequest { mac: other.to_string() })
@@ -439,13 +418,6 @@ async fn an_agent_without_a_provisioner_says_how_to_enable_it() {
     assert_eq!(e.message(), NOT_RUNNING);
     let e = a.client.put_profile(put(live("edge-live"))).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
-    let page = a
-        .audit
-        .query(&Query {
-            action: Some("provision.*".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.records.len(), 1, "the refused change is audited");
+    let records = a.provision_records().await;
+    assert_eq!(records.len(), 1, "the refused change is audited");
 }

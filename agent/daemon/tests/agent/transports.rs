@@ -107,6 +107,7 @@ impl Agent {
             audit: AuditLog::open(&d.join("audit.db")).await.unwrap(),
             health: Arc::new(debvisor_agent::health_service::InitForwarder::new(d.join("init.sock"))),
             provision: None,
+            vm: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(bound, backends, cfg, Metrics::new(), async {

@@ -86,6 +86,7 @@ impl TestAgent {
             audit: audit.clone(),
             health: Arc::new(SimHealth::new()),
             provision,
+            vm: None,
         };
         let me = nix_user_name();
         let cfg = AgentConfig {
@@ -426,6 +427,7 @@ pub async fn console_with_rauc(rauc: debvisor_rauc::fakes::FakeRauc) -> Console 
             audit: audit.clone(),
             health: Arc::new(SimHealth::new()),
             provision: None,
+            vm: None,
         },
         config,
         update,

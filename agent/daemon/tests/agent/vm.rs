@@ -1,0 +1,347 @@
+//! `debvisor.vm.v1` through the agent's Unix socket, over libvirt's test
+//! driver (real libvirt: its XML checks, state machine, storage pool and
+//! snapshots, without QEMU) with a private node description per test, and a
+//! real audit log.
+
+use std::sync::Arc;
+
+use debvisor_agent::vm_service::{NO_VMS, VmBackend};
+use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
+use debvisor_api::vm::v1::{
+    BootDevice, CloneVmRequest, CreateSnapshotRequest, CreateVmRequest, DeleteVmRequest, DiskSpec, ListVmsRequest,
+    ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec, VmState, disk_spec,
+};
+use debvisor_audit::{AuditLog, AuditRecord, Query};
+use debvisor_virt::{Libvirt, LibvirtOptions};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// 4 GiB of memory, a pool with an ISO, a NAT network.
+const NODE: &str = r#"<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz><model>x86_64</model></cpu>
+  <memory>4194304</memory>
+  <network><name>default</name><bridge name="virbr0"/><forward/><ip address="192.168.122.1" netmask="255.255.255.0"/></network>
+  <pool type="dir">
+    <name>vms</name>
+    <target><path>/data/vm</path></target>
+    <volume type="file"><name>installer.iso</name><capacity unit="MiB">310</capacity><target><path>/data/vm/installer.iso</path></target></volume>
+  </pool>
+</node>
+"#;
+
+struct Agent {
+    client: VmServiceClient<Channel>,
+    audit: AuditLog,
+    _served: crate::Served,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    async fn vm_records(&self) -> Vec<AuditRecord> {
+        self.audit
+            .query(&Query {
+                action: Some("vm.*".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .records
+    }
+}
+
+async fn agent(with_vms: bool) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.xml");
+    std::fs::write(&node, NODE).unwrap();
+    let audit = AuditLog::open_in_memory().await.unwrap();
+    let mut backends = crate::sim_backends("vm-test", audit.clone(), None);
+    if with_vms {
+        let opts = LibvirtOptions {
+            uri: format!("test://{}", node.display()),
+            pool: "vms".into(),
+            nat_network: "default".into(),
+            qemu_domain_type: "qemu".into(),
+        };
+        let lv = Libvirt::open(opts.clone()).unwrap();
+        backends.vm = Some(Arc::new(VmBackend::with(Arc::new(lv), opts)));
+    }
+    let served = crate::serve(dir.path(), backends).await;
+    let client = VmServiceClient::new(served.channel.clone());
+    Agent {
+        client,
+        audit,
+        _served: served,
+        _dir: dir,
+    }
+}
+
+fn spec(name: &str) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 256,
+        disks: vec![
+            DiskSpec {
+                source: Some(disk_spec::Source::NewSizeMib(512)),
+            },
+            DiskSpec {
+                source: Some(disk_spec::Source::IsoVolume("installer.iso".into())),
+            },
+        ],
+        nics: vec![NicSpec::default()],
+        boot: vec![BootDevice::Cdrom as i32, BootDevice::Disk as i32],
+        ..Default::default()
+    }
+}
+
+fn vm(name: &str) -> VmRef {
+    VmRef { name: name.into() }
+}
+
+#[tokio::test]
+async fn vms_are_created_run_snapshotted_cloned_and_deleted_with_every_change_audited() {
+    let mut a = agent(true).await;
+    let c = &mut a.client;
+    let created = c
+        .create_vm(CreateVmRequest {
+            spec: Some(spec("web-1")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = created.summary.clone().unwrap();
+    assert_eq!((s.name.as_str(), s.state_text.as_str()), ("web-1", "shutoff"));
+    assert_eq!(created.boot, ["cdrom", "hd"]);
+    assert_eq!(created.disks[0].capacity_bytes, 512 << 20);
+    assert!(created.disks[1].cdrom);
+
+    let running = c.start_vm(vm("web-1")).await.unwrap().into_inner();
+    assert_eq!(running.summary.unwrap().state, VmState::Running as i32);
+    let e = c.start_vm(vm("web-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        e.message(),
+        "Cannot start web-1: it is running: shut it down or stop it first"
+    );
+    let paused = c.suspend_vm(vm("web-1")).await.unwrap().into_inner();
+    assert_eq!(paused.summary.unwrap().state_text, "paused");
+    c.resume_vm(vm("web-1")).await.unwrap();
+
+    let snap = c
+        .create_snapshot(CreateSnapshotRequest {
+            name: "web-1".into(),
+            snapshot: "s1".into(),
+            description: "before".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (snap.vm_state.as_str(), snap.description.as_str()),
+        ("running", "before")
+    );
+    let e = c
+        .create_snapshot(CreateSnapshotRequest {
+            name: "web-1".into(),
+            snapshot: "s2".into(),
+            description: "two\nlines".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("description: "), "{}", e.message());
+    c.stop_vm(vm("web-1")).await.unwrap();
+    let back = c
+        .revert_snapshot(SnapshotRef {
+            name: "web-1".into(),
+            snapshot: "s1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.summary.unwrap().state_text, "running");
+    let snaps = c.list_snapshots(vm("web-1")).await.unwrap().into_inner().snapshots;
+    assert_eq!(snaps.len(), 1);
+    c.delete_snapshot(SnapshotRef {
+        name: "web-1".into(),
+        snapshot: "s1".into(),
+    })
+    .await
+    .unwrap();
+
+    let e = c
+        .delete_vm(DeleteVmRequest {
+            name: "web-1".into(),
+            delete_disks: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    c.shutdown_vm(vm("web-1")).await.unwrap();
+    let auto = c
+        .set_autostart(SetAutostartRequest {
+            name: "web-1".into(),
+            autostart: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(auto.summary.unwrap().autostart);
+
+    let copy = c
+        .clone_vm(CloneVmRequest {
+            name: "web-1".into(),
+            new_name: "web-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(copy.disks[0].path, "/data/vm/web-2-disk0.qcow2");
+    assert_eq!(copy.boot, ["cdrom", "hd"]);
+    let names: Vec<String> = c
+        .list_vms(ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vms
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["web-1", "web-2"]);
+
+    for n in ["web-1", "web-2"] {
+        c.delete_vm(DeleteVmRequest {
+            name: n.into(),
+            delete_disks: true,
+        })
+        .await
+        .unwrap();
+    }
+    let vols: Vec<String> = c
+        .list_volumes(ListVolumesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .volumes
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(vols, ["installer.iso"]);
+    let e = c.get_vm(vm("web-1")).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "No VM is called web-1"));
+
+    let records = a.vm_records().await;
+    let actions: Vec<(&str, bool)> = records.iter().map(|r| (r.action.as_str(), r.ok)).collect();
+    for (action, ok) in [
+        ("vm.create", true),
+        ("vm.start", true),
+        ("vm.start", false),
+        ("vm.suspend", true),
+        ("vm.resume", true),
+        ("vm.snapshot.create", true),
+        ("vm.snapshot.create", false),
+        ("vm.stop", true),
+        ("vm.snapshot.revert", true),
+        ("vm.snapshot.delete", true),
+        ("vm.delete", false),
+        ("vm.shutdown", true),
+        ("vm.autostart", true),
+        ("vm.clone", true),
+        ("vm.delete", true),
+    ] {
+        assert!(actions.contains(&(action, ok)), "no {action} ok={ok} in {actions:?}");
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r.action == "vm.snapshot.revert" && r.target == "vm:web-1/snapshot:s1")
+    );
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_naming_the_field() {
+    let mut a = agent(true).await;
+    let c = &mut a.client;
+    let cases: Vec<(VmSpec, Code, &str)> = vec![
+        (
+            VmSpec {
+                name: "web 1".into(),
+                ..spec("x")
+            },
+            Code::InvalidArgument,
+            "name: ",
+        ),
+        (
+            VmSpec {
+                memory_mib: 8,
+                ..spec("web-1")
+            },
+            Code::InvalidArgument,
+            "memory_mib: ",
+        ),
+        (
+            VmSpec {
+                disks: vec![DiskSpec {
+                    source: Some(disk_spec::Source::ImportVolume("../../etc/shadow".into())),
+                }],
+                boot: Vec::new(),
+                ..spec("web-1")
+            },
+            Code::InvalidArgument,
+            "disks[0].import_volume: ",
+        ),
+        (
+            VmSpec {
+                disks: vec![DiskSpec {
+                    source: Some(disk_spec::Source::ImportVolume("missing.img".into())),
+                }],
+                boot: Vec::new(),
+                ..spec("web-1")
+            },
+            Code::InvalidArgument,
+            "disks[0].import_volume: the storage pool has no volume \"missing.img\"",
+        ),
+        (
+            VmSpec {
+                memory_mib: 8192,
+                ..spec("web-1")
+            },
+            Code::FailedPrecondition,
+            "memory_mib: 8192 MiB is more than the 4096 MiB",
+        ),
+        (
+            VmSpec {
+                nics: vec![NicSpec {
+                    vlan: 10,
+                    ..Default::default()
+                }],
+                ..spec("web-1")
+            },
+            Code::InvalidArgument,
+            "nics[0].vlan: the NAT network carries no VLANs",
+        ),
+    ];
+    for (s, code, start) in cases {
+        let e = c.create_vm(CreateVmRequest { spec: Some(s) }).await.unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(
+            e.message().starts_with(start),
+            "{:?} does not start with {start:?}",
+            e.message()
+        );
+    }
+    let e = c.create_vm(CreateVmRequest { spec: None }).await.unwrap_err();
+    assert!(e.message().starts_with("name: "), "{}", e.message());
+    let e = c.get_vm(vm("a/b")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(c.list_vms(ListVmsRequest {}).await.unwrap().into_inner().vms.is_empty());
+    let records = a.vm_records().await;
+    assert_eq!(records.iter().filter(|r| !r.ok && r.action == "vm.create").count(), 7);
+}
+
+#[tokio::test]
+async fn an_agent_without_vms_says_so() {
+    let mut a = agent(false).await;
+    let e = a.client.list_vms(ListVmsRequest {}).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::Unavailable, NO_VMS));
+}
