@@ -96,6 +96,10 @@ pub enum Cmd {
     /// machines seen and DHCP leases.
     #[command(subcommand)]
     Provision(ProvisionCmd),
+    /// Virtual machines: create, start, stop, snapshots, clones, the
+    /// storage pool's volumes.
+    #[command(subcommand)]
+    Vm(VmCmd),
     /// Reboot the node.
     Reboot(PowerArgs),
     /// Power the node off.
@@ -564,4 +568,193 @@ mod tests {
         assert!(Cli::try_parse_from(["debvisorctl", "reboot", "--reason", "a\nb"]).is_err());
         assert!(Cli::try_parse_from(["debvisorctl", "reboot", "--reason", &"x".repeat(201)]).is_err());
     }
+}
+
+/// `vm ...`.
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// List the VMs with their state, vCPUs and memory.
+    List,
+    /// Show one VM with its disks and interfaces.
+    Show(VmArg),
+    /// Create a VM (it is not started): disks, interfaces, boot order.
+    Create(CreateVmArgs),
+    /// Start a VM that is off.
+    Start(VmArg),
+    /// Ask the guest to shut down (ACPI power button).
+    Shutdown(VmArg),
+    /// Switch a VM off at once, like pulling the plug.
+    Stop(VmArg),
+    /// Ask the guest to reboot.
+    Reboot(VmArg),
+    /// Pause a running VM.
+    Suspend(VmArg),
+    /// Resume a paused VM.
+    Resume(VmArg),
+    /// Start a VM with the node, or not.
+    Autostart(AutostartArgs),
+    /// Delete a VM that is off, with its snapshots and (unless --keep-disks)
+    /// its disk volumes; attached ISOs are kept.
+    Delete(DeleteVmArgs),
+    /// Copy a VM that is off: new disks (copies), new MACs.
+    Clone(CloneVmArgs),
+    /// Take, list, revert to and delete snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// List the storage pool's volumes (disks, images, ISOs).
+    Volumes,
+}
+
+/// The lifecycle actions that take a VM name and answer with the VM.
+#[derive(Debug, Clone, Copy)]
+pub enum VmAction {
+    /// `vm start`.
+    Start,
+    /// `vm shutdown`.
+    Shutdown,
+    /// `vm stop`.
+    Stop,
+    /// `vm reboot`.
+    Reboot,
+    /// `vm suspend`.
+    Suspend,
+    /// `vm resume`.
+    Resume,
+}
+
+impl VmAction {
+    /// The verb, for errors (`Cannot shut down web-1`).
+    pub fn verb(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Shutdown => "shut down",
+            VmAction::Stop => "stop",
+            VmAction::Reboot => "reboot",
+            VmAction::Suspend => "suspend",
+            VmAction::Resume => "resume",
+        }
+    }
+
+    /// What was done, for the answer.
+    pub fn done(self) -> &'static str {
+        match self {
+            VmAction::Start => "started",
+            VmAction::Shutdown => "asked to shut down",
+            VmAction::Stop => "stopped",
+            VmAction::Reboot => "asked to reboot",
+            VmAction::Suspend => "suspended",
+            VmAction::Resume => "resumed",
+        }
+    }
+}
+
+/// A VM.
+#[derive(Debug, Args)]
+pub struct VmArg {
+    /// The VM's name.
+    #[arg(value_name = "VM")]
+    pub name: String,
+}
+
+/// `vm create`.
+#[derive(Debug, Args)]
+pub struct CreateVmArgs {
+    /// The VM's name (A-Z a-z 0-9 . _ -).
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub memory: u64,
+    /// Boot with UEFI (OVMF) instead of BIOS.
+    #[arg(long)]
+    pub uefi: bool,
+    /// A disk, repeatable, in order: new:SIZE (MiB, or 10G), import:VOLUME
+    /// (a copy of an image of the pool) or iso:VOLUME (a CD-ROM).
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
+    /// An interface, repeatable: nat or bridge:NAME, then ,vlan=N and
+    /// ,mac=52:54:00:.. if wanted.
+    #[arg(long, value_name = "SPEC")]
+    pub nic: Vec<String>,
+    /// Boot order: disk, cdrom, network, comma-separated (default: those the
+    /// VM has, in that order).
+    #[arg(long, value_name = "DEVICES")]
+    pub boot: Vec<String>,
+    /// Start the VM with the node.
+    #[arg(long)]
+    pub autostart: bool,
+}
+
+/// `vm autostart`.
+#[derive(Debug, Args)]
+pub struct AutostartArgs {
+    /// The VM's name.
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// on or off.
+    #[arg(value_name = "on|off")]
+    pub state: String,
+}
+
+/// `vm delete`.
+#[derive(Debug, Args)]
+pub struct DeleteVmArgs {
+    /// The VM's name.
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// Keep the VM's disk volumes in the pool.
+    #[arg(long)]
+    pub keep_disks: bool,
+}
+
+/// `vm clone`.
+#[derive(Debug, Args)]
+pub struct CloneVmArgs {
+    /// The VM to copy (off).
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// The new VM's name.
+    #[arg(value_name = "NEW")]
+    pub new_name: String,
+}
+
+/// `vm snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// List a VM's snapshots, oldest first.
+    List(VmArg),
+    /// Take a snapshot (running or not).
+    Create(SnapshotCreateArgs),
+    /// Return a VM to a snapshot.
+    Revert(SnapshotArgs),
+    /// Delete a snapshot.
+    Delete(SnapshotArgs),
+}
+
+/// A snapshot of a VM.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The VM's name.
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// The snapshot's name.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+}
+
+/// `vm snapshot create`.
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// The VM's name.
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// The snapshot's name.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// What it is for (one line).
+    #[arg(long, short)]
+    pub description: Option<String>,
 }

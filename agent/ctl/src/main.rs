@@ -22,6 +22,7 @@ mod rpc;
 mod timefmt;
 mod units;
 mod update;
+mod vm;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -81,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Audit(cmd) => return audit::run(&ctx, cmd).await,
         Cmd::Update(cmd) => update::run(&ctx, cmd).await?,
         Cmd::Provision(cmd) => provision::run(&ctx, cmd).await?,
+        Cmd::Vm(cmd) => vm::run(&ctx, cmd).await?,
         Cmd::Reboot(args) => node::power(&ctx, Power::Reboot, args).await?,
         Cmd::Shutdown(args) => node::power(&ctx, Power::Shutdown, args).await?,
     }

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::UsageError;
 use crate::cli::{CatalogCmd, MachineCmd, ProvisionCmd};
-use crate::output::{self, Table, or_dash, render_kv};
+use crate::output::{Table, or_dash, render_kv};
 use crate::rpc::Ctx;
 use crate::timefmt::format_unix_ms;
 
@@ -33,14 +33,14 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 .call(client(ctx).list_profiles(ctx.req(ListProfilesRequest {})))
                 .await
                 .context("Cannot list the profiles")?;
-            show(ctx, &r, || render_profiles(&r.profiles))
+            ctx.show(&r, || render_profiles(&r.profiles))
         }
         ProvisionCmd::Profile(CatalogCmd::Show(a)) => {
             let p = ctx
                 .call(client(ctx).get_profile(ctx.req(GetProfileRequest { name: a.name.clone() })))
                 .await
                 .with_context(|| format!("Cannot read profile {}", a.name))?;
-            show(ctx, &p, || render_profile(&p))
+            ctx.show(&p, || render_profile(&p))
         }
         ProvisionCmd::Profile(CatalogCmd::Put(f)) => {
             let p: Profile = read_toml(&f.file, "profile")?;
@@ -51,28 +51,28 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 })))
                 .await
                 .with_context(|| format!("Cannot store profile {name}"))?;
-            show(ctx, &stored, || format!("profile {name} stored\n"))
+            ctx.show(&stored, || format!("profile {name} stored\n"))
         }
         ProvisionCmd::Profile(CatalogCmd::Delete(a)) => {
             let r = ctx
                 .call(client(ctx).delete_profile(ctx.req(DeleteProfileRequest { name: a.name.clone() })))
                 .await
                 .with_context(|| format!("Cannot delete profile {}", a.name))?;
-            show(ctx, &r, || format!("profile {} deleted\n", a.name))
+            ctx.show(&r, || format!("profile {} deleted\n", a.name))
         }
         ProvisionCmd::Groups => {
             let r = ctx
                 .call(client(ctx).list_groups(ctx.req(ListGroupsRequest {})))
                 .await
                 .context("Cannot list the groups")?;
-            show(ctx, &r, || render_groups(&r.groups))
+            ctx.show(&r, || render_groups(&r.groups))
         }
         ProvisionCmd::Group(CatalogCmd::Show(a)) => {
             let g = ctx
                 .call(client(ctx).get_group(ctx.req(GetGroupRequest { name: a.name.clone() })))
                 .await
                 .with_context(|| format!("Cannot read group {}", a.name))?;
-            show(ctx, &g, || render_groups(std::slice::from_ref(&g)))
+            ctx.show(&g, || render_groups(std::slice::from_ref(&g)))
         }
         ProvisionCmd::Group(CatalogCmd::Put(f)) => {
             let g: Group = read_toml(&f.file, "group")?;
@@ -83,7 +83,7 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 })))
                 .await
                 .with_context(|| format!("Cannot store group {name}"))?;
-            show(ctx, &stored, || {
+            ctx.show(&stored, || {
                 format!("group {name} stored (profile {})\n", stored.profile)
             })
         }
@@ -92,7 +92,7 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 .call(client(ctx).delete_group(ctx.req(DeleteGroupRequest { name: a.name.clone() })))
                 .await
                 .with_context(|| format!("Cannot delete group {}", a.name))?;
-            show(ctx, &r, || format!("group {} deleted\n", a.name))
+            ctx.show(&r, || format!("group {} deleted\n", a.name))
         }
         ProvisionCmd::Machines(a) => {
             let installed = match (a.installed, a.not_installed) {
@@ -107,14 +107,14 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 })))
                 .await
                 .context("Cannot list the machines")?;
-            show(ctx, &r, || render_machines(&r.machines))
+            ctx.show(&r, || render_machines(&r.machines))
         }
         ProvisionCmd::Machine(MachineCmd::Show(a)) => {
             let m = ctx
                 .call(client(ctx).get_machine(ctx.req(GetMachineRequest { mac: a.mac.clone() })))
                 .await
                 .with_context(|| format!("Cannot read machine {}", a.mac))?;
-            show(ctx, &m, || render_machine(&m))
+            ctx.show(&m, || render_machine(&m))
         }
         ProvisionCmd::Machine(MachineCmd::Label(a)) => {
             let m = ctx
@@ -124,14 +124,14 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 })))
                 .await
                 .with_context(|| format!("Cannot label machine {}", a.mac))?;
-            show(ctx, &m, || render_machine(&m))
+            ctx.show(&m, || render_machine(&m))
         }
         ProvisionCmd::Machine(MachineCmd::Reset(a)) => {
             let m = ctx
                 .call(client(ctx).reset_machine(ctx.req(ResetMachineRequest { mac: a.mac.clone() })))
                 .await
                 .with_context(|| format!("Cannot reset machine {}", a.mac))?;
-            show(ctx, &m, || {
+            ctx.show(&m, || {
                 format!(
                     "machine {} reset: its next PXE boot follows profile {}\n",
                     m.mac,
@@ -144,27 +144,19 @@ pub async fn run(ctx: &Ctx, cmd: &ProvisionCmd) -> anyhow::Result<()> {
                 .call(client(ctx).delete_machine(ctx.req(DeleteMachineRequest { mac: a.mac.clone() })))
                 .await
                 .with_context(|| format!("Cannot delete machine {}", a.mac))?;
-            show(ctx, &r, || format!("machine {} forgotten\n", a.mac))
+            ctx.show(&r, || format!("machine {} forgotten\n", a.mac))
         }
         ProvisionCmd::Leases(a) => {
             let r = ctx
                 .call(client(ctx).list_leases(ctx.req(ListLeasesRequest { include_expired: a.all })))
                 .await
                 .context("Cannot list the leases")?;
-            show(ctx, &r, || render_leases(&r.leases))
+            ctx.show(&r, || render_leases(&r.leases))
         }
     }
 }
 
 /// Prints `value` as JSON with `--json`, else the text `human` makes.
-fn show<T: serde::Serialize>(ctx: &Ctx, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
-    if ctx.json {
-        output::json(value)
-    } else {
-        Ok(output::out(&human())?)
-    }
-}
-
 /// A profile or group definition file, read and parsed here so that a typo
 /// is a usage error naming the file and the line.
 fn read_toml<T: serde::de::DeserializeOwned>(file: &Path, what: &str) -> anyhow::Result<T> {

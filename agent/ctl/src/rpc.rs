@@ -44,6 +44,15 @@ impl Ctx {
         }
     }
 
+    /// Prints `value` as JSON with `--json`, else the text `human` makes.
+    pub fn show<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if self.json {
+            crate::output::json(value)
+        } else {
+            Ok(crate::output::out(&human())?)
+        }
+    }
+
     /// The next message of a finite stream; gives up when none arrives within
     /// the timeout.
     pub async fn next<T>(&self, stream: &mut Streaming<T>) -> Result<Option<T>, RpcError> {

@@ -35,3 +35,5 @@ pub use spec::{
     BootDevice, BridgeName, DiskSource, DiskSpec, Firmware, MacAddr, NetworkKind, NicSpec, SnapshotName, SpecError,
     VmName, VmSpec, VolumeName,
 };
+
+pub mod test_driver;

@@ -4,56 +4,20 @@
 //! (`test:///FILE`), so tests never share VMs.
 
 use debvisor_virt::{
-    BootDevice, BridgeName, DiskSource, DiskSpec, Firmware, Hypervisor, Libvirt, LibvirtOptions, MacAddr, NetworkKind,
-    NicSpec, SnapshotName, VirtError, VmName, VmSpec, VmState, VolumeName,
+    BootDevice, BridgeName, DiskSource, DiskSpec, Firmware, Hypervisor, Libvirt, MacAddr, NetworkKind, NicSpec,
+    SnapshotName, VirtError, VmName, VmSpec, VmState, VolumeName, test_driver,
 };
-
-/// A host with 4 GiB of memory, a storage pool holding an image and an ISO
-/// (the test driver gives every pool 100 GiB), and a NAT network.
-const NODE: &str = r#"<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz><model>x86_64</model></cpu>
-  <memory>4194304</memory>
-  <network>
-    <name>default</name>
-    <bridge name="virbr0"/>
-    <forward/>
-    <ip address="192.168.122.1" netmask="255.255.255.0"/>
-  </network>
-  <pool type="dir">
-    <name>vms</name>
-    <target><path>/data/vm</path></target>
-    <volume type="file">
-      <name>debian-12.qcow2</name>
-      <capacity unit="GiB">2</capacity>
-      <allocation unit="MiB">300</allocation>
-      <target><path>/data/vm/debian-12.qcow2</path></target>
-    </volume>
-    <volume type="file">
-      <name>installer.iso</name>
-      <capacity unit="MiB">310</capacity>
-      <allocation unit="MiB">310</allocation>
-      <target><path>/data/vm/installer.iso</path></target>
-    </volume>
-  </pool>
-</node>
-"#;
 
 struct Host {
     _dir: tempfile::TempDir,
     lv: Libvirt,
 }
 
+/// A host with a 2 GiB image and a 310 MiB ISO in its pool.
 fn host() -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("node.xml");
-    std::fs::write(&node, NODE).unwrap();
-    let lv = Libvirt::open(LibvirtOptions {
-        uri: format!("test://{}", node.display()),
-        pool: "vms".into(),
-        nat_network: "default".into(),
-        qemu_domain_type: "qemu".into(),
-    })
-    .unwrap();
+    let opts = test_driver::host(dir.path(), &[("debian-12.qcow2", 2048), ("installer.iso", 310)]).unwrap();
+    let lv = Libvirt::open(opts).unwrap();
     Host { _dir: dir, lv }
 }
 

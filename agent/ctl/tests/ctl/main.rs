@@ -6,3 +6,4 @@ mod common;
 mod health;
 mod mtls;
 mod update;
+mod vm;

@@ -12,22 +12,9 @@ use debvisor_api::vm::v1::{
     ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec, VmState, disk_spec,
 };
 use debvisor_audit::{AuditLog, AuditRecord, Query};
-use debvisor_virt::{Libvirt, LibvirtOptions};
+use debvisor_virt::{Libvirt, test_driver};
 use tonic::Code;
 use tonic::transport::Channel;
-
-/// 4 GiB of memory, a pool with an ISO, a NAT network.
-const NODE: &str = r#"<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz><model>x86_64</model></cpu>
-  <memory>4194304</memory>
-  <network><name>default</name><bridge name="virbr0"/><forward/><ip address="192.168.122.1" netmask="255.255.255.0"/></network>
-  <pool type="dir">
-    <name>vms</name>
-    <target><path>/data/vm</path></target>
-    <volume type="file"><name>installer.iso</name><capacity unit="MiB">310</capacity><target><path>/data/vm/installer.iso</path></target></volume>
-  </pool>
-</node>
-"#;
 
 struct Agent {
     client: VmServiceClient<Channel>,
@@ -51,17 +38,10 @@ impl Agent {
 
 async fn agent(with_vms: bool) -> Agent {
     let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("node.xml");
-    std::fs::write(&node, NODE).unwrap();
     let audit = AuditLog::open_in_memory().await.unwrap();
     let mut backends = crate::sim_backends("vm-test", audit.clone(), None);
     if with_vms {
-        let opts = LibvirtOptions {
-            uri: format!("test://{}", node.display()),
-            pool: "vms".into(),
-            nat_network: "default".into(),
-            qemu_domain_type: "qemu".into(),
-        };
+        let opts = test_driver::host(dir.path(), &[("installer.iso", 310)]).unwrap();
         let lv = Libvirt::open(opts.clone()).unwrap();
         backends.vm = Some(Arc::new(VmBackend::with(Arc::new(lv), opts)));
     }

@@ -1,0 +1,161 @@
+//! Runs the built `debvisorctl vm …` with `--socket` against the real agent
+//! server, in-process, whose VM service runs on libvirt's test driver (a
+//! private host whose pool holds an ISO).
+
+use crate::common;
+
+use std::sync::Arc;
+
+use common::{code, run_with_socket, stderr, stdout};
+use debvisor_agent::config::AgentConfig;
+use debvisor_agent::fakes::{FakeHost, SimHealth};
+use debvisor_agent::server::{self, Backends, ServeConfig};
+use debvisor_agent::vm_service::VmBackend;
+use debvisor_audit::AuditLog;
+use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
+use debvisor_telemetry::Metrics;
+use debvisor_virt::{Libvirt, test_driver};
+
+struct Agent {
+    dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Agent {
+    async fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = test_driver::host(dir.path(), &[("debian.iso", 310)]).unwrap();
+        let lv = Libvirt::open(opts.clone()).unwrap();
+        let serve = ServeConfig {
+            socket: dir.path().join("agent.sock"),
+            tls: None,
+            metrics: None,
+        };
+        let bound = server::bind(&serve).await.unwrap();
+        let journal = Arc::new(FakeJournal::new());
+        let backends = Backends {
+            host: Arc::new(FakeHost::new("ctl-vm")),
+            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
+            journal,
+            audit: AuditLog::open_in_memory().await.unwrap(),
+            health: Arc::new(SimHealth::new()),
+            provision: None,
+            vm: Some(Arc::new(VmBackend::with(Arc::new(lv), opts))),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server::serve(
+            bound,
+            backends,
+            AgentConfig::default(),
+            Metrics::new(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Agent { dir, _stop: stop }
+    }
+
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        run_with_socket(&self.dir.path().join("agent.sock"), args).await
+    }
+
+    /// Runs `args`, which must succeed; its stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args).await;
+        assert_eq!(code(&o), 0, "{args:?}: {}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_from_the_command_line() {
+    let a = Agent::start().await;
+    assert!(a.ok(&["vm", "list"]).await.contains("no VMs"));
+    let out = a
+        .ok(&[
+            "vm",
+            "create",
+            "web-1",
+            "--vcpus",
+            "2",
+            "--memory",
+            "512",
+            "--disk",
+            "new:1G",
+            "--disk",
+            "iso:debian.iso",
+            "--nic",
+            "nat",
+            "--boot",
+            "cdrom,disk",
+        ])
+        .await;
+    assert!(
+        out.contains("VM web-1 created (off): `debvisorctl vm start web-1` starts it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/data/vm/web-1-disk0.qcow2") && out.contains("1.0 GiB"),
+        "{out}"
+    );
+    assert!(
+        a.ok(&["vm", "start", "web-1"])
+            .await
+            .contains("web-1: started (running)")
+    );
+    let list = a.ok(&["vm", "list"]).await;
+    assert!(
+        list.contains("web-1") && list.contains("running") && list.contains("512 MiB"),
+        "{list}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "vm", "show", "web-1"]).await).unwrap();
+    assert_eq!(json["summary"]["state_text"], "running");
+    assert_eq!(json["boot"], serde_json::json!(["cdrom", "hd"]));
+
+    // A refusal says why and what to do next, and exits non-zero.
+    let o = a.run(&["vm", "delete", "web-1"]).await;
+    assert_ne!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(err.contains("Cannot delete VM web-1"), "{err}");
+    assert!(err.contains("it is running: shut it down or stop it first"), "{err}");
+
+    a.ok(&["vm", "snapshot", "create", "web-1", "s1", "-d", "before the upgrade"])
+        .await;
+    let snaps = a.ok(&["vm", "snapshot", "list", "web-1"]).await;
+    assert!(snaps.contains("s1") && snaps.contains("before the upgrade"), "{snaps}");
+    assert!(a.ok(&["vm", "stop", "web-1"]).await.contains("stopped (shutoff)"));
+    assert!(
+        a.ok(&["vm", "snapshot", "revert", "web-1", "s1"])
+            .await
+            .contains("web-1 reverted to s1 (running)")
+    );
+    a.ok(&["vm", "stop", "web-1"]).await;
+    a.ok(&["vm", "clone", "web-1", "web-2"]).await;
+    let vols = a.ok(&["vm", "volumes"]).await;
+    assert!(
+        vols.contains("web-2-disk0.qcow2") && vols.contains("debian.iso"),
+        "{vols}"
+    );
+    assert!(
+        a.ok(&["vm", "delete", "web-2"])
+            .await
+            .contains("deleted with its disks")
+    );
+    a.ok(&["vm", "delete", "web-1", "--keep-disks"]).await;
+    let vols = a.ok(&["vm", "volumes"]).await;
+    assert!(
+        vols.contains("web-1-disk0.qcow2") && !vols.contains("web-2-disk0"),
+        "{vols}"
+    );
+
+    // Malformed arguments never reach the agent.
+    let o = a.run(&["vm", "create", "x", "--disk", "/etc/passwd"]).await;
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("--disk \"/etc/passwd\": give new:SIZE"),
+        "{}",
+        stderr(&o)
+    );
+    let o = a.run(&["vm", "show", "nope"]).await;
+    assert!(stderr(&o).contains("No VM is called nope"), "{}", stderr(&o));
+}
