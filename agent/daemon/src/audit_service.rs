@@ -67,6 +67,19 @@ impl Auditor {
         }
         result
     }
+
+    /// Runs `op` for `caller` and records it as `action` on `target`: the
+    /// common shape of every mutating call.
+    pub async fn audited<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        op: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let result = op.await;
+        self.record(caller, action, target, result).await.map(Response::new)
+    }
 }
 
 /// The wire status of an audit store failure.

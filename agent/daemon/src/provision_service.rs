@@ -50,7 +50,7 @@ impl ProvisionApi {
         target: &str,
         op: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let result = async {
+        let op = async {
             if !may_manage_updates(caller) {
                 return Err(Status::permission_denied(format!(
                     "Changing the provisioner's catalog is allowed only to root on the node's socket, mTLS admin \
@@ -59,12 +59,8 @@ impl ProvisionApi {
                 )));
             }
             op.await
-        }
-        .await;
-        self.audit
-            .record(caller, action, target, result)
-            .await
-            .map(Response::new)
+        };
+        self.audit.audited(caller, action, target, op).await
     }
 
     async fn groups(&self) -> Result<Vec<Group>, Status> {

@@ -40,6 +40,8 @@ impl VmBackend {
         }
     }
 
+    /// The connection, opened now if there is none. Blocks (libvirt's
+    /// connect does): call it on a blocking thread.
     fn get(&self) -> Result<Arc<dyn Hypervisor>, Status> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hv) = &*conn {
@@ -77,30 +79,10 @@ impl VmApi {
         &self,
         f: impl FnOnce(&dyn Hypervisor) -> Result<T, VirtError> + Send + 'static,
     ) -> Result<T, Status> {
-        let hv = self
-            .backend
-            .as_ref()
-            .ok_or_else(|| Status::unavailable(NO_VMS))?
-            .get()?;
-        tokio::task::spawn_blocking(move || f(hv.as_ref()))
+        let backend = self.backend.clone().ok_or_else(|| Status::unavailable(NO_VMS))?;
+        tokio::task::spawn_blocking(move || f(backend.get()?.as_ref()).map_err(virt_status))
             .await
             .map_err(|e| Status::internal(format!("The VM operation did not finish: {e}")))?
-            .map_err(virt_status)
-    }
-
-    /// Runs `op` for `caller` and records it as `action` on `target`.
-    async fn change<T>(
-        &self,
-        caller: &Caller,
-        action: &str,
-        target: &str,
-        op: impl Future<Output = Result<T, Status>>,
-    ) -> Result<Response<T>, Status> {
-        let result = op.await;
-        self.audit
-            .record(caller, action, target, result)
-            .await
-            .map(Response::new)
     }
 
     /// A lifecycle action on the VM `raw`, answered with the VM afterwards.
@@ -122,7 +104,7 @@ impl VmApi {
             .await
             .map(vm_to_pb)
         };
-        self.change(&caller, action, &target, op).await
+        self.audit.audited(&caller, action, &target, op).await
     }
 }
 
@@ -151,7 +133,7 @@ impl VmService for VmApi {
             let spec = spec_from_pb(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
             self.run(move |hv| hv.create(&spec)).await.map(vm_to_pb)
         };
-        self.change(&caller, "vm.create", &target, op).await
+        self.audit.audited(&caller, "vm.create", &target, op).await
     }
 
     async fn start_vm(&self, req: Request<pb::VmRef>) -> Result<Response<pb::Vm>, Status> {
@@ -192,7 +174,7 @@ impl VmService for VmApi {
             .await
             .map(vm_to_pb)
         };
-        self.change(&caller, "vm.autostart", &target, op).await
+        self.audit.audited(&caller, "vm.autostart", &target, op).await
     }
 
     async fn delete_vm(&self, req: Request<pb::DeleteVmRequest>) -> Result<Response<pb::DeleteVmResponse>, Status> {
@@ -205,7 +187,7 @@ impl VmService for VmApi {
             self.run(move |hv| hv.delete(&name, disks)).await?;
             Ok(pb::DeleteVmResponse {})
         };
-        self.change(&caller, "vm.delete", &target, op).await
+        self.audit.audited(&caller, "vm.delete", &target, op).await
     }
 
     async fn clone_vm(&self, req: Request<pb::CloneVmRequest>) -> Result<Response<pb::Vm>, Status> {
@@ -217,7 +199,7 @@ impl VmService for VmApi {
             let to = vm_name("new_name", &r.new_name)?;
             self.run(move |hv| hv.clone_vm(&from, &to)).await.map(vm_to_pb)
         };
-        self.change(&caller, "vm.clone", &target, op).await
+        self.audit.audited(&caller, "vm.clone", &target, op).await
     }
 
     async fn create_snapshot(&self, req: Request<pb::CreateSnapshotRequest>) -> Result<Response<pb::Snapshot>, Status> {
@@ -233,7 +215,7 @@ impl VmService for VmApi {
                 .await
                 .map(snapshot_to_pb)
         };
-        self.change(&caller, "vm.snapshot.create", &target, op).await
+        self.audit.audited(&caller, "vm.snapshot.create", &target, op).await
     }
 
     async fn list_snapshots(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
@@ -259,7 +241,7 @@ impl VmService for VmApi {
             .await
             .map(vm_to_pb)
         };
-        self.change(&caller, "vm.snapshot.revert", &target, op).await
+        self.audit.audited(&caller, "vm.snapshot.revert", &target, op).await
     }
 
     async fn delete_snapshot(
@@ -275,7 +257,7 @@ impl VmService for VmApi {
             self.run(move |hv| hv.snapshot_delete(&name, &snap)).await?;
             Ok(pb::DeleteSnapshotResponse {})
         };
-        self.change(&caller, "vm.snapshot.delete", &target, op).await
+        self.audit.audited(&caller, "vm.snapshot.delete", &target, op).await
     }
 
     async fn list_volumes(
