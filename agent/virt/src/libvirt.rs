@@ -218,46 +218,64 @@ impl Libvirt {
         })
     }
 
-    /// Makes the disks of `spec` (new and imported volumes), or removes what
-    /// it made and fails.
-    fn make_disks(&self, pool: &StoragePool, spec: &VmSpec) -> Result<Vec<AttachedDisk>, VirtError> {
+    /// Resolves the disks of `spec` against the pool (each source volume
+    /// looked up once).
+    fn plan_disks(pool: &StoragePool, spec: &VmSpec) -> Result<Vec<PlannedDisk>, VirtError> {
+        let mut out = Vec::new();
+        for (i, d) in spec.disks.iter().enumerate() {
+            out.push(match &d.source {
+                DiskSource::New { size_mib } => PlannedDisk::New { size_mib: *size_mib },
+                DiskSource::Import { volume } => {
+                    let src = Self::source_volume(pool, &format!("disks[{i}].import_volume"), volume.as_str())?;
+                    let capacity = src.get_info().map(|i| i.capacity).unwrap_or(MIB);
+                    PlannedDisk::Copy {
+                        what: volume.to_string(),
+                        src,
+                        capacity,
+                    }
+                }
+                DiskSource::Iso { volume } => {
+                    let v = Self::source_volume(pool, &format!("disks[{i}].iso_volume"), volume.as_str())?;
+                    let path = v
+                        .get_path()
+                        .map_err(|e| VirtError::libvirt(format!("Reading volume {volume}"), &e))?;
+                    PlannedDisk::Attach { path }
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes the volumes of `plan` for VM `vm` (`VM-diskN.qcow2`), or
+    /// removes what it made and fails.
+    fn make_disks(pool: &StoragePool, vm: &VmName, plan: &[PlannedDisk]) -> Result<Vec<AttachedDisk>, VirtError> {
         let mut made: Vec<StorageVol> = Vec::new();
         let mut out = Vec::new();
         let result = (|| {
             let mut n = 0;
-            for (i, d) in spec.disks.iter().enumerate() {
-                let own = format!("{}-disk{n}.qcow2", spec.name);
-                let vol = match &d.source {
-                    DiskSource::New { size_mib } => {
-                        n += 1;
-                        let v = StorageVol::create_xml(pool, &xml::volume(&own, *size_mib), 0)
-                            .map_err(|e| VirtError::libvirt(format!("Creating volume {own}"), &e))?;
-                        made.push(v);
-                        made.last().unwrap()
-                    }
-                    DiskSource::Import { volume } => {
-                        n += 1;
-                        let src = Self::source_volume(pool, &format!("disks[{i}].import_volume"), volume.as_str())?;
-                        let cap = src.get_info().map(|i| i.capacity).unwrap_or(MIB);
-                        let v = StorageVol::create_xml_from(pool, &xml::volume(&own, cap.div_ceil(MIB)), &src, 0)
-                            .map_err(|e| VirtError::libvirt(format!("Copying {volume} to {own}"), &e))?;
-                        made.push(v);
-                        made.last().unwrap()
-                    }
-                    DiskSource::Iso { volume } => {
-                        let v = Self::source_volume(pool, &format!("disks[{i}].iso_volume"), volume.as_str())?;
-                        let path = v
-                            .get_path()
-                            .map_err(|e| VirtError::libvirt(format!("Reading volume {volume}"), &e))?;
+            for p in plan {
+                let own = format!("{vm}-disk{n}.qcow2");
+                let vol = match p {
+                    PlannedDisk::Attach { path } => {
                         out.push(AttachedDisk {
-                            path,
+                            path: path.clone(),
                             format: "raw".into(),
                             cdrom: true,
                         });
                         continue;
                     }
+                    PlannedDisk::New { size_mib } => StorageVol::create_xml(pool, &xml::volume(&own, *size_mib), 0)
+                        .map_err(|e| VirtError::libvirt(format!("Creating volume {own}"), &e))?,
+                    PlannedDisk::Copy { what, src, capacity } => {
+                        StorageVol::create_xml_from(pool, &xml::volume(&own, capacity.div_ceil(MIB)), src, 0)
+                            .map_err(|e| VirtError::libvirt(format!("Copying {what} to {own}"), &e))?
+                    }
                 };
-                let path = vol
+                n += 1;
+                made.push(vol);
+                let path = made
+                    .last()
+                    .unwrap()
                     .get_path()
                     .map_err(|e| VirtError::libvirt(format!("Reading volume {own}"), &e))?;
                 out.push(AttachedDisk {
@@ -339,6 +357,31 @@ impl Libvirt {
     }
 }
 
+/// A disk of a VM about to be made, its source already found.
+enum PlannedDisk {
+    /// A new empty qcow2 volume.
+    New { size_mib: u64 },
+    /// A copy of `src` (named `what` in errors) of `capacity` bytes.
+    Copy {
+        what: String,
+        src: StorageVol,
+        capacity: u64,
+    },
+    /// An existing image attached as is (a CD-ROM).
+    Attach { path: String },
+}
+
+impl PlannedDisk {
+    /// Bytes of pool space this disk takes.
+    fn new_bytes(&self) -> u64 {
+        match self {
+            PlannedDisk::New { size_mib } => size_mib * MIB,
+            PlannedDisk::Copy { capacity, .. } => *capacity,
+            PlannedDisk::Attach { .. } => 0,
+        }
+    }
+}
+
 fn capitalised(s: &str) -> String {
     let mut c = s.chars();
     c.next()
@@ -403,24 +446,9 @@ impl Hypervisor for Libvirt {
         let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         self.exists(&spec.name)?;
         let pool = self.pool()?;
-        let mut need = 0;
-        for (i, d) in spec.disks.iter().enumerate() {
-            need += match &d.source {
-                DiskSource::New { size_mib } => size_mib * MIB,
-                DiskSource::Import { volume } => {
-                    Self::source_volume(&pool, &format!("disks[{i}].import_volume"), volume.as_str())?
-                        .get_info()
-                        .map(|i| i.capacity)
-                        .unwrap_or(0)
-                }
-                DiskSource::Iso { volume } => {
-                    Self::source_volume(&pool, &format!("disks[{i}].iso_volume"), volume.as_str())?;
-                    0
-                }
-            };
-        }
-        self.check_room(&pool, spec.memory_mib, need)?;
-        let disks = self.make_disks(&pool, spec)?;
+        let plan = Self::plan_disks(&pool, spec)?;
+        self.check_room(&pool, spec.memory_mib, plan.iter().map(PlannedDisk::new_bytes).sum())?;
+        let disks = Self::make_disks(&pool, &spec.name, &plan)?;
         let d = self.define(spec, &disks)?;
         self.detail(&d)
     }
@@ -550,12 +578,20 @@ impl Hypervisor for Libvirt {
         off(detail.info.state).map_err(|why| VirtError::WrongState(format!("Cannot clone {from}: {why}")))?;
         self.exists(to)?;
         let pool = self.pool()?;
-        let need = detail
-            .disks
-            .iter()
-            .filter(|d| !d.cdrom)
-            .filter_map(|d| d.capacity)
-            .sum();
+        let mut plan = Vec::new();
+        for d in &detail.disks {
+            plan.push(if d.cdrom {
+                PlannedDisk::Attach { path: d.path.clone() }
+            } else {
+                PlannedDisk::Copy {
+                    what: d.path.clone(),
+                    src: StorageVol::lookup_by_path(&self.conn, &d.path)
+                        .map_err(|e| VirtError::libvirt(format!("Finding disk {} of {from}", d.path), &e))?,
+                    capacity: d.capacity.unwrap_or(MIB),
+                }
+            });
+        }
+        let need = plan.iter().map(PlannedDisk::new_bytes).sum();
         self.check_room(&pool, detail.info.memory_mib, need)?;
         // The clone's spec: the source's, with its own disks and new MACs.
         let mut nics = Vec::new();
@@ -581,48 +617,7 @@ impl Hypervisor for Libvirt {
             boot: detail.boot.iter().filter_map(|b| BootDevice::from_libvirt(b)).collect(),
             autostart: false,
         };
-        let mut disks = Vec::new();
-        let mut made = Vec::new();
-        let mut n = 0;
-        for d in &detail.disks {
-            if d.cdrom {
-                disks.push(AttachedDisk {
-                    path: d.path.clone(),
-                    format: "raw".into(),
-                    cdrom: true,
-                });
-                continue;
-            }
-            let own = format!("{to}-disk{n}.qcow2");
-            n += 1;
-            let copied = StorageVol::lookup_by_path(&self.conn, &d.path)
-                .map_err(|e| VirtError::libvirt(format!("Finding disk {} of {from}", d.path), &e))
-                .and_then(|v| {
-                    let cap = d.capacity.unwrap_or(MIB).div_ceil(MIB);
-                    StorageVol::create_xml_from(&pool, &xml::volume(&own, cap), &v, 0)
-                        .map_err(|e| VirtError::libvirt(format!("Copying {} to {own}", d.path), &e))
-                })
-                .and_then(|v| {
-                    let path = v
-                        .get_path()
-                        .map_err(|e| VirtError::libvirt(format!("Reading volume {own}"), &e));
-                    made.push(v);
-                    path
-                });
-            match copied {
-                Ok(path) => disks.push(AttachedDisk {
-                    path,
-                    format: "qcow2".into(),
-                    cdrom: false,
-                }),
-                Err(e) => {
-                    for v in made {
-                        let _ = v.delete(0);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let disks = Self::make_disks(&pool, to, &plan)?;
         let d = self.define(&spec, &disks)?;
         self.detail(&d)
     }
