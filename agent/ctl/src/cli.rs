@@ -575,6 +575,9 @@ mod tests {
 pub enum VmCmd {
     /// List the VMs with their state, vCPUs and memory.
     List,
+    /// Follow the VMs' lifecycle events (started, stopped, ...) as they
+    /// happen, after a line for each VM as it is now; Ctrl-C stops.
+    Watch(WatchVmArgs),
     /// Show one VM with its disks and interfaces.
     Show(VmArg),
     /// Create a VM (it is not started): disks, interfaces, boot order.
@@ -654,6 +657,14 @@ pub struct VmArg {
     /// The VM's name.
     #[arg(value_name = "VM")]
     pub name: String,
+}
+
+/// `vm watch`.
+#[derive(Debug, Args)]
+pub struct WatchVmArgs {
+    /// Only this VM's events.
+    #[arg(value_name = "VM")]
+    pub name: Option<String>,
 }
 
 /// `vm create`.

@@ -1,16 +1,17 @@
-//! `vm list|show|create|start|shutdown|stop|reboot|suspend|resume|autostart|
+//! `vm list|watch|show|create|start|shutdown|stop|reboot|suspend|resume|autostart|
 //! delete|clone|snapshot|volumes` (debvisor.vm.v1).
 
 use anyhow::Context as _;
 use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
 use debvisor_api::vm::v1::{
     self as pb, BootDevice, CloneVmRequest, CreateSnapshotRequest, CreateVmRequest, DeleteVmRequest, DiskSpec,
-    Firmware, ListVmsRequest, ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec, disk_spec,
+    Firmware, ListVmsRequest, ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec,
+    WatchVmsRequest, disk_spec,
 };
 use tonic::transport::Channel;
 
 use crate::UsageError;
-use crate::cli::{CreateVmArgs, SnapshotCmd, VmAction, VmCmd};
+use crate::cli::{CreateVmArgs, SnapshotCmd, VmAction, VmCmd, WatchVmArgs};
 use crate::output::{Table, bytes, or_dash, render_kv};
 use crate::rpc::Ctx;
 use crate::timefmt::format_unix_ms;
@@ -30,6 +31,7 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> anyhow::Result<()> {
                 .context("Cannot list the VMs")?;
             ctx.show(&r, || render_list(&r.vms))
         }
+        VmCmd::Watch(a) => watch(ctx, &mut c, a).await,
         VmCmd::Show(a) => {
             let vm = ctx
                 .call(c.get_vm(ctx.req(VmRef { name: a.name.clone() })))
@@ -109,6 +111,49 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> anyhow::Result<()> {
             ctx.show(&r, || render_volumes(&r.volumes))
         }
     }
+}
+
+async fn watch(ctx: &Ctx, c: &mut VmServiceClient<Channel>, a: &WatchVmArgs) -> anyhow::Result<()> {
+    let what = a.name.as_deref().map_or("the VMs".to_string(), |n| format!("VM {n}"));
+    let mut stream = ctx
+        .call(c.watch_vms(ctx.req(WatchVmsRequest {
+            name: a.name.clone().unwrap_or_default(),
+            initial: true,
+        })))
+        .await
+        .with_context(|| format!("Cannot watch {what}"))?;
+    let mut ctrl_c = crate::rpc::interrupts()?;
+    loop {
+        let next = tokio::select! {
+            _ = ctrl_c.recv() => return Ok(()),
+            e = ctx.next_follow(&mut stream) => e.with_context(|| format!("Watching {what} failed"))?,
+        };
+        let Some(e) = next else {
+            if !ctx.json {
+                eprintln!("The agent ended the VM event stream.");
+            }
+            return Ok(());
+        };
+        if ctx.json {
+            crate::output::json(&e)?;
+        } else {
+            crate::output::out(&event_line(&e, time::OffsetDateTime::now_utc()))?;
+        }
+    }
+}
+
+/// One event as a line: `12:01:02  web-1  stopped (destroyed)  now shutoff`.
+fn event_line(e: &pb::VmEvent, at: time::OffsetDateTime) -> String {
+    let what = match e.detail.as_str() {
+        "" => e.event.clone(),
+        d => format!("{} ({d})", e.event),
+    };
+    let now = match &e.vm {
+        Some(v) => format!("  now {}", v.state_text),
+        None if e.event == "undefined" => "  (gone)".to_string(),
+        None => String::new(),
+    };
+    format!("{}  {}  {what}{now}\n", crate::timefmt::format_instant(at), e.name)
 }
 
 async fn act(ctx: &Ctx, c: &mut VmServiceClient<Channel>, action: VmAction, name: &str) -> anyhow::Result<()> {
@@ -354,6 +399,29 @@ fn render_volumes(vols: &[pb::Volume]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_read_as_what_happened_and_the_state_after() {
+        let at = time::OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let t = crate::timefmt::format_instant(at);
+        let mut e = pb::VmEvent {
+            name: "web-1".into(),
+            event: "stopped".into(),
+            detail: "destroyed".into(),
+            vm: Some(pb::VmSummary {
+                state_text: "shutoff".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            event_line(&e, at),
+            format!("{t}  web-1  stopped (destroyed)  now shutoff\n")
+        );
+        e.event = "undefined".into();
+        e.detail = String::new();
+        e.vm = None;
+        assert_eq!(event_line(&e, at), format!("{t}  web-1  undefined  (gone)\n"));
+    }
 
     fn args(disk: &[&str], nic: &[&str], boot: &[&str]) -> CreateVmArgs {
         CreateVmArgs {

@@ -2,6 +2,7 @@
 //! run on blocking threads (libvirt's API blocks); every change is audited
 //! as `vm.*` with target `vm:NAME`.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use debvisor_api::validate::SingleLineString;
@@ -9,8 +10,11 @@ use debvisor_api::vm::v1 as pb;
 use debvisor_api::vm::v1::vm_service_server::VmService;
 use debvisor_virt::{
     BootDevice, BridgeName, DiskSource, DiskSpec, Firmware, Hypervisor, Libvirt, LibvirtOptions, MacAddr, NetworkKind,
-    NicSpec, SnapshotInfo, SnapshotName, SpecError, VirtError, VmDetail, VmInfo, VmName, VmSpec, VmState, VolumeName,
+    NicSpec, SnapshotInfo, SnapshotName, SpecError, VirtError, VmDetail, VmEvent, VmEventKind, VmInfo, VmName, VmSpec,
+    VmState, VolumeName,
 };
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::audit_service::Auditor;
@@ -21,7 +25,12 @@ use crate::auth::Caller;
 pub struct VmBackend {
     opts: LibvirtOptions,
     conn: Mutex<Option<Arc<dyn Hypervisor>>>,
+    /// The hypervisor's lifecycle events, for every watcher.
+    events: broadcast::Sender<VmEvent>,
 }
+
+/// Events a watcher may fall behind by before it is sent the VMs afresh.
+const EVENT_BACKLOG: usize = 256;
 
 impl VmBackend {
     /// A backend that connects with `opts` when first asked.
@@ -29,15 +38,25 @@ impl VmBackend {
         Self {
             opts,
             conn: Mutex::new(None),
+            events: broadcast::channel(EVENT_BACKLOG).0,
         }
     }
 
     /// A backend over `hv` (tests).
     pub fn with(hv: Arc<dyn Hypervisor>, opts: LibvirtOptions) -> Self {
-        Self {
-            opts,
-            conn: Mutex::new(Some(hv)),
-        }
+        let b = Self::new(opts);
+        b.forward_events(hv.as_ref());
+        *b.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(hv);
+        b
+    }
+
+    /// Passes `hv`'s events on to the watchers.
+    fn forward_events(&self, hv: &dyn Hypervisor) {
+        let tx = self.events.clone();
+        hv.subscribe(Box::new(move |e| {
+            // No watcher is not an error.
+            let _ = tx.send(e.clone());
+        }));
     }
 
     /// The connection, opened now if there is none. Blocks (libvirt's
@@ -53,6 +72,7 @@ impl VmBackend {
                 self.opts.pool
             ))
         })?);
+        self.forward_events(hv.as_ref());
         *conn = Some(hv.clone());
         Ok(hv)
     }
@@ -108,6 +128,53 @@ impl VmApi {
     }
 }
 
+/// A stream of VM events.
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VmEvent, Status>> + Send>>;
+
+impl VmApi {
+    /// Sends a "present" event for every VM (or the one `only` names);
+    /// false once the watcher is gone or the list failed (it was told).
+    async fn send_present(&self, tx: &mpsc::Sender<Result<pb::VmEvent, Status>>, only: Option<&VmName>) -> bool {
+        let vms = match self.run(|hv| hv.list()).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return false;
+            }
+        };
+        for v in vms.into_iter().filter(|v| only.is_none_or(|n| n.as_str() == v.name)) {
+            let e = pb::VmEvent {
+                name: v.name.clone(),
+                event: "present".into(),
+                detail: String::new(),
+                vm: Some(summary_to_pb(v)),
+            };
+            if tx.send(Ok(e)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The wire form of `e`, with the VM as it is now.
+    async fn event_to_pb(&self, e: VmEvent) -> pb::VmEvent {
+        let vm = match (e.kind, VmName::try_from(e.name.as_str())) {
+            (VmEventKind::Undefined, _) | (_, Err(_)) => None,
+            (_, Ok(name)) => self
+                .run(move |hv| hv.get(&name))
+                .await
+                .ok()
+                .map(|d| summary_to_pb(d.info)),
+        };
+        pb::VmEvent {
+            name: e.name,
+            event: e.kind.as_str().into(),
+            detail: e.detail.into(),
+            vm,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl VmService for VmApi {
     async fn list_vms(&self, req: Request<pb::ListVmsRequest>) -> Result<Response<pb::ListVmsResponse>, Status> {
@@ -116,6 +183,54 @@ impl VmService for VmApi {
         Ok(Response::new(pb::ListVmsResponse {
             vms: vms.into_iter().map(summary_to_pb).collect(),
         }))
+    }
+
+    type WatchVmsStream = EventStream;
+
+    async fn watch_vms(&self, req: Request<pb::WatchVmsRequest>) -> Result<Response<EventStream>, Status> {
+        Caller::of(&req)?;
+        let r = req.into_inner();
+        let only = match r.name.as_str() {
+            "" => None,
+            n => Some(vm_name("name", n)?),
+        };
+        // Connected first (events flow from the connection on), subscribed
+        // before the VMs are read, so nothing falls between the two.
+        self.run(|_| Ok(())).await?;
+        let mut events = self
+            .backend
+            .as_ref()
+            .ok_or_else(|| Status::unavailable(NO_VMS))?
+            .events
+            .subscribe();
+        let api = self.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            if r.initial && !api.send_present(&tx, only.as_ref()).await {
+                return;
+            }
+            loop {
+                let e = tokio::select! {
+                    e = events.recv() => e,
+                    _ = tx.closed() => return,
+                };
+                match e {
+                    Ok(e) if only.as_ref().is_none_or(|n| n.as_str() == e.name) => {
+                        if tx.send(Ok(api.event_to_pb(e).await)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !api.send_present(&tx, only.as_ref()).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn get_vm(&self, req: Request<pb::VmRef>) -> Result<Response<pb::Vm>, Status> {
@@ -288,6 +403,7 @@ fn virt_status(e: VirtError) -> Status {
         VirtError::NotFound(_) => Status::not_found(msg),
         VirtError::Exists(_) => Status::already_exists(msg),
         VirtError::WrongState(_) | VirtError::Insufficient(_) => Status::failed_precondition(msg),
+        VirtError::Events(_) => Status::unavailable(msg),
         VirtError::Libvirt { .. } => Status::internal(msg),
     }
 }

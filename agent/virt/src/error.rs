@@ -20,6 +20,9 @@ pub enum VirtError {
     /// Not enough memory or pool space.
     #[error("{0}")]
     Insufficient(String),
+    /// libvirt's event loop or callback could not be set up.
+    #[error("{0}")]
+    Events(String),
     /// libvirt refused or failed.
     #[error("{op}: {message}")]
     Libvirt {

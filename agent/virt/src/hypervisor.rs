@@ -1,6 +1,7 @@
 //! The hypervisor facility: what the agent asks of libvirt, as a trait.
 
 use crate::error::VirtError;
+use crate::events::EventSink;
 use crate::spec::{SnapshotName, VmName, VmSpec};
 
 /// A VM's run state (libvirt's domain states).
@@ -135,6 +136,9 @@ pub struct VolumeInfo {
 /// The hypervisor. Calls block (libvirt's API does): call them from a
 /// blocking thread.
 pub trait Hypervisor: Send + Sync {
+    /// Hands every later lifecycle event of every VM to `sink`, for as long
+    /// as the hypervisor lives.
+    fn subscribe(&self, sink: EventSink);
     /// Every VM, by name.
     fn list(&self) -> Result<Vec<VmInfo>, VirtError>;
     /// One VM with its devices.

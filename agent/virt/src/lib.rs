@@ -15,13 +15,17 @@
 //! `<vm>-disk<N>.qcow2`, images and ISOs are volumes of the same pool, so a
 //! request names a volume, never a path.
 //!
+//! - [`VmEvent`]: libvirt's lifecycle events, delivered to the sinks given
+//!   to [`Hypervisor::subscribe`] from libvirt's event loop thread.
+//!
 //! Not yet here: VLAN tags on Linux bridges (libvirt 9 applies `<vlan>` to
-//! Open vSwitch only, so the agent will tag the VM's port itself), the
-//! lifecycle event stream and the serial and VNC console streams.
+//! Open vSwitch only, so the agent will tag the VM's port itself) and the
+//! serial and VNC console streams.
 
 #![warn(missing_docs)]
 
 mod error;
+mod events;
 mod hypervisor;
 mod libvirt;
 pub mod parse;
@@ -29,6 +33,7 @@ pub mod spec;
 pub mod xml;
 
 pub use error::VirtError;
+pub use events::{EventSink, VmEvent, VmEventKind};
 pub use hypervisor::{Hypervisor, SnapshotInfo, VmDetail, VmDisk, VmInfo, VmNic, VmState, VolumeInfo};
 pub use libvirt::{Libvirt, LibvirtOptions};
 pub use spec::{

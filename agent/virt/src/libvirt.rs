@@ -2,7 +2,7 @@
 //! node (`qemu:///system`), or libvirt's own test driver
 //! (`test:///default`) for tests and the agent's simulation mode.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -12,6 +12,7 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::error::VirtError;
+use crate::events::{self, EventSink, Registration, Sinks};
 use crate::hypervisor::{Hypervisor, SnapshotInfo, VmDetail, VmDisk, VmInfo, VmNic, VmState, VolumeInfo};
 use crate::parse;
 use crate::spec::{BootDevice, DiskSource, Firmware, NetworkKind, NicSpec, SnapshotName, VmName, VmSpec};
@@ -34,6 +35,9 @@ pub struct LibvirtOptions {
 
 /// libvirt, through one connection.
 pub struct Libvirt {
+    /// The lifecycle callback (dropped before the connection).
+    _events: Registration,
+    sinks: Arc<Sinks>,
     conn: Connect,
     opts: LibvirtOptions,
     host: DomainHost,
@@ -47,6 +51,7 @@ impl Libvirt {
         // libvirt's default handler prints every error to stderr; the
         // errors are returned instead.
         virt::error::clear_error_callback();
+        events::start_event_loop()?;
         let conn = Connect::open(Some(&opts.uri))
             .map_err(|e| VirtError::libvirt(format!("Connecting to libvirt at {}", opts.uri), &e))?;
         let kind = conn
@@ -57,7 +62,10 @@ impl Libvirt {
         } else {
             opts.qemu_domain_type.clone()
         };
+        let sinks = Arc::new(Sinks::default());
         let lv = Libvirt {
+            _events: Registration::lifecycle(&conn, sinks.clone())?,
+            sinks,
             host: DomainHost {
                 domain_type,
                 emulator: None,
@@ -418,6 +426,10 @@ fn off(st: VmState) -> Result<(), String> {
 }
 
 impl Hypervisor for Libvirt {
+    fn subscribe(&self, sink: EventSink) {
+        self.sinks.add(sink);
+    }
+
     fn list(&self) -> Result<Vec<VmInfo>, VirtError> {
         let doms = self
             .conn

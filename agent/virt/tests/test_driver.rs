@@ -242,3 +242,51 @@ fn refusals_say_what_to_change_and_leave_nothing_behind() {
     expect.sort();
     assert_eq!(after, expect, "refused creates left no volume");
 }
+
+#[test]
+fn lifecycle_events_reach_the_subscribers() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use debvisor_virt::{VmEvent, VmEventKind};
+
+    let h = host();
+    let (tx, rx) = mpsc::channel::<VmEvent>();
+    let tx = std::sync::Mutex::new(tx);
+    h.lv.subscribe(Box::new(move |e| {
+        let _ = tx.lock().unwrap().send(e.clone());
+    }));
+    let n = name("events-1");
+    h.lv.create(&spec("events-1")).unwrap();
+    h.lv.start(&n).unwrap();
+    h.lv.suspend(&n).unwrap();
+    h.lv.resume(&n).unwrap();
+    h.lv.snapshot_create(&n, &SnapshotName::try_from("s1").unwrap(), "")
+        .unwrap();
+    h.lv.stop(&n).unwrap();
+    h.lv.delete(&n, true).unwrap();
+    let want = [
+        (VmEventKind::Defined, "added"),
+        (VmEventKind::Started, "booted"),
+        (VmEventKind::Suspended, "paused"),
+        (VmEventKind::Resumed, "unpaused"),
+        (VmEventKind::Stopped, "destroyed"),
+        (VmEventKind::Undefined, "removed"),
+    ];
+    let mut got = Vec::new();
+    // Events arrive on libvirt's event thread; the last one ends the wait.
+    while got.last().map(|(k, _)| *k) != Some(VmEventKind::Undefined) {
+        let e = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("events so far: {got:?}"));
+        assert_eq!(e.name, "events-1");
+        got.push((e.kind, e.detail));
+    }
+    for w in want {
+        assert!(got.contains(&w), "no {w:?} in {got:?}");
+    }
+    let order: Vec<_> = got.iter().map(|(k, _)| *k).collect();
+    let pos = |k| order.iter().position(|x| *x == k).unwrap();
+    assert!(pos(VmEventKind::Defined) < pos(VmEventKind::Started));
+    assert!(pos(VmEventKind::Started) < pos(VmEventKind::Stopped));
+}

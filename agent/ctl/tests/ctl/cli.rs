@@ -130,13 +130,7 @@ async fn ctrl_c_ends_logs_follow_cleanly() {
             .unwrap();
         assert!(line.ends_with(&format!("message {i}")), "{line}");
     }
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits within 20 s of Ctrl-C")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(common::interrupt(&mut child).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -159,3 +159,38 @@ async fn vms_from_the_command_line() {
     let o = a.run(&["vm", "show", "nope"]).await;
     assert!(stderr(&o).contains("No VM is called nope"), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_watch_follows_events_until_ctrl_c() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let a = Agent::start().await;
+    a.ok(&["vm", "create", "db-1", "--memory", "256", "--disk", "new:64M"])
+        .await;
+    let socket = a.dir.path().join("agent.sock").display().to_string();
+    let args = ["--socket", &socket, "vm", "watch"].map(String::from);
+    let mut child = common::command(&args, &[]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line within 20 s")
+            .unwrap()
+            .unwrap()
+    };
+    let first = next().await;
+    assert!(first.ends_with("  db-1  present  now shutoff"), "{first}");
+    a.ok(&["vm", "start", "db-1"]).await;
+    let started = next().await;
+    assert!(started.ends_with("  db-1  started (booted)  now running"), "{started}");
+    a.ok(&["vm", "stop", "db-1"]).await;
+    let stopped = next().await;
+    assert!(
+        stopped.ends_with("  db-1  stopped (destroyed)  now shutoff"),
+        "{stopped}"
+    );
+
+    assert_eq!(common::interrupt(&mut child).await, Some(0));
+}

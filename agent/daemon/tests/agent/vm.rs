@@ -325,3 +325,97 @@ async fn an_agent_without_vms_says_so() {
     let e = a.client.list_vms(ListVmsRequest {}).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::Unavailable, NO_VMS));
 }
+
+#[tokio::test]
+async fn watch_streams_the_present_vms_then_each_lifecycle_event() {
+    use debvisor_api::vm::v1::{VmEvent, WatchVmsRequest};
+    use std::time::Duration;
+
+    let mut a = agent(true).await;
+    a.client
+        .create_vm(CreateVmRequest {
+            spec: Some(spec("old-1")),
+        })
+        .await
+        .unwrap();
+    let mut all = a
+        .client
+        .watch_vms(WatchVmsRequest {
+            name: String::new(),
+            initial: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut one = a
+        .client
+        .watch_vms(WatchVmsRequest {
+            name: "new-1".into(),
+            initial: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    async fn next(s: &mut tonic::Streaming<VmEvent>) -> VmEvent {
+        tokio::time::timeout(Duration::from_secs(30), s.message())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()
+            .expect("the stream is open")
+    }
+    let first = next(&mut all).await;
+    assert_eq!((first.name.as_str(), first.event.as_str()), ("old-1", "present"));
+    assert_eq!(first.vm.unwrap().state_text, "shutoff");
+
+    a.client
+        .create_vm(CreateVmRequest {
+            spec: Some(spec("new-1")),
+        })
+        .await
+        .unwrap();
+    a.client.start_vm(vm("new-1")).await.unwrap();
+    a.client.start_vm(vm("old-1")).await.unwrap();
+    a.client.stop_vm(vm("new-1")).await.unwrap();
+    a.client
+        .delete_vm(DeleteVmRequest {
+            name: "new-1".into(),
+            delete_disks: true,
+        })
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let e = next(&mut all).await;
+        seen.push((e.name, e.event, e.detail, e.vm.map(|v| v.state_text)));
+    }
+    let ev =
+        |n: &str, e: &str, d: &str, s: Option<&str>| (n.to_string(), e.to_string(), d.to_string(), s.map(String::from));
+    assert_eq!(seen[0], ev("new-1", "defined", "added", Some("shutoff")));
+    assert_eq!(&seen[1].0[..], "new-1");
+    assert_eq!((&seen[1].1[..], &seen[1].2[..]), ("started", "booted"));
+    assert_eq!(seen[2].0, "old-1");
+    assert_eq!(seen[3], ev("new-1", "stopped", "destroyed", Some("shutoff")));
+    assert_eq!(seen[4], ev("new-1", "undefined", "removed", None));
+
+    // The filtered watch saw only new-1, and no "present" (initial unset).
+    let mut mine = Vec::new();
+    while mine.len() < 4 {
+        let e = next(&mut one).await;
+        mine.push((e.name, e.event));
+    }
+    assert!(mine.iter().all(|(n, _)| n == "new-1"), "{mine:?}");
+    let kinds: Vec<_> = mine.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(kinds, ["defined", "started", "stopped", "undefined"]);
+
+    let bad = a
+        .client
+        .watch_vms(WatchVmsRequest {
+            name: "../etc".into(),
+            initial: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("name:"), "{}", bad.message());
+}

@@ -373,6 +373,18 @@ pub fn command(args: &[String], env: &[(&str, &str)]) -> tokio::process::Command
     cmd
 }
 
+/// Sends Ctrl-C (SIGINT) to `child` and waits (up to 20 s) for it to end;
+/// its exit code.
+pub async fn interrupt(child: &mut tokio::process::Child) -> Option<i32> {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("still running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s of Ctrl-C")
+        .unwrap()
+        .code()
+}
+
 /// stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
