@@ -8,7 +8,8 @@
 //! | `ControlServices`: start, stop, restart units | ✓ | ✓ | | |
 //! | `PowerNode`: reboot, shut down | ✓ | ✓ | | |
 //! | `ViewAudit`: audit log and its CSV export | ✓ | ✓ | | |
-//! | `ManageVms`: create, start, stop VMs (S7) | ✓ | ✓ | ✓ | |
+//! | `ViewVms`: the VMs, their devices and snapshots | ✓ | ✓ | ✓ | ✓ |
+//! | `ManageVms`: create, start, stop, snapshot, clone, delete VMs | ✓ | ✓ | ✓ | |
 //! | `ManageUpdates`: install, roll back (S5) | ✓ | | | |
 //! | `ManageProvisioning`: let an installed machine install again (S6) | ✓ | ✓ | | |
 //! | `ManageUsers`: create, disable, reset, assign roles | ✓ | | | |
@@ -49,6 +50,8 @@ pub enum Permission {
     PowerNode,
     /// The audit log and its export.
     ViewAudit,
+    /// The VMs as they are.
+    ViewVms,
     /// VM lifecycle.
     ManageVms,
     /// OS updates and rollback.
@@ -72,6 +75,7 @@ pub const TABLE: &[(Permission, &[Role])] = &[
     (P::ControlServices, &[R::Admin, R::Operator]),
     (P::PowerNode, &[R::Admin, R::Operator]),
     (P::ViewAudit, &[R::Admin, R::Operator]),
+    (P::ViewVms, &[R::Admin, R::Operator, R::Developer, R::Viewer]),
     (P::ManageVms, &[R::Admin, R::Operator, R::Developer]),
     (P::ManageUpdates, &[R::Admin]),
     (P::ManageProvisioning, &[R::Admin, R::Operator]),
@@ -136,6 +140,7 @@ mod tests {
             P::ControlServices,
             P::PowerNode,
             P::ViewAudit,
+            P::ViewVms,
             P::ManageVms,
             P::ManageUpdates,
             P::ManageProvisioning,
@@ -155,6 +160,8 @@ mod tests {
         assert!(!Role::Viewer.allows(P::ViewLogs));
         assert!(!Role::Viewer.allows(P::ControlServices));
         assert!(Role::Developer.allows(P::ManageVms));
+        assert!(Role::Viewer.allows(P::ViewVms));
+        assert!(!Role::Viewer.allows(P::ManageVms));
         assert!(!Role::Developer.allows(P::ControlServices));
         assert!(Role::Operator.allows(P::ControlServices));
         assert!(!Role::Operator.allows(P::ManageUsers));

@@ -67,6 +67,7 @@ pub const NAV_LINKS: &[(&str, &str, &str, Permission)] = &[
     ("dashboard", "/dashboard", "Dashboard", Permission::ViewDashboard),
     ("services", "/services", "Services", Permission::ViewDashboard),
     ("health", "/health", "Health", Permission::ViewDashboard),
+    ("vms", "/vms", "VMs", Permission::ViewVms),
     ("audit", "/audit", "Audit", Permission::ViewAudit),
     ("users", "/users", "Users", Permission::ManageUsers),
     ("provisioning", "/provisioning", "Provisioning", Permission::ViewConfig),
@@ -496,6 +497,7 @@ mod tests {
                 "Dashboard",
                 "Services",
                 "Health",
+                "VMs",
                 "Audit",
                 "Users",
                 "Provisioning",
@@ -503,13 +505,17 @@ mod tests {
                 "About"
             ]
         );
-        assert_eq!(labels(Role::Viewer), ["Dashboard", "Services", "Health", "About"]);
+        assert_eq!(
+            labels(Role::Viewer),
+            ["Dashboard", "Services", "Health", "VMs", "About"]
+        );
         assert_eq!(
             labels(Role::Operator),
             [
                 "Dashboard",
                 "Services",
                 "Health",
+                "VMs",
                 "Audit",
                 "Provisioning",
                 "Settings",

@@ -11,6 +11,7 @@ pub mod services;
 pub mod settings;
 pub mod updates;
 pub mod users;
+pub mod vms;
 
 use axum::Router;
 
@@ -28,4 +29,5 @@ pub fn routes() -> Router<AppState> {
         .merge(users::routes())
         .merge(updates::routes())
         .merge(provisioning::routes())
+        .merge(vms::routes())
 }

@@ -13,3 +13,4 @@ mod support;
 mod tls;
 mod updates;
 mod users;
+mod vms;

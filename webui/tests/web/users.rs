@@ -186,6 +186,43 @@ fn routes(role: Role) -> Vec<Route> {
             "/provisioning/machines/52:54:00:aa:bb:07/reset",
             Some(P::ManageProvisioning),
         ),
+        route("GET", "/vms", Some(P::ViewVms)),
+        route("GET", "/vms/events", Some(P::ViewVms)),
+        route("GET", "/vms/new", Some(P::ManageVms)),
+        Route {
+            form: vec![
+                ("name", format!("vm-{role}")),
+                ("vcpus", "1".into()),
+                ("memory_mib", "64".into()),
+                ("disk_gib", "1".into()),
+            ],
+            ..route("POST", "/vms", Some(P::ManageVms))
+        },
+        // The admin's runs first and makes vm-admin.
+        route("GET", "/vms/vm-admin", Some(P::ViewVms)),
+        Route {
+            form: vec![("action", "start".into())],
+            ..route("POST", "/vms/vm-admin/action", Some(P::ManageVms))
+        },
+        Route {
+            form: vec![("name", format!("snap-{role}"))],
+            ..route("POST", "/vms/vm-admin/snapshots", Some(P::ManageVms))
+        },
+        route(
+            "POST",
+            &format!("/vms/vm-admin/snapshots/snap-{role}/revert"),
+            Some(P::ManageVms),
+        ),
+        route(
+            "POST",
+            &format!("/vms/vm-admin/snapshots/snap-{role}/delete"),
+            Some(P::ManageVms),
+        ),
+        Route {
+            form: vec![("name", format!("copy-{role}"))],
+            ..route("POST", &format!("/vms/vm-{role}/clone"), Some(P::ManageVms))
+        },
+        route("POST", &format!("/vms/copy-{role}/delete"), Some(P::ManageVms)),
     ]
 }
 
@@ -236,6 +273,15 @@ const COVERED: &[&str] = &[
     "/static/updates.js",
     "/provisioning",
     "/provisioning/machines/{mac}/reset",
+    "/vms",
+    "/vms/events",
+    "/vms/new",
+    "/vms/{name}",
+    "/vms/{name}/action",
+    "/vms/{name}/delete",
+    "/vms/{name}/clone",
+    "/vms/{name}/snapshots",
+    "/vms/{name}/snapshots/{snap}/{op}",
 ];
 
 /// Every `.route("...")` pattern in the crate's source.

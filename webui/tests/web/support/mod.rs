@@ -76,6 +76,15 @@ impl TestAgent {
 
     /// Starts it on `socket`, serving `provision` as its PXE provisioner.
     pub async fn start_with(socket: PathBuf, provision: Option<debvisor_provision::Provisioner>) -> TestAgent {
+        TestAgent::start_full(socket, provision, None).await
+    }
+
+    /// Starts it on `socket` with a provisioner and VMs, if given.
+    pub async fn start_full(
+        socket: PathBuf,
+        provision: Option<debvisor_provision::Provisioner>,
+        vm: Option<Arc<debvisor_agent::vm_service::VmBackend>>,
+    ) -> TestAgent {
         let journal = Arc::new(FakeJournal::new());
         let units = Arc::new(FakeUnits::new().with_journal(journal.clone()));
         let audit = AuditLog::open_in_memory().await.unwrap();
@@ -86,7 +95,7 @@ impl TestAgent {
             audit: audit.clone(),
             health: Arc::new(SimHealth::new()),
             provision,
-            vm: None,
+            vm,
         };
         let me = nix_user_name();
         let cfg = AgentConfig {
@@ -199,6 +208,20 @@ impl Console {
         let dir = temp_dir();
         let prov = make(dir.join("provision")).await;
         let agent = TestAgent::start_with(dir.join("agent.sock"), Some(prov)).await;
+        let mut c = Console::new(dir);
+        c.agent = Some(agent);
+        c
+    }
+
+    /// A console in front of a real [`TestAgent`] whose VMs run on
+    /// libvirt's test driver (a private host; its pool holds `volumes`,
+    /// `(name, MiB)`).
+    pub async fn with_vms(volumes: &[(&str, u64)]) -> Console {
+        let dir = temp_dir();
+        let opts = debvisor_virt::test_driver::host(&dir, volumes).unwrap();
+        let lv = debvisor_virt::Libvirt::open(opts.clone()).unwrap();
+        let vm = debvisor_agent::vm_service::VmBackend::with(Arc::new(lv), opts);
+        let agent = TestAgent::start_full(dir.join("agent.sock"), None, Some(Arc::new(vm))).await;
         let mut c = Console::new(dir);
         c.agent = Some(agent);
         c
@@ -395,7 +418,7 @@ pub async fn router_on_db(c: &Console, db: &std::path::Path) -> Router {
 /// A console in front of a real [`TestAgent`] whose database is the file
 /// `dir/console.db` (see [`router_on_db`]).
 pub async fn console_with_db() -> Console {
-    let mut c = Console::with_agent().await;
+    let mut c = Console::with_vms(&[]).await;
     c.app = router_on_db(&c, &c.dir.join("console.db")).await;
     c
 }
