@@ -16,6 +16,7 @@
 mod nojs;
 mod provisioning;
 mod updates;
+mod vms;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +42,9 @@ pub struct Web {
     pub base: String,
     /// The admin's password.
     pub password: String,
+    /// debvisorctl and the agent's socket, for changes made beside the
+    /// browser.
+    pub ctl: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Web {
@@ -132,6 +136,10 @@ pub const STEPS: &[Step] = &[
     Step {
         name: "provisioning",
         run: provisioning::page,
+    },
+    Step {
+        name: "vms",
+        run: vms::pages,
     },
     Step {
         name: "users-create-viewer",
@@ -405,25 +413,30 @@ pub fn console_browser(ctx: &Ctx) -> Result<()> {
     // The agent runs a provisioner on a network of its own.
     let net = provisioning::ProvisionNet::create("dvq-cb", dir)?;
     let mut host = ConsoleHost::start_with(ctx.paths, dir, &idle, &net.agent_setup())?;
-    net.seed(
-        &release_binary(ctx.paths, "debvisorctl", "debvisorctl")?,
-        &host.agent_socket,
-    )?;
+    let ctl = release_binary(ctx.paths, "debvisorctl", "debvisorctl")?;
+    net.seed(&ctl, &host.agent_socket)?;
     ctx.rt.block_on(async {
-        session(&host, dir, Scripts::On, STEPS).await?;
+        session(&host, &ctl, dir, Scripts::On, STEPS).await?;
         eprintln!("  JavaScript off ({}):", dir.join("nojs").display());
-        session(&host, &dir.join("nojs"), Scripts::Off, nojs::STEPS).await
+        session(&host, &ctl, &dir.join("nojs"), Scripts::Off, nojs::STEPS).await
     })?;
     host.check()
 }
 
 /// One Chromium session (artifacts in `dir`) that walks `steps`.
-async fn session(host: &ConsoleHost, dir: &std::path::Path, scripts: Scripts, steps: &[Step]) -> Result<()> {
+async fn session(
+    host: &ConsoleHost,
+    ctl: &std::path::Path,
+    dir: &std::path::Path,
+    scripts: Scripts,
+    steps: &[Step],
+) -> Result<()> {
     let b = Browser::start_with(dir, Some(&host.pki.server_cert()), scripts).await?;
     let mut w = Web {
         b,
         base: host.base(),
         password: host.password.clone(),
+        ctl: Some((ctl.to_path_buf(), host.agent_socket.clone())),
     };
     let walked = walk(&mut w, steps).await;
     let log: Vec<String> = w.b.log.iter().map(|e| format!("{} {}", e.level, e.message)).collect();

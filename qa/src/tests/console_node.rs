@@ -329,6 +329,7 @@ pub fn console_node_browser(ctx: &Ctx) -> Result<()> {
                 b,
                 base: format!("https://127.0.0.1:{port}"),
                 password,
+                ctl: None,
             },
             hostname: n.status.hostname.clone(),
             version: ctx.version.clone(),
