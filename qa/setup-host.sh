@@ -20,8 +20,9 @@ packages=(
   # as the node would
   ipxe isc-dhcp-client busybox tftp-hpa dnsmasq-base kea-admin xorriso curl
   # build of the workspace (libvirt-dev: the agent's VMs link libvirt; its
-  # test driver, in libvirt0, runs the VM tests on the host)
-  build-essential pkg-config libvirt-dev
+  # test driver, in libvirt0, runs the VM tests on the host); virsh
+  # (libvirt-clients) is the peer of `bench vm`
+  build-essential pkg-config libvirt-dev libvirt-clients
   # the Python gRPC client of the agent_sim_clients test
   python3-venv
   # the console's browser tests (headless Chromium driven over WebDriver)

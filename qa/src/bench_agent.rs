@@ -269,6 +269,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
             sim: false,
             rate_limit: RATE_LIMIT,
             system_bus: manager.as_ref().map(UserManager::bus_address),
+            extra_config: String::new(),
         },
     )?;
     let max = a.levels.iter().copied().max().unwrap_or(1);

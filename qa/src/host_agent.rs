@@ -122,6 +122,8 @@ pub struct AgentOpts {
     /// The D-Bus address given to the agent as the system bus (a
     /// [`UserManager`]'s) instead of the host's.
     pub system_bus: Option<String>,
+    /// More agent.toml (tables the options above do not write).
+    pub extra_config: String,
 }
 
 /// Runs the user manager in a private mount namespace whose /run/systemd
@@ -262,8 +264,9 @@ impl HostAgent {
         std::fs::write(
             &config,
             format!(
-                "[rate_limit]\nper_second = {per_second:.1}\nburst = {burst}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[audit]\npath = \"{}\"\n",
-                audit_db.display()
+                "[rate_limit]\nper_second = {per_second:.1}\nburst = {burst}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[audit]\npath = \"{}\"\n\n{}",
+                audit_db.display(),
+                o.extra_config
             ),
         )?;
         let _ = std::fs::remove_file(&socket);

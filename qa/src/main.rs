@@ -5,6 +5,7 @@ mod bench;
 mod bench_agent;
 mod bench_console;
 mod bench_dhcp;
+mod bench_vm;
 mod browser;
 mod cfgdisk;
 mod console_host;
@@ -85,6 +86,8 @@ enum BenchCmd {
     Update(tests::UpdateBenchArgs),
     /// DHCP exchanges per second of the provisioner and dnsmasq (perfdhcp).
     Dhcp(bench_dhcp::DhcpArgs),
+    /// ListVms latency with many VMs on libvirt's test driver, against virsh.
+    Vm(bench_vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             cmd: BenchCmd::Update(a),
         } => tests::bench_update(&paths, &rt, cli.accel, a).map(|()| true),
         Cmd::Bench { cmd: BenchCmd::Dhcp(a) } => bench_dhcp::dhcp(&paths, &rt, cli.accel, a).map(|()| true),
+        Cmd::Bench { cmd: BenchCmd::Vm(a) } => bench_vm::vm(&paths, &rt, a).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

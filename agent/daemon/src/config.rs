@@ -65,10 +65,12 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
-    /// The libvirt options; with `sim`, libvirt's test driver (its
-    /// `default-pool` and `default` network) whatever the config says.
+    /// The libvirt options; with `sim`, libvirt's test driver: the test
+    /// host the config names (`uri = "test:///FILE"`, benchmarks and
+    /// tests), else `test:///default` with its `default-pool` and `default`
+    /// network. A simulated agent never reaches a real hypervisor.
     pub fn options(&self, sim: bool) -> debvisor_virt::LibvirtOptions {
-        if sim {
+        if sim && !self.uri.starts_with("test://") {
             return debvisor_virt::LibvirtOptions {
                 uri: "test:///default".into(),
                 pool: "default-pool".into(),
@@ -229,6 +231,23 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_simulated_agent_uses_the_test_driver_only() {
+        let real = VmConfig::default();
+        assert_eq!(real.options(false).uri, "qemu:///system");
+        assert_eq!(real.options(true).uri, "test:///default");
+        assert_eq!(real.options(true).pool, "default-pool");
+        let host = VmConfig {
+            uri: "test:///tmp/node.xml".into(),
+            pool: "vms".into(),
+            ..VmConfig::default()
+        };
+        assert_eq!(
+            (host.options(true).uri.as_str(), host.options(true).pool.as_str()),
+            ("test:///tmp/node.xml", "vms")
+        );
+    }
 
     #[test]
     fn missing_file_means_defaults() {
