@@ -51,6 +51,12 @@ impl ProvisionNet {
         ip(&[
             "link", "add", SRV_IF, "type", "veth", "peer", "name", "cli0", "netns", &cli.name,
         ])?;
+        // No IPv6 on this host's end: its link-local address would appear a
+        // moment after the link comes up, and Chromium (on this host's
+        // network) drops the page it is loading when addresses change
+        // (ERR_NETWORK_CHANGED).
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{SRV_IF}/disable_ipv6"), "1")
+            .with_context(|| format!("Cannot turn IPv6 off on {SRV_IF}"))?;
         ip(&["addr", "add", &format!("{SERVER}/24"), "dev", SRV_IF])?;
         ip(&["link", "set", SRV_IF, "up"])?;
         cli.ip(&["link", "set", "cli0", "address", MAC])?;
