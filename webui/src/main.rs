@@ -55,6 +55,10 @@ struct Cli {
     /// supervisor sees the console as failing (for tests of remediation).
     #[arg(long, default_value = debvisor_webui::handlers::HEALTHZ_FAULT_FILE)]
     healthz_fault_file: PathBuf,
+    /// Seconds between the live VM list's CPU samples (1 to 86400; its
+    /// states follow libvirt's events whatever this is).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    vm_sample_secs: u64,
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -84,7 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         clock,
         store,
     )
-    .with_healthz_fault_file(&cli.healthz_fault_file);
+    .with_healthz_fault_file(&cli.healthz_fault_file)
+    .with_vm_sample(std::time::Duration::from_secs(cli.vm_sample_secs));
     // The dashboard's history starts now, not at the first visit.
     debvisor_webui::live::spawn(&state);
     let app = router(state);

@@ -116,7 +116,9 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> anyhow::Result<()> {
 async fn watch(ctx: &Ctx, c: &mut VmServiceClient<Channel>, a: &WatchVmArgs) -> anyhow::Result<()> {
     let what = a.name.as_deref().map_or("the VMs".to_string(), |n| format!("VM {n}"));
     let mut stream = ctx
-        .call(c.watch_vms(ctx.req(WatchVmsRequest {
+        // No grpc-timeout: the stream runs until Ctrl-C (only opening it is
+        // bounded, by `call`).
+        .call(c.watch_vms(tonic::Request::new(WatchVmsRequest {
             name: a.name.clone().unwrap_or_default(),
             initial: true,
         })))

@@ -63,8 +63,10 @@ impl VmBackend {
     /// connect does): call it on a blocking thread.
     fn get(&self) -> Result<Arc<dyn Hypervisor>, Status> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hv) = &*conn {
-            return Ok(hv.clone());
+        match &*conn {
+            Some(hv) if hv.is_alive() => return Ok(hv.clone()),
+            Some(_) => tracing::warn!(uri = %self.opts.uri, "the libvirt connection was lost; connecting again"),
+            None => {}
         }
         let hv: Arc<dyn Hypervisor> = Arc::new(Libvirt::open(self.opts.clone()).map_err(|e| {
             Status::unavailable(format!(
@@ -160,11 +162,7 @@ impl VmApi {
     async fn event_to_pb(&self, e: VmEvent) -> pb::VmEvent {
         let vm = match (e.kind, VmName::try_from(e.name.as_str())) {
             (VmEventKind::Undefined, _) | (_, Err(_)) => None,
-            (_, Ok(name)) => self
-                .run(move |hv| hv.get(&name))
-                .await
-                .ok()
-                .map(|d| summary_to_pb(d.info)),
+            (_, Ok(name)) => self.run(move |hv| hv.info(&name)).await.ok().map(summary_to_pb),
         };
         pb::VmEvent {
             name: e.name,
@@ -222,7 +220,14 @@ impl VmService for VmApi {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if !api.send_present(&tx, only.as_ref()).await {
+                        // The events held back are stale: skip them, say
+                        // so, then send the VMs as they are.
+                        events = events.resubscribe();
+                        let resync = pb::VmEvent {
+                            event: "resync".into(),
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(resync)).await.is_err() || !api.send_present(&tx, only.as_ref()).await {
                             return;
                         }
                     }

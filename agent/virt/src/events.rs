@@ -173,7 +173,7 @@ pub(crate) fn start_event_loop() -> Result<(), VirtError> {
 
 /// A lifecycle callback registered on a connection; deregistered on drop.
 pub(crate) struct Registration {
-    conn: Connect,
+    conn: crate::libvirt::Owned,
     id: c_int,
 }
 
@@ -209,7 +209,10 @@ impl Registration {
                 "libvirt refused the lifecycle event callback: {e}"
             )));
         }
-        Ok(Registration { conn: conn.clone(), id })
+        Ok(Registration {
+            conn: crate::libvirt::Owned(conn.clone()),
+            id,
+        })
     }
 }
 

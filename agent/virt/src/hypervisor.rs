@@ -58,8 +58,10 @@ pub struct VmInfo {
     pub state: VmState,
     /// Virtual CPUs.
     pub vcpus: u32,
-    /// Memory in MiB.
+    /// Memory in MiB: its current allocation (what it holds while it runs).
     pub memory_mib: u64,
+    /// The most memory it may have, in MiB (what a copy of it is given).
+    pub max_memory_mib: u64,
     /// CPU time used since it started, in nanoseconds.
     pub cpu_time_ns: u64,
     /// Whether it starts with the host.
@@ -143,6 +145,10 @@ pub trait Hypervisor: Send + Sync {
     fn list(&self) -> Result<Vec<VmInfo>, VirtError>;
     /// One VM with its devices.
     fn get(&self, name: &VmName) -> Result<VmDetail, VirtError>;
+    /// One VM as listed (cheaper than [`Hypervisor::get`]: no XML).
+    fn info(&self, name: &VmName) -> Result<VmInfo, VirtError>;
+    /// Whether the connection still works (libvirtd may have restarted).
+    fn is_alive(&self) -> bool;
     /// Creates the VM's disks and defines it (not started). Memory and pool
     /// space are checked first; a failure removes what was made.
     fn create(&self, spec: &VmSpec) -> Result<VmDetail, VirtError>;

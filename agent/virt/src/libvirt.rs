@@ -33,12 +33,28 @@ pub struct LibvirtOptions {
     pub qemu_domain_type: String,
 }
 
+/// A connection closed when dropped (`virt` 0.4's `Connect` is not).
+pub(crate) struct Owned(pub(crate) Connect);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.close();
+    }
+}
+
+impl std::ops::Deref for Owned {
+    type Target = Connect;
+    fn deref(&self) -> &Connect {
+        &self.0
+    }
+}
+
 /// libvirt, through one connection.
 pub struct Libvirt {
     /// The lifecycle callback (dropped before the connection).
     _events: Registration,
     sinks: Arc<Sinks>,
-    conn: Connect,
+    conn: Owned,
     opts: LibvirtOptions,
     host: DomainHost,
     /// Creating, cloning and deleting check, then change: one at a time.
@@ -52,8 +68,10 @@ impl Libvirt {
         // errors are returned instead.
         virt::error::clear_error_callback();
         events::start_event_loop()?;
-        let conn = Connect::open(Some(&opts.uri))
-            .map_err(|e| VirtError::libvirt(format!("Connecting to libvirt at {}", opts.uri), &e))?;
+        let conn = Owned(
+            Connect::open(Some(&opts.uri))
+                .map_err(|e| VirtError::libvirt(format!("Connecting to libvirt at {}", opts.uri), &e))?,
+        );
         let kind = conn
             .get_type()
             .map_err(|e| VirtError::libvirt("Asking libvirt for its driver", &e))?;
@@ -116,6 +134,7 @@ impl Libvirt {
             vcpus: i.nr_virt_cpu,
             // The current allocation (for the VMs made here, also the maximum).
             memory_mib: i.memory / 1024,
+            max_memory_mib: i.max_mem / 1024,
             cpu_time_ns: i.cpu_time,
             autostart: d.get_autostart().unwrap_or(false),
             name,
@@ -457,6 +476,14 @@ impl Hypervisor for Libvirt {
         self.detail(&d)
     }
 
+    fn info(&self, name: &VmName) -> Result<VmInfo, VirtError> {
+        Self::info(&self.domain(name)?)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.conn.is_alive().unwrap_or(false)
+    }
+
     fn create(&self, spec: &VmSpec) -> Result<VmDetail, VirtError> {
         spec.validate()?;
         let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
@@ -608,7 +635,7 @@ impl Hypervisor for Libvirt {
             });
         }
         let need = plan.iter().map(PlannedDisk::new_bytes).sum();
-        self.check_room(&pool, detail.info.memory_mib, need)?;
+        self.check_room(&pool, detail.info.max_memory_mib, need)?;
         // The clone's spec: the source's, with its own disks and new MACs.
         let mut nics = Vec::new();
         for n in &detail.nics {
@@ -625,7 +652,7 @@ impl Hypervisor for Libvirt {
         let spec = VmSpec {
             name: to.clone(),
             vcpus: detail.info.vcpus,
-            memory_mib: detail.info.memory_mib,
+            memory_mib: detail.info.max_memory_mib,
             firmware: if detail.uefi { Firmware::Uefi } else { Firmware::Bios },
             // The disks are the copies below.
             disks: Vec::new(),

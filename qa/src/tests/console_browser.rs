@@ -409,7 +409,14 @@ pub(crate) fn sign_out(w: &mut Web) -> StepFuture<'_> {
 /// The test.
 pub fn console_browser(ctx: &Ctx) -> Result<()> {
     let dir = &ctx.dir;
-    let idle = ["--idle-timeout".to_string(), IDLE_TIMEOUT_SECS.to_string()];
+    // CPU samples of the VM list far apart: only libvirt's events redraw
+    // it during the walk, so the vms step sees events at work.
+    let idle = [
+        "--idle-timeout".to_string(),
+        IDLE_TIMEOUT_SECS.to_string(),
+        "--vm-sample-secs".to_string(),
+        "3600".to_string(),
+    ];
     // The agent runs a provisioner on a network of its own.
     let net = provisioning::ProvisionNet::create("dvq-cb", dir)?;
     let mut host = ConsoleHost::start_with(ctx.paths, dir, &idle, &net.agent_setup())?;

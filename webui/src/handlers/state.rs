@@ -22,6 +22,8 @@ pub(super) struct Inner {
     /// While this file exists, `/healthz` answers 503 (fault injection for
     /// the supervisor's tests).
     pub(super) healthz_fault: std::sync::OnceLock<PathBuf>,
+    /// How often the live VM list samples CPU use (the default unless set).
+    pub(super) vm_sample: std::sync::OnceLock<Duration>,
     /// When the agent was last asked, and what it said the last time it
     /// answered.
     last_seen: Mutex<Option<(Instant, Option<HeaderFacts>)>>,
@@ -67,6 +69,7 @@ impl AppState {
             password_params: std::sync::OnceLock::new(),
             clock,
             healthz_fault: std::sync::OnceLock::new(),
+            vm_sample: std::sync::OnceLock::new(),
             last_seen: Mutex::new(None),
         }))
     }
@@ -76,6 +79,19 @@ impl AppState {
     pub fn with_healthz_fault_file(self, file: impl Into<PathBuf>) -> Self {
         let _ = self.0.healthz_fault.set(file.into());
         self
+    }
+
+    /// Samples the live VM list's CPU use every `every` instead of
+    /// [`crate::pages::vms::CPU_SAMPLE`] (tests make it long, so that only
+    /// events redraw the list). Set once.
+    pub fn with_vm_sample(self, every: Duration) -> Self {
+        let _ = self.0.vm_sample.set(every);
+        self
+    }
+
+    /// How often the live VM list samples CPU use.
+    pub fn vm_sample(&self) -> Duration {
+        self.0.vm_sample.get().copied().unwrap_or(crate::pages::vms::CPU_SAMPLE)
     }
 
     /// Hashes new passwords with `params` instead of argon2's defaults

@@ -11,12 +11,16 @@
 //! | `GET /vms/events` | `ViewVms` | the list's table, again on each change (SSE) |
 //! | `GET /vms/new` | `ManageVms` | the create form |
 //! | `POST /vms` | `ManageVms` | create (and start) a VM |
-//! | `GET /vms/{name}` | `ViewVms` | one VM, its disks, NICs and snapshots |
-//! | `POST /vms/{name}/action` | `ManageVms` | start, shutdown, stop, reboot, suspend, resume, autostart on/off |
-//! | `POST /vms/{name}/delete` | `ManageVms` | delete it (and its disks unless kept) |
-//! | `POST /vms/{name}/clone` | `ManageVms` | copy a VM that is off |
-//! | `POST /vms/{name}/snapshots` | `ManageVms` | take a snapshot |
-//! | `POST /vms/{name}/snapshots/{snap}/{revert,delete}` | `ManageVms` | revert to or delete one |
+//! | `GET /vm/{name}` | `ViewVms` | one VM, its disks, NICs and snapshots |
+//! | `POST /vm/{name}/action` | `ManageVms` | start, shutdown, stop, reboot, suspend, resume, autostart on/off |
+//! | `POST /vm/{name}/delete` | `ManageVms` | delete it (and its disks unless kept) |
+//! | `POST /vm/{name}/clone` | `ManageVms` | copy a VM that is off |
+//! | `POST /vm/{name}/snapshots` | `ManageVms` | take a snapshot |
+//! | `POST /vm/{name}/snapshots/{snap}/{revert,delete}` | `ManageVms` | revert to or delete one |
+//!
+//! A VM's pages live under `/vm/` (not `/vms/`), so that VMs called `new`
+//! or `events` have pages too; names are percent-encoded in every URL (VMs
+//! defined with virsh may have any name).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -51,18 +55,21 @@ use crate::views::{Chrome, human_bytes};
 /// How often the live list samples CPU use.
 pub const CPU_SAMPLE: Duration = Duration::from_secs(5);
 
+/// What the agent says when it manages no VMs (its `vm_service::NO_VMS`).
+pub const NO_VMS: &str = "This agent manages no VMs (it was started without a hypervisor)";
+
 /// The pages' routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/vms", get(list_page).post(create))
         .route("/vms/events", get(events))
         .route("/vms/new", get(new_page))
-        .route("/vms/{name}", get(vm_page))
-        .route("/vms/{name}/action", post(action))
-        .route("/vms/{name}/delete", post(delete))
-        .route("/vms/{name}/clone", post(clone))
-        .route("/vms/{name}/snapshots", post(snapshot_create))
-        .route("/vms/{name}/snapshots/{snap}/{op}", post(snapshot_op))
+        .route("/vm/{name}", get(vm_page))
+        .route("/vm/{name}/action", post(action))
+        .route("/vm/{name}/delete", post(delete))
+        .route("/vm/{name}/clone", post(clone))
+        .route("/vm/{name}/snapshots", post(snapshot_create))
+        .route("/vm/{name}/snapshots/{snap}/{op}", post(snapshot_op))
 }
 
 /// A button that posts an action.
@@ -101,6 +108,18 @@ pub struct VmRow {
     pub actions: Vec<ActionButton>,
     /// Where its actions post.
     pub post: String,
+}
+
+/// `s` percent-encoded as one path segment.
+pub fn segment(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// The page of the VM `name`.
+pub fn vm_href(name: &str) -> String {
+    format!("/vm/{}", segment(name))
 }
 
 fn state_class(s: &str) -> &'static str {
@@ -143,7 +162,7 @@ pub fn rows(vms: &[pb::VmSummary], cpu: &HashMap<String, f64>, host_cpus: u32) -
             let used = cpu.get(&v.name).copied().filter(|_| v.state_text == "running");
             VmRow {
                 name: v.name.clone(),
-                href: format!("/vms/{}", v.name),
+                href: vm_href(&v.name),
                 state: v.state_text.clone(),
                 state_class: state_class(&v.state_text),
                 vcpus: v.vcpus,
@@ -152,7 +171,7 @@ pub fn rows(vms: &[pb::VmSummary], cpu: &HashMap<String, f64>, host_cpus: u32) -
                 cpu_bar: used.map_or(0, |p| (p / f64::from(host_cpus.max(1))).clamp(0.0, 100.0) as u32),
                 autostart: v.autostart,
                 actions: actions_for(&v.state_text),
-                post: format!("/vms/{}/action", v.name),
+                post: format!("{}/action", vm_href(&v.name)),
             }
         })
         .collect()
@@ -250,7 +269,10 @@ fn table(session: &Session, rows: Result<Vec<VmRow>, String>) -> VmTable {
 async fn list_page(State(state): State<AppState>, required: RequireSession) -> Result<Response, AppError> {
     let session = required.require(Permission::ViewVms)?;
     let result = bounded("VM list", list(&state, &session.user)).await;
-    let no_vms = matches!(&result, Err(AgentError::Call(s)) if s.code() == tonic::Code::Unavailable);
+    // Only an agent without VMs, not libvirtd being down (also UNAVAILABLE,
+    // shown as the table's error while the live list retries).
+    let no_vms =
+        matches!(&result, Err(AgentError::Call(s)) if s.code() == tonic::Code::Unavailable && s.message() == NO_VMS);
     let rows = result.map(|v| rows(&v, &HashMap::new(), 1)).map_err(call_text);
     let page = VmsPage {
         chrome: state.chrome(Some(nav(session, "vms"))).await,
@@ -261,13 +283,11 @@ async fn list_page(State(state): State<AppState>, required: RequireSession) -> R
     Ok(Html(page.render()?).into_response())
 }
 
-/// What the live list is woken by.
-enum Wake {
-    /// A lifecycle event (or the stream's end: `false`).
-    Event(bool),
-    /// Time for a CPU sample.
-    Tick,
-}
+/// How long the live list waits for more events before it re-reads the
+/// VMs (a burst, such as the agent resending every VM, costs one list).
+const SETTLE: Duration = Duration::from_millis(200);
+/// The longest a burst may put a redraw off.
+const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 async fn events(State(state): State<AppState>, required: RequireSession) -> Result<Response, AppError> {
     let session = required.require(Permission::ViewVms)?.clone();
@@ -289,29 +309,41 @@ async fn events(State(state): State<AppState>, required: RequireSession) -> Resu
         }
     };
     let cpus = host_cpus(&state, &user).await;
-    // One task per open list: it re-reads the VMs on each event and every
-    // CPU_SAMPLE, and ends when the page goes (the channel closes) or the
-    // agent's stream does.
+    // One task per open list: it re-reads the VMs after each burst of
+    // events and every sample period, and ends when the page goes (the
+    // channel closes) or the agent's stream does.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<VmRow>, tonic::Status>>(2);
     let st = state.clone();
+    let every = state.vm_sample();
     tokio::spawn(async move {
         let mut sampler = CpuSampler::default();
-        let mut tick = tokio::time::interval(CPU_SAMPLE);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let ended = || tonic::Status::unavailable("the agent ended the VM event stream");
         loop {
-            let wake = tokio::select! {
-                m = watch.message() => Wake::Event(matches!(m, Ok(Some(_)))),
-                _ = tick.tick() => Wake::Tick,
+            tokio::select! {
+                m = watch.message() => {
+                    if !matches!(m, Ok(Some(_))) {
+                        let _ = tx.send(Err(ended())).await;
+                        return;
+                    }
+                    // Let the burst settle.
+                    let until = tokio::time::Instant::now() + SETTLE_MAX;
+                    while tokio::time::Instant::now() < until {
+                        match tokio::time::timeout(SETTLE, watch.message()).await {
+                            Ok(Ok(Some(_))) => {}
+                            Ok(_) => {
+                                let _ = tx.send(Err(ended())).await;
+                                return;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {}
                 _ = tx.closed() => return,
-            };
-            if let Wake::Event(false) = wake {
-                let _ = tx
-                    .send(Err(tonic::Status::unavailable("the agent ended the VM stream")))
-                    .await;
-                return;
             }
-            let vms = match bounded("VM list", list(&st, &user)).await {
-                Ok(v) => v,
-                Err(_) => continue,
+            let Ok(vms) = bounded("VM list", list(&st, &user)).await else {
+                continue;
             };
             let cpu = sampler.sample(&vms, Instant::now());
             if tx.send(Ok(rows(&vms, &cpu, cpus))).await.is_err() {
@@ -638,17 +670,25 @@ async fn create(
     let name = spec.name.clone();
     let user = session.user.clone();
     let start = form.start.is_some();
-    let created = bounded("VM create", async {
-        let mut c = client(&state).await?;
+    /// Which call failed.
+    enum Failed {
+        Create(AgentError),
+        Start(AgentError),
+    }
+    let created = tokio::time::timeout(crate::agent::AGENT_TIMEOUT * 2, async {
+        let mut c = client(&state).await.map_err(Failed::Create)?;
         c.create_vm(on_behalf_of(CreateVmRequest { spec: Some(spec) }, Some(&user)))
-            .await?;
+            .await
+            .map_err(|s| Failed::Create(s.into()))?;
         if start {
             c.start_vm(on_behalf_of(VmRef { name: name.clone() }, Some(&user)))
-                .await?;
+                .await
+                .map_err(|s| Failed::Start(s.into()))?;
         }
         Ok(())
     })
-    .await;
+    .await
+    .unwrap_or(Err(Failed::Create(AgentError::Timeout)));
     match created {
         Ok(()) => {
             let text = if start {
@@ -657,26 +697,31 @@ async fn create(
                 format!("VM {name} created (off).")
             };
             state.flashes().put(session, Flash { level: "ok", text });
-            Ok(Redirect::to(&format!("/vms/{name}")).into_response())
+            Ok(Redirect::to(&vm_href(&name)).into_response())
         }
         // Created, but the start failed: the VM exists, its page says so.
-        Err(AgentError::Call(s))
-            if start && s.code() != tonic::Code::InvalidArgument && vm_exists(&state, &user, &name).await =>
-        {
+        Err(Failed::Start(e)) => {
             state.flashes().put(
                 session,
                 Flash {
                     level: "fail",
-                    text: format!("VM {name} was created but did not start: {}", s.message()),
+                    text: format!("VM {name} was created but did not start: {}", call_text(e)),
                 },
             );
-            Ok(Redirect::to(&format!("/vms/{name}")).into_response())
+            Ok(Redirect::to(&vm_href(&name)).into_response())
         }
-        Err(AgentError::Call(s)) => {
-            let errors = refusal_errors(s.message(), &from);
+        Err(Failed::Create(AgentError::Call(s))) => {
+            let mut errors = refusal_errors(s.message(), &from);
+            if s.code() == tonic::Code::AlreadyExists {
+                errors = CreateErrors {
+                    name: std::mem::take(&mut errors.general),
+                    ..errors
+                };
+            }
             render_new(&state, session, form, errors, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => {
+        Err(Failed::Create(e)) => {
+            tracing::warn!(error = %e, "agent VM create request failed");
             let errors = CreateErrors {
                 general: e.summary(),
                 ..Default::default()
@@ -684,15 +729,6 @@ async fn create(
             render_new(&state, session, form, errors, StatusCode::BAD_GATEWAY).await
         }
     }
-}
-
-async fn vm_exists(state: &AppState, user: &str, name: &str) -> bool {
-    let got = bounded("VM get", async {
-        let mut c = client(state).await?;
-        Ok(c.get_vm(on_behalf_of(VmRef { name: name.into() }, Some(user))).await?)
-    })
-    .await;
-    got.is_ok()
 }
 
 /// A snapshot row.
@@ -722,6 +758,8 @@ pub struct VmPage {
     pub chrome: Chrome,
     /// Its name (as asked).
     pub name: String,
+    /// Its page (where its forms post, below).
+    pub href: String,
     /// The VM and its snapshots, or why they could not be read.
     pub vm: Result<(pb::Vm, Vec<SnapshotRow>), String>,
     /// The state's word.
@@ -780,8 +818,8 @@ async fn vm_page(
         let rows = snaps
             .into_iter()
             .map(|s| SnapshotRow {
-                revert: format!("/vms/{name}/snapshots/{}/revert", s.name),
-                delete: format!("/vms/{name}/snapshots/{}/delete", s.name),
+                revert: format!("{}/snapshots/{}/revert", vm_href(&name), segment(&s.name)),
+                delete: format!("{}/snapshots/{}/delete", vm_href(&name), segment(&s.name)),
                 created: utc_text(s.created_unix.saturating_mul(1000)),
                 name: s.name,
                 description: s.description,
@@ -797,6 +835,7 @@ async fn vm_page(
     };
     let page = VmPage {
         chrome: state.chrome(Some(nav(session, "vms"))).await,
+        href: vm_href(&name),
         name: name.chars().take(64).collect(),
         state_class: state_class(&state_text),
         actions: actions_for(&state_text),
@@ -873,7 +912,7 @@ fn back_to(form: &SmallForm, name: &str) -> String {
     if form.back == "list" {
         "/vms".into()
     } else {
-        format!("/vms/{name}")
+        vm_href(name)
     }
 }
 
@@ -975,7 +1014,7 @@ async fn delete(
                     text: format!("Could not delete {label}: {}", call_text(e)),
                 },
             );
-            return Ok(Redirect::to(&format!("/vms/{name}")).into_response());
+            return Ok(Redirect::to(&vm_href(&name)).into_response());
         }
     };
     state.flashes().put(session, flash);
@@ -1008,7 +1047,7 @@ async fn clone(
             let n = vm.summary.map(|s| s.name).unwrap_or_default();
             format!("{label} cloned to {n} (off, with copies of its disks).")
         },
-        format!("/vms/{name}"),
+        vm_href(&name),
         call,
     )
     .await)
@@ -1037,7 +1076,7 @@ async fn snapshot_create(
         session,
         format!("snapshot {label}"),
         |s: pb::Snapshot| format!("Snapshot {} of {label} taken.", s.name),
-        format!("/vms/{name}"),
+        vm_href(&name),
         call,
     )
     .await)
@@ -1079,7 +1118,7 @@ async fn snapshot_op(
             format!("Snapshot {s} of {label} deleted."),
         )
     };
-    Ok(change(&state, session, what, |()| done, format!("/vms/{name}"), call).await)
+    Ok(change(&state, session, what, |()| done, vm_href(&name), call).await)
 }
 
 #[cfg(test)]
@@ -1114,7 +1153,8 @@ mod tests {
         assert_eq!(acts, ["shutdown", "reboot", "suspend", "stop"]);
         assert_eq!((r[1].cpu.as_str(), r[1].state_class), ("-", "muted"));
         assert_eq!(r[1].actions[0].action, "start");
-        assert_eq!(r[1].post, "/vms/b/action");
+        assert_eq!(r[1].post, "/vm/b/action");
+        assert_eq!(vm_href("odd name/#1"), "/vm/odd%20name%2F%231");
     }
 
     #[test]

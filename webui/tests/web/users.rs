@@ -199,30 +199,30 @@ fn routes(role: Role) -> Vec<Route> {
             ..route("POST", "/vms", Some(P::ManageVms))
         },
         // The admin's runs first and makes vm-admin.
-        route("GET", "/vms/vm-admin", Some(P::ViewVms)),
+        route("GET", "/vm/vm-admin", Some(P::ViewVms)),
         Route {
             form: vec![("action", "start".into())],
-            ..route("POST", "/vms/vm-admin/action", Some(P::ManageVms))
+            ..route("POST", "/vm/vm-admin/action", Some(P::ManageVms))
         },
         Route {
             form: vec![("name", format!("snap-{role}"))],
-            ..route("POST", "/vms/vm-admin/snapshots", Some(P::ManageVms))
+            ..route("POST", "/vm/vm-admin/snapshots", Some(P::ManageVms))
         },
         route(
             "POST",
-            &format!("/vms/vm-admin/snapshots/snap-{role}/revert"),
+            &format!("/vm/vm-admin/snapshots/snap-{role}/revert"),
             Some(P::ManageVms),
         ),
         route(
             "POST",
-            &format!("/vms/vm-admin/snapshots/snap-{role}/delete"),
+            &format!("/vm/vm-admin/snapshots/snap-{role}/delete"),
             Some(P::ManageVms),
         ),
         Route {
             form: vec![("name", format!("copy-{role}"))],
-            ..route("POST", &format!("/vms/vm-{role}/clone"), Some(P::ManageVms))
+            ..route("POST", &format!("/vm/vm-{role}/clone"), Some(P::ManageVms))
         },
-        route("POST", &format!("/vms/copy-{role}/delete"), Some(P::ManageVms)),
+        route("POST", &format!("/vm/copy-{role}/delete"), Some(P::ManageVms)),
     ]
 }
 
@@ -276,12 +276,12 @@ const COVERED: &[&str] = &[
     "/vms",
     "/vms/events",
     "/vms/new",
-    "/vms/{name}",
-    "/vms/{name}/action",
-    "/vms/{name}/delete",
-    "/vms/{name}/clone",
-    "/vms/{name}/snapshots",
-    "/vms/{name}/snapshots/{snap}/{op}",
+    "/vm/{name}",
+    "/vm/{name}/action",
+    "/vm/{name}/delete",
+    "/vm/{name}/clone",
+    "/vm/{name}/snapshots",
+    "/vm/{name}/snapshots/{snap}/{op}",
 ];
 
 /// Every `.route("...")` pattern in the crate's source.

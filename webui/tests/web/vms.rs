@@ -92,8 +92,19 @@ async fn vms_are_created_watched_driven_snapshotted_and_deleted_from_the_console
 
     let r = post(&c, "/vms", &s, &create_form(&csrf, "web-1", "512")).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    assert_eq!(r.header(header::LOCATION), "/vms/web-1");
-    let vm = get(&c, "/vms/web-1", &s).await;
+    assert_eq!(r.header(header::LOCATION), "/vm/web-1");
+    // The same name again is refused on the name, and nothing says created.
+    let again = post(&c, "/vms", &s, &create_form(&csrf, "web-1", "512")).await;
+    assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        again
+            .body
+            .contains("id=\"name-error\">A VM called web-1 exists already: pick another name"),
+        "{}",
+        again.body
+    );
+    assert!(!again.body.contains("was created"), "{}", again.body);
+    let vm = get(&c, "/vm/web-1", &s).await;
     for needle in [
         "VM web-1 created and started.",
         "id=\"vm-state\">running</span>",
@@ -113,7 +124,7 @@ async fn vms_are_created_watched_driven_snapshotted_and_deleted_from_the_console
     let mut body = live.into_body().into_data_stream();
     let r = post(
         &c,
-        "/vms/web-1/action",
+        "/vm/web-1/action",
         &s,
         &[("csrf", &csrf), ("action", "suspend"), ("back", "list")],
     )
@@ -129,9 +140,9 @@ async fn vms_are_created_watched_driven_snapshotted_and_deleted_from_the_console
     );
 
     // A refusal is shown with what to do.
-    let r = post(&c, "/vms/web-1/clone", &s, &[("csrf", &csrf), ("name", "web-2")]).await;
+    let r = post(&c, "/vm/web-1/clone", &s, &[("csrf", &csrf), ("name", "web-2")]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    let vm = get(&c, "/vms/web-1", &s).await;
+    let vm = get(&c, "/vm/web-1", &s).await;
     assert!(
         vm.body
             .contains("Could not clone web-1: Cannot clone web-1: it is paused"),
@@ -142,39 +153,39 @@ async fn vms_are_created_watched_driven_snapshotted_and_deleted_from_the_console
     // Snapshots: take, revert, delete.
     let r = post(
         &c,
-        "/vms/web-1/snapshots",
+        "/vm/web-1/snapshots",
         &s,
         &[("csrf", &csrf), ("name", "before"), ("description", "before the test")],
     )
     .await;
-    assert_eq!(r.header(header::LOCATION), "/vms/web-1");
-    let vm = get(&c, "/vms/web-1", &s).await;
+    assert_eq!(r.header(header::LOCATION), "/vm/web-1");
+    let vm = get(&c, "/vm/web-1", &s).await;
     assert!(vm.body.contains("Snapshot before of web-1 taken."), "{}", vm.body);
     assert!(vm.body.contains("before the test"), "{}", vm.body);
-    post(&c, "/vms/web-1/action", &s, &[("csrf", &csrf), ("action", "stop")]).await;
-    post(&c, "/vms/web-1/snapshots/before/revert", &s, &[("csrf", &csrf)]).await;
-    let vm = get(&c, "/vms/web-1", &s).await;
+    post(&c, "/vm/web-1/action", &s, &[("csrf", &csrf), ("action", "stop")]).await;
+    post(&c, "/vm/web-1/snapshots/before/revert", &s, &[("csrf", &csrf)]).await;
+    let vm = get(&c, "/vm/web-1", &s).await;
     assert!(vm.body.contains("web-1 reverted to snapshot before."), "{}", vm.body);
-    let r = post(&c, "/vms/web-1/snapshots/before/delete", &s, &[("csrf", &csrf)]).await;
+    let r = post(&c, "/vm/web-1/snapshots/before/delete", &s, &[("csrf", &csrf)]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let vm = get(&c, "/vms/web-1", &s).await;
+    let vm = get(&c, "/vm/web-1", &s).await;
     assert!(vm.body.contains("Snapshot before of web-1 deleted."), "{}", vm.body);
     assert!(vm.body.contains("No snapshots."), "{}", vm.body);
 
     // Off: clone it, then delete both.
-    post(&c, "/vms/web-1/action", &s, &[("csrf", &csrf), ("action", "stop")]).await;
-    let r = post(&c, "/vms/web-1/clone", &s, &[("csrf", &csrf), ("name", "web-2")]).await;
+    post(&c, "/vm/web-1/action", &s, &[("csrf", &csrf), ("action", "stop")]).await;
+    let r = post(&c, "/vm/web-1/clone", &s, &[("csrf", &csrf), ("name", "web-2")]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    let vm = get(&c, "/vms/web-1", &s).await;
+    let vm = get(&c, "/vm/web-1", &s).await;
     assert!(vm.body.contains("web-1 cloned to web-2"), "{}", vm.body);
     for name in ["web-1", "web-2"] {
-        let r = post(&c, &format!("/vms/{name}/delete"), &s, &[("csrf", &csrf)]).await;
+        let r = post(&c, &format!("/vm/{name}/delete"), &s, &[("csrf", &csrf)]).await;
         assert_eq!(r.header(header::LOCATION), "/vms", "{name}");
     }
     let list = get(&c, "/vms", &s).await;
     assert!(list.body.contains("VM web-2 deleted with its disks."), "{}", list.body);
     assert!(list.body.contains("No VMs yet"), "{}", list.body);
-    assert_eq!(get(&c, "/vms/web-1", &s).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&c, "/vm/web-1", &s).await.status, StatusCode::NOT_FOUND);
 
     // Without the CSRF token nothing happens.
     let r = post(&c, "/vms", &s, &create_form("wrong", "web-3", "512")).await;
@@ -222,19 +233,19 @@ async fn a_viewer_reads_the_vms_but_cannot_act() {
     let v = sign_in_as(&c.app, "watcher", "correct horse battery").await;
     let list = get(&c, "/vms", &v).await;
     assert_eq!(list.status, StatusCode::OK);
-    assert!(list.body.contains("<a href=\"/vms/db-1\">db-1</a>"), "{}", list.body);
+    assert!(list.body.contains("<a href=\"/vm/db-1\">db-1</a>"), "{}", list.body);
     assert!(
         !list.body.contains("Create VM") && !list.body.contains("Force off"),
         "{}",
         list.body
     );
-    let vm = get(&c, "/vms/db-1", &v).await;
+    let vm = get(&c, "/vm/db-1", &v).await;
     assert_eq!(vm.status, StatusCode::OK);
     assert!(!vm.body.contains("Take snapshot"), "{}", vm.body);
     assert_eq!(get(&c, "/vms/new", &v).await.status, StatusCode::FORBIDDEN);
     let vcsrf = page_csrf(&c.app, "/vms", &v).await;
-    let r = post(&c, "/vms/db-1/action", &v, &[("csrf", &vcsrf), ("action", "stop")]).await;
+    let r = post(&c, "/vm/db-1/action", &v, &[("csrf", &vcsrf), ("action", "stop")]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let vm = get(&c, "/vms/db-1", &admin).await;
+    let vm = get(&c, "/vm/db-1", &admin).await;
     assert!(vm.body.contains("id=\"vm-state\">running</span>"), "still running");
 }

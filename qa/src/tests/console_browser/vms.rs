@@ -46,7 +46,7 @@ pub(super) fn pages(w: &mut Web) -> StepFuture<'_> {
         .await?;
         w.b.fill("#memory_mib", "256").await?;
         w.b.click("form[action=\"/vms\"] button[type=submit]").await?;
-        w.b.wait_path(&format!("/vms/{VM}")).await?;
+        w.b.wait_path(&format!("/vm/{VM}")).await?;
         w.b.wait_text(".flash", "the create's outcome", |t| {
             t.contains(&format!("VM {VM} created and started."))
         })
@@ -90,7 +90,7 @@ pub(super) fn pages(w: &mut Web) -> StepFuture<'_> {
         .await?;
 
         // A snapshot from the VM's page.
-        w.b.goto(&w.url(&format!("/vms/{VM}"))).await?;
+        w.b.goto(&w.url(&format!("/vm/{VM}"))).await?;
         w.b.fill("#snap-name", "first").await?;
         w.b.fill("#snap-desc", "taken in the browser").await?;
         w.b.click("#snapshot-form button[type=submit]").await?;

@@ -179,7 +179,9 @@ impl Console {
         std::fs::write(&hash_path, hash(PASSWORD)).unwrap();
         let clock = Arc::new(ManualClock::new());
         let state = AppState::with_clock(Arc::new(GrpcNodeSource::new(socket)), hash_path, clock.clone())
-            .with_healthz_fault_file(dir.join("fault"));
+            .with_healthz_fault_file(dir.join("fault"))
+            // Only libvirt's events redraw the live VM list in tests.
+            .with_vm_sample(std::time::Duration::from_secs(3600));
         Console {
             app: router(state),
             clock,
@@ -411,7 +413,8 @@ pub async fn router_on_db(c: &Console, db: &std::path::Path) -> Router {
         store,
     )
     .with_password_params(cheap_params())
-    .with_healthz_fault_file(c.dir.join("fault"));
+    .with_healthz_fault_file(c.dir.join("fault"))
+    .with_vm_sample(std::time::Duration::from_secs(3600));
     router(state)
 }
 
