@@ -12,12 +12,14 @@ use debvisor_api::vm::v1::{
     ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec, VmState, disk_spec,
 };
 use debvisor_audit::{AuditLog, AuditRecord, Query};
-use debvisor_virt::{Libvirt, test_driver};
+use debvisor_virt::{Hypervisor as _, Libvirt, test_driver};
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Agent {
     client: VmServiceClient<Channel>,
+    /// The agent's libvirt (test driver), to act beside the API.
+    hv: Option<Arc<Libvirt>>,
     audit: AuditLog,
     _served: crate::Served,
     _dir: tempfile::TempDir,
@@ -40,15 +42,18 @@ async fn agent(with_vms: bool) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let audit = AuditLog::open_in_memory().await.unwrap();
     let mut backends = crate::sim_backends("vm-test", audit.clone(), None);
+    let mut hv = None;
     if with_vms {
         let opts = test_driver::host(dir.path(), &[("installer.iso", 310)]).unwrap();
-        let lv = Libvirt::open(opts.clone()).unwrap();
-        backends.vm = Some(Arc::new(VmBackend::with(Arc::new(lv), opts)));
+        let lv = Arc::new(Libvirt::open(opts.clone()).unwrap());
+        hv = Some(lv.clone());
+        backends.vm = Some(Arc::new(VmBackend::with(lv, opts)));
     }
     let served = crate::serve(dir.path(), backends).await;
     let client = VmServiceClient::new(served.channel.clone());
     Agent {
         client,
+        hv,
         audit,
         _served: served,
         _dir: dir,
@@ -418,4 +423,63 @@ async fn watch_streams_the_present_vms_then_each_lifecycle_event() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().starts_with("name:"), "{}", bad.message());
+}
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_to_resync_and_sent_the_vms() {
+    use debvisor_api::vm::v1::WatchVmsRequest;
+    use std::time::Duration;
+
+    let mut a = agent(true).await;
+    a.client
+        .create_vm(CreateVmRequest {
+            spec: Some(spec("busy-1")),
+        })
+        .await
+        .unwrap();
+    let mut slow = a
+        .client
+        .watch_vms(WatchVmsRequest {
+            name: String::new(),
+            initial: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Far more events than the agent holds for one watcher (its queue of
+    // 256 and the stream's own buffers), none read meanwhile; made on the
+    // agent's libvirt directly (the API's rate limit would slow them).
+    let hv = a.hv.clone().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let n = debvisor_virt::VmName::try_from("busy-1").unwrap();
+        for _ in 0..400 {
+            hv.start(&n).unwrap();
+            hv.stop(&n).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let resync_at = loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), slow.message())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()
+            .expect("the stream is open");
+        seen.push(e.event.clone());
+        if e.event == "resync" {
+            assert!(e.name.is_empty(), "{e:?}");
+            break seen.len();
+        }
+        assert!(seen.len() < 2000, "no resync in {} events", seen.len());
+    };
+    // Then the VMs as they are: busy-1, off.
+    let next = tokio::time::timeout(Duration::from_secs(30), slow.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.name.as_str(), next.event.as_str()), ("busy-1", "present"));
+    assert_eq!(next.vm.unwrap().state_text, "shutoff");
+    assert!(resync_at < 800, "the watcher got {resync_at} events before the resync");
 }
