@@ -8,13 +8,10 @@ use std::time::Duration;
 
 use common::{code, run_with_socket, stderr, stdout};
 use debvisor_agent::config::AgentConfig;
-use debvisor_agent::fakes::{FakeHost, SimHealth};
-use debvisor_agent::server::{self, Backends, ServeConfig};
+use debvisor_agent::server;
 use debvisor_agent::update_service::UpdateBackend;
-use debvisor_audit::AuditLog;
 use debvisor_rauc::Rauc;
 use debvisor_rauc::fakes::FakeRauc;
-use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
 use debvisor_telemetry::Metrics;
 
 struct Agent {
@@ -26,22 +23,7 @@ struct Agent {
 impl Agent {
     async fn start() -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let serve = ServeConfig {
-            socket: dir.path().join("agent.sock"),
-            tls: None,
-            metrics: None,
-        };
-        let bound = server::bind(&serve).await.unwrap();
-        let journal = Arc::new(FakeJournal::new());
-        let backends = Backends {
-            host: Arc::new(FakeHost::new("ctl-update")),
-            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
-            journal,
-            audit: AuditLog::open_in_memory().await.unwrap(),
-            health: Arc::new(SimHealth::new()),
-            provision: None,
-            vm: None,
-        };
+        let (bound, backends) = common::sim_agent(dir.path(), "ctl-update").await;
         let rauc = FakeRauc::new("debvisor-node-x86_64").with_step(Duration::from_millis(5));
         let update = UpdateBackend::with_rauc(Arc::new(rauc.clone()), dir.path().join("updates"), true);
         let config = server::default_config_origin(backends.host.as_ref());

@@ -8,11 +8,8 @@ use std::sync::Arc;
 
 use common::{code, run_with_socket, stderr, stdout};
 use debvisor_agent::config::AgentConfig;
-use debvisor_agent::fakes::{FakeHost, SimHealth};
-use debvisor_agent::server::{self, Backends, ServeConfig};
+use debvisor_agent::server;
 use debvisor_agent::vm_service::VmBackend;
-use debvisor_audit::AuditLog;
-use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
 use debvisor_telemetry::Metrics;
 use debvisor_virt::{Libvirt, test_driver};
 
@@ -26,22 +23,8 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let opts = test_driver::host(dir.path(), &[("debian.iso", 310)]).unwrap();
         let lv = Libvirt::open(opts.clone()).unwrap();
-        let serve = ServeConfig {
-            socket: dir.path().join("agent.sock"),
-            tls: None,
-            metrics: None,
-        };
-        let bound = server::bind(&serve).await.unwrap();
-        let journal = Arc::new(FakeJournal::new());
-        let backends = Backends {
-            host: Arc::new(FakeHost::new("ctl-vm")),
-            units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
-            journal,
-            audit: AuditLog::open_in_memory().await.unwrap(),
-            health: Arc::new(SimHealth::new()),
-            provision: None,
-            vm: Some(Arc::new(VmBackend::with(Arc::new(lv), opts))),
-        };
+        let (bound, mut backends) = common::sim_agent(dir.path(), "ctl-vm").await;
+        backends.vm = Some(Arc::new(VmBackend::with(Arc::new(lv), opts)));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server::serve(
             bound,

@@ -373,6 +373,34 @@ pub fn command(args: &[String], env: &[(&str, &str)]) -> tokio::process::Command
     cmd
 }
 
+/// The real agent's socket bound in `dir` (`agent.sock`) and backends of
+/// fakes (host `host`, units, journal, health) with an in-memory audit
+/// log, no provisioner and no VMs: tests set what they need, then serve.
+pub async fn sim_agent(
+    dir: &std::path::Path,
+    host: &str,
+) -> (debvisor_agent::server::Bound, debvisor_agent::server::Backends) {
+    use debvisor_agent::fakes::{FakeHost, SimHealth};
+    use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
+    let serve = debvisor_agent::server::ServeConfig {
+        socket: dir.join("agent.sock"),
+        tls: None,
+        metrics: None,
+    };
+    let bound = debvisor_agent::server::bind(&serve).await.unwrap();
+    let journal = Arc::new(FakeJournal::new());
+    let backends = debvisor_agent::server::Backends {
+        host: Arc::new(FakeHost::new(host)),
+        units: Arc::new(FakeUnits::new().with_journal(journal.clone())),
+        journal,
+        audit: debvisor_audit::AuditLog::open_in_memory().await.unwrap(),
+        health: Arc::new(SimHealth::new()),
+        provision: None,
+        vm: None,
+    };
+    (bound, backends)
+}
+
 /// Sends Ctrl-C (SIGINT) to `child` and waits (up to 20 s) for it to end;
 /// its exit code.
 pub async fn interrupt(child: &mut tokio::process::Child) -> Option<i32> {
