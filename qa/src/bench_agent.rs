@@ -269,7 +269,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
             sim: false,
             rate_limit: RATE_LIMIT,
             system_bus: manager.as_ref().map(UserManager::bus_address),
-            extra_config: String::new(),
+            vmd_config: String::new(),
         },
     )?;
     let max = a.levels.iter().copied().max().unwrap_or(1);
@@ -364,6 +364,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
         IDLE.as_secs(),
         met(mb(idle_kb) <= TARGET_RSS_IDLE_MB)
     );
+    println!("          (the agent links no libvirt: VM calls go on to debvisor-vmd, a process of its own)");
     println!(
         "RSS peak  {:.1} MB under load (VmRSS sampled every 100 ms); VmHWM {:.1} MB",
         mb(peak_kb),

@@ -1,6 +1,6 @@
 //! `debvisor-qa bench vm`: how long the agent takes to list many VMs.
 //! libvirt's test driver holds N defined VMs (a node description written
-//! here); the release agent (`--sim`, with that test host in `[vm]`) answers
+//! here); the release agent (`--sim`, its `debvisor-vmd --sim` on that test host) answers
 //! `debvisor.vm.v1.VmService/ListVms` over mutual TLS on 127.0.0.1, the way
 //! debvisorctl and the console reach it. The peer is virsh on the same test
 //! host: `virsh list --all` as a fresh process each time (what a script
@@ -205,7 +205,7 @@ pub fn vm(paths: &Paths, rt: &tokio::runtime::Runtime, a: &VmArgs) -> Result<()>
             sim: true,
             rate_limit: (1_000_000.0, 1_000_000),
             system_bus: None,
-            extra_config: format!("[vm]\nuri = \"{uri}\"\npool = \"vms\"\n"),
+            vmd_config: format!("uri = \"{uri}\"\npool = \"vms\"\n"),
         },
     )?;
     let admin = agent.admin()?;
@@ -217,7 +217,7 @@ pub fn vm(paths: &Paths, rt: &tokio::runtime::Runtime, a: &VmArgs) -> Result<()>
         node.display()
     );
     println!(
-        "  debvisor-agent (release, --sim with this test host) over mTLS on {}, one connection;",
+        "  debvisor-agent (release, --sim) over mTLS on {}, one connection, its debvisor-vmd --sim on this test host;",
         agent.addr
     );
     println!("  the peer is virsh on the same test host. Times in ms.");

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -33,19 +33,7 @@ impl Daemon {
         args: &[String],
         log: PathBuf,
     ) -> Result<Daemon> {
-        let logf = std::fs::File::create(&log).with_context(|| format!("Cannot create {}", log.display()))?;
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--"])
-            .arg(bin)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .spawn()
-            .with_context(|| format!("Cannot start {} (setpriv comes with util-linux)", bin.display()))?;
+        let child = crate::host_agent::spawn_logged(bin, args, env, &log)?;
         Ok(Daemon {
             name,
             child: Some(child),
@@ -126,6 +114,8 @@ pub struct AgentSetup {
 
 /// The simulated agent and the console in front of it, both killed on drop.
 pub struct ConsoleHost {
+    /// `debvisor-vmd --sim`: the agent's VMs, on libvirt's test driver.
+    pub vmd: Daemon,
     /// `debvisor-agent --sim`.
     pub agent: Daemon,
     /// `debvisor-webui`.
@@ -178,6 +168,7 @@ impl ConsoleHost {
         agent_setup: &AgentSetup,
     ) -> Result<ConsoleHost> {
         let agent_bin = release_binary(paths, "debvisor-agent", "debvisor-agent")?;
+        let vmd_bin = release_binary(paths, "debvisor-vmd", "debvisor-vmd")?;
         let webui_bin = release_binary(paths, "debvisor-webui", "debvisor-webui")?;
         let pki = TestPki::create(&dir.join("pki"))?;
         let hash = dir.join("admin.argon2");
@@ -186,17 +177,37 @@ impl ConsoleHost {
             .context("The admin credential already existed")?;
 
         let socket = dir.join("agent.sock");
+        let vmd_socket = dir.join("vmd.sock");
         let metrics = SocketAddr::from(([127, 0, 0, 1], crate::qemu::free_port()?));
         let agent_cfg = dir.join("agent.toml");
         std::fs::write(
             &agent_cfg,
             format!(
-                "console_user = \"{}\"\n{}\n[metrics]\nlisten = \"{metrics}\"\n",
+                "console_user = \"{}\"\n{}\n[metrics]\nlisten = \"{metrics}\"\n\n[vm]\nsocket = \"{}\"\n",
                 user_name()?,
-                agent_setup.config
+                agent_setup.config,
+                vmd_socket.display()
             ),
         )?;
         let s = |p: &Path| p.display().to_string();
+        // The simulated agent's VMs: libvirt's test driver, behind its own
+        // VM daemon as on a node.
+        let mut vmd = Daemon::start(
+            "debvisor-vmd",
+            &vmd_bin,
+            &unit_environment(paths, "debvisor-vmd.service")?,
+            &[
+                "--sim".into(),
+                "--config".into(),
+                s(&dir.join("vmd.toml")),
+                "--socket".into(),
+                s(&vmd_socket),
+            ],
+            dir.join("vmd.log"),
+        )?;
+        vmd.wait("listen on its socket", || {
+            std::os::unix::net::UnixStream::connect(&vmd_socket).is_ok()
+        })?;
         let mut agent = Daemon::start(
             "debvisor-agent",
             &agent_bin,
@@ -246,6 +257,7 @@ impl ConsoleHost {
         )?;
         webui.wait("listen for HTTPS", || std::net::TcpStream::connect(https).is_ok())?;
         Ok(ConsoleHost {
+            vmd,
             agent,
             webui,
             https,
@@ -262,6 +274,7 @@ impl ConsoleHost {
 
     /// Fails with a daemon's log when either has exited.
     pub fn check(&mut self) -> Result<()> {
+        self.vmd.check()?;
         self.agent.check()?;
         self.webui.check()
     }

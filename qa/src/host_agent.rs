@@ -122,8 +122,9 @@ pub struct AgentOpts {
     /// The D-Bus address given to the agent as the system bus (a
     /// [`UserManager`]'s) instead of the host's.
     pub system_bus: Option<String>,
-    /// More agent.toml (tables the options above do not write).
-    pub extra_config: String,
+    /// With `sim`: the simulated VM daemon's vmd.toml (for example a
+    /// `test://` host of many VMs); empty means `test:///default`.
+    pub vmd_config: String,
 }
 
 /// Runs the user manager in a private mount namespace whose /run/systemd
@@ -239,9 +240,11 @@ fn stop_child(mut c: Child) {
     let _ = c.wait();
 }
 
-/// A running agent; killed when dropped.
+/// A running agent (and, when simulated, its VM daemon on the test
+/// driver); killed when dropped.
 pub struct HostAgent {
     child: Option<Child>,
+    vmd: Option<Child>,
     pub pid: u32,
     pub addr: SocketAddr,
     pub log: PathBuf,
@@ -260,15 +263,31 @@ impl HostAgent {
         let socket = dir.join("agent.sock");
         let log = dir.join("agent.log");
         let config = dir.join("agent.toml");
+        let vmd_socket = dir.join("vmd.sock");
         let (per_second, burst) = o.rate_limit;
         std::fs::write(
             &config,
             format!(
-                "[rate_limit]\nper_second = {per_second:.1}\nburst = {burst}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[audit]\npath = \"{}\"\n\n{}",
+                "[rate_limit]\nper_second = {per_second:.1}\nburst = {burst}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[audit]\npath = \"{}\"\n\n[vm]\nsocket = \"{}\"\n",
                 audit_db.display(),
-                o.extra_config
+                vmd_socket.display()
             ),
         )?;
+        let vmd = if o.sim {
+            let vmd_config = dir.join("vmd.toml");
+            std::fs::write(&vmd_config, &o.vmd_config)?;
+            let bin = agent.with_file_name("debvisor-vmd");
+            let args = [
+                "--sim".as_ref(),
+                "--config".as_ref(),
+                vmd_config.as_os_str(),
+                "--socket".as_ref(),
+                vmd_socket.as_os_str(),
+            ];
+            Some(spawn_logged(&bin, &args, &[], &dir.join("vmd.log"))?)
+        } else {
+            None
+        };
         let _ = std::fs::remove_file(&socket);
         let logf = std::fs::File::create(&log).with_context(|| format!("Cannot create {}", log.display()))?;
         let mut cmd = Command::new("setpriv");
@@ -298,6 +317,7 @@ impl HostAgent {
         Ok(HostAgent {
             pid: child.id(),
             child: Some(child),
+            vmd,
             addr,
             log,
             pki,
@@ -355,9 +375,10 @@ impl HostAgent {
         }
     }
 
-    /// Stops the agent (SIGTERM, then SIGKILL after 5 s) and reaps it.
+    /// Stops the agent and its VM daemon (SIGTERM, then SIGKILL after
+    /// 5 s) and reaps them.
     pub fn stop(&mut self) {
-        if let Some(c) = self.child.take() {
+        for c in [self.child.take(), self.vmd.take()].into_iter().flatten() {
             stop_child(c);
         }
     }
@@ -367,6 +388,29 @@ impl Drop for HostAgent {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `bin` with `args` and `env`, its output in `log`; it dies with
+/// this process.
+pub(crate) fn spawn_logged(
+    bin: &Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<Child> {
+    let logf = std::fs::File::create(log).with_context(|| format!("Cannot create {}", log.display()))?;
+    Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(bin)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .with_context(|| format!("Cannot start {} (setpriv comes with util-linux)", bin.display()))
 }
 
 /// One health check (service "") over mTLS.

@@ -42,15 +42,38 @@ pub enum ConnectError {
 /// Opens a channel to the agent's Unix socket.
 pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
     let path = path.as_ref().to_path_buf();
-    let p = path.clone();
-    // The URI is required by tonic but unused: the connector ignores it.
-    Endpoint::from_static("http://agent.local")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-        }))
+    unix_endpoint()
+        .connect_with_connector(unix_connector(path.clone()))
         .await
         .map_err(|source| ConnectError::Socket { path, source })
+}
+
+/// A channel to the Unix socket at `path` that connects on first use, and
+/// again after the peer went away (a daemon that restarts).
+pub fn unix_channel_lazy(path: impl AsRef<Path>) -> Channel {
+    unix_endpoint().connect_with_connector_lazy(unix_connector(path.as_ref().to_path_buf()))
+}
+
+/// The URI is required by tonic but unused: the connector ignores it.
+fn unix_endpoint() -> Endpoint {
+    Endpoint::from_static("http://local.socket")
+}
+
+/// Connects to the socket at `path`, each time it is asked.
+fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TokioIo<tokio::net::UnixStream>>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: http::Uri| {
+        let p = path.clone();
+        async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+    })
 }
 
 /// Normalises a SHA-256 fingerprint: lower-case hex, no separators.

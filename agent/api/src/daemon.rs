@@ -1,5 +1,6 @@
 //! Start-up pieces every DebVisor daemon shares: logging to the journal when
-//! running under systemd (stderr otherwise) and a shutdown signal future.
+//! running under systemd (stderr otherwise), binding a Unix socket, and a
+//! shutdown signal future.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -26,6 +27,28 @@ where
     registry
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+}
+
+/// Binds a Unix socket at `path` with the file mode `mode`, replacing a
+/// stale socket and creating its directory. The error names the path and
+/// the step that failed.
+pub fn bind_unix(path: &std::path::Path, mode: u32) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |what: &'static str, p: &std::path::Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("Cannot {what} {p}: {e}"))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed("create", dir))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed("remove the stale socket", path)(e)),
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(failed("bind", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed("set the mode of", path))?;
+    Ok(l)
 }
 
 /// Resolves on SIGINT or SIGTERM.

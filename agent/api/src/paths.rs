@@ -5,6 +5,11 @@
 
 /// The agent's Unix socket (local API, authorised by peer credentials).
 pub const AGENT_SOCKET: &str = "/run/debvisor/agent.sock";
+/// debvisor-vmd's Unix socket (serves `debvisor.vm.v1` over libvirt; root
+/// only). The agent forwards VM calls there after checking and auditing them.
+pub const VMD_SOCKET: &str = "/run/debvisor/vmd.sock";
+/// debvisor-vmd's configuration (libvirt URI, storage pool, NAT network).
+pub const VMD_CONFIG: &str = "/etc/debvisor/vmd.toml";
 /// debvisor-init's Unix socket (serves `debvisor.health.v1`; root only).
 /// The agent forwards health calls there.
 pub const INIT_SOCKET: &str = "/run/debvisor/init.sock";

@@ -33,56 +33,22 @@ pub struct AgentConfig {
     /// `debvisor-provision`): when set, the agent runs the provisioner on the
     /// networks it names and serves `debvisor.provision.v1`.
     pub provision: Option<PathBuf>,
-    /// Virtual machines: the libvirt connection and storage pool.
+    /// Virtual machines: where the VM daemon listens.
     pub vm: VmConfig,
 }
 
-/// Where the agent's VMs live.
+/// Where the agent's VM calls go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VmConfig {
-    /// The libvirt URI.
-    pub uri: String,
-    /// The libvirt storage pool for disks, images and ISOs (on the data
-    /// partition).
-    pub pool: String,
-    /// libvirt's NAT network.
-    pub nat_network: String,
-    /// The QEMU domain type: `kvm`, or `qemu` (TCG) where KVM is missing or
-    /// unusable.
-    pub domain_type: String,
+    /// The VM daemon's socket (`debvisor-vmd`, which talks to libvirt).
+    pub socket: PathBuf,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
         Self {
-            uri: "qemu:///system".into(),
-            pool: "debvisor".into(),
-            nat_network: "default".into(),
-            domain_type: "kvm".into(),
-        }
-    }
-}
-
-impl VmConfig {
-    /// The libvirt options; with `sim`, libvirt's test driver: the test
-    /// host the config names (`uri = "test:///FILE"`, benchmarks and
-    /// tests), else `test:///default` with its `default-pool` and `default`
-    /// network. A simulated agent never reaches a real hypervisor.
-    pub fn options(&self, sim: bool) -> debvisor_virt::LibvirtOptions {
-        if sim && !self.uri.starts_with("test://") {
-            return debvisor_virt::LibvirtOptions {
-                uri: "test:///default".into(),
-                pool: "default-pool".into(),
-                nat_network: "default".into(),
-                qemu_domain_type: "qemu".into(),
-            };
-        }
-        debvisor_virt::LibvirtOptions {
-            uri: self.uri.clone(),
-            pool: self.pool.clone(),
-            nat_network: self.nat_network.clone(),
-            qemu_domain_type: self.domain_type.clone(),
+            socket: debvisor_api::paths::VMD_SOCKET.into(),
         }
     }
 }
@@ -233,27 +199,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_simulated_agent_uses_the_test_driver_only() {
-        let real = VmConfig::default();
-        assert_eq!(real.options(false).uri, "qemu:///system");
-        assert_eq!(real.options(true).uri, "test:///default");
-        assert_eq!(real.options(true).pool, "default-pool");
-        let host = VmConfig {
-            uri: "test:///tmp/node.xml".into(),
-            pool: "vms".into(),
-            ..VmConfig::default()
-        };
-        assert_eq!(
-            (host.options(true).uri.as_str(), host.options(true).pool.as_str()),
-            ("test:///tmp/node.xml", "vms")
-        );
-    }
-
-    #[test]
     fn missing_file_means_defaults() {
         let c = AgentConfig::load(Path::new("/nonexistent/agent.toml")).unwrap();
         assert_eq!(c.rate_limit.burst, 400);
         assert_eq!(c.metrics.listen.unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(c.vm.socket, Path::new("/run/debvisor/vmd.sock"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use debvisor_agent::fakes::{FakeHost, SimHealth};
 use debvisor_agent::health_service::InitForwarder;
 use debvisor_agent::host::ProcHost;
 use debvisor_agent::server::{self, Backends, ServeConfig, TlsListen};
-use debvisor_agent::vm_service::VmBackend;
+use debvisor_agent::vm_service::Vmd;
 use debvisor_api::paths;
 use debvisor_audit::AuditLog;
 use debvisor_systemd::fakes::{FakeJournal, FakeUnits};
@@ -122,8 +122,9 @@ async fn run(args: Args, cfg: AgentConfig) -> anyhow::Result<()> {
         Some(path) => Some(start_provisioner(path).await?),
         None => None,
     };
-    // libvirt is reached on first use (libvirtd may start later).
-    let vm = Arc::new(VmBackend::new(cfg.vm.options(args.sim)));
+    // The VM daemon is reached on first use (it may start later); a
+    // simulated agent's is a `debvisor-vmd --sim`.
+    let vm = Vmd::new(&cfg.vm.socket);
     let backends = match systemd {
         None => {
             tracing::warn!("SIMULATION MODE: answers come from a fake host, units, journal and health checks");

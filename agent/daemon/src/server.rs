@@ -37,7 +37,7 @@ use crate::service::NodeApi;
 use crate::status::{MAX_AGE, StatusCache};
 use crate::units_service::UnitsApi;
 use crate::update_service::{UpdateApi, UpdateBackend};
-use crate::vm_service::{VmApi, VmBackend};
+use crate::vm_service::{VmApi, Vmd};
 
 /// Where and how the agent serves.
 #[derive(Debug, Clone)]
@@ -79,8 +79,8 @@ pub struct Backends {
     pub health: Arc<dyn HealthSource>,
     /// The PXE provisioner this agent runs, if any (agent.toml `provision`).
     pub provision: Option<debvisor_provision::Provisioner>,
-    /// The hypervisor (libvirt), if this agent manages VMs.
-    pub vm: Option<Arc<VmBackend>>,
+    /// The VM daemon (debvisor-vmd), if this agent manages VMs.
+    pub vm: Option<Vmd>,
 }
 
 /// Listeners bound and ready to serve; binding first lets the caller report
@@ -106,7 +106,9 @@ impl Bound {
 /// Binds the socket (replacing a stale one), the mTLS port and the metrics
 /// port.
 pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Bound> {
-    let unix = bind_unix(&cfg.socket)?;
+    // Access is decided per request from peer credentials, so the socket
+    // itself is open to all local users.
+    let unix = debvisor_api::daemon::bind_unix(&cfg.socket, 0o666)?;
     let tcp = match &cfg.tls {
         Some(t) => {
             let read = |p: &Path, what: &str| {
@@ -134,24 +136,6 @@ pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Bound> {
         None => None,
     };
     Ok(Bound { unix, tcp, metrics })
-}
-
-fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("Cannot create {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("Cannot remove stale socket {}", path.display())),
-    }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("Cannot bind {}", path.display()))?;
-    // Access is decided per request from peer credentials, so the socket
-    // itself is open to all local users.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("Cannot set the mode of {}", path.display()))?;
-    Ok(l)
 }
 
 /// Applies the message size limit and both compressions to a generated

@@ -104,7 +104,7 @@ pub(super) fn agent_sim_clients(ctx: &Ctx) -> Result<()> {
             sim: true,
             rate_limit: RATE_LIMIT,
             system_bus: None,
-            extra_config: String::new(),
+            vmd_config: String::new(),
         },
     )?;
     let admin = agent.admin()?;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use common::{code, run_with_socket, stderr, stdout};
 use debvisor_agent::config::AgentConfig;
 use debvisor_agent::server;
-use debvisor_agent::vm_service::VmBackend;
+use debvisor_agent::vm_service::Vmd;
 use debvisor_telemetry::Metrics;
 use debvisor_virt::{Libvirt, test_driver};
+use debvisor_vmd::VmBackend;
 
 struct Agent {
     dir: tempfile::TempDir,
@@ -24,7 +25,9 @@ impl Agent {
         let opts = test_driver::host(dir.path(), &[("debian.iso", 310)]).unwrap();
         let lv = Libvirt::open(opts.clone()).unwrap();
         let (bound, mut backends) = common::sim_agent(dir.path(), "ctl-vm").await;
-        backends.vm = Some(Arc::new(VmBackend::with(Arc::new(lv), opts)));
+        let socket = dir.path().join("vmd.sock");
+        debvisor_vmd::spawn(&socket, Arc::new(VmBackend::with(Arc::new(lv), opts))).unwrap();
+        backends.vm = Some(Vmd::new(socket));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server::serve(
             bound,

@@ -1,11 +1,11 @@
-//! `debvisor.vm.v1` through the agent's Unix socket, over libvirt's test
-//! driver (real libvirt: its XML checks, state machine, storage pool and
-//! snapshots, without QEMU) with a private node description per test, and a
-//! real audit log.
+//! `debvisor.vm.v1` through the agent's Unix socket and on to the VM daemon
+//! (in-process here), over libvirt's test driver (real libvirt: its XML
+//! checks, state machine, storage pool and snapshots, without QEMU) with a
+//! private node description per test, and a real audit log.
 
 use std::sync::Arc;
 
-use debvisor_agent::vm_service::{NO_VMS, VmBackend};
+use debvisor_agent::vm_service::{NO_VMS, Vmd};
 use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
 use debvisor_api::vm::v1::{
     BootDevice, CloneVmRequest, CreateSnapshotRequest, CreateVmRequest, DeleteVmRequest, DiskSpec, ListVmsRequest,
@@ -47,7 +47,9 @@ async fn agent(with_vms: bool) -> Agent {
         let opts = test_driver::host(dir.path(), &[("installer.iso", 310)]).unwrap();
         let lv = Arc::new(Libvirt::open(opts.clone()).unwrap());
         hv = Some(lv.clone());
-        backends.vm = Some(Arc::new(VmBackend::with(lv, opts)));
+        let socket = dir.path().join("vmd.sock");
+        debvisor_vmd::spawn(&socket, Arc::new(debvisor_vmd::VmBackend::with(lv, opts))).unwrap();
+        backends.vm = Some(Vmd::new(socket));
     }
     let served = crate::serve(dir.path(), backends).await;
     let client = VmServiceClient::new(served.channel.clone());
@@ -325,6 +327,52 @@ async fn bad_specs_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_vm_daemon_that_is_down_is_named_and_reached_once_it_is_up() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit = AuditLog::open_in_memory().await.unwrap();
+    let mut backends = crate::sim_backends("vm-test", audit.clone(), None);
+    let socket = dir.path().join("vmd.sock");
+    backends.vm = Some(Vmd::new(&socket));
+    let served = crate::serve(dir.path(), backends).await;
+    let mut c = VmServiceClient::new(served.channel.clone());
+
+    let e = c.list_vms(ListVmsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    let m = e.message();
+    assert!(
+        m.contains(&socket.display().to_string()) && m.contains("systemctl status debvisor-vmd"),
+        "{m}"
+    );
+    // A change that could not be made is recorded as failed.
+    assert_eq!(c.start_vm(vm("web-1")).await.unwrap_err().code(), Code::Unavailable);
+
+    // The daemon starts after the agent: the next call reaches it.
+    let opts = test_driver::host(dir.path(), &[]).unwrap();
+    let lv = Arc::new(Libvirt::open(opts.clone()).unwrap());
+    debvisor_vmd::spawn(&socket, Arc::new(debvisor_vmd::VmBackend::with(lv, opts))).unwrap();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the daemon's socket is root's alone");
+    assert!(c.list_vms(ListVmsRequest {}).await.unwrap().into_inner().vms.is_empty());
+
+    let records = audit
+        .query(&Query {
+            action: Some("vm.*".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0].action.as_str(), records[0].target.as_str(), records[0].ok),
+        ("vm.start", "vm:web-1", false)
+    );
+    assert!(records[0].error.contains("debvisor-vmd"), "{:?}", records[0].error);
+}
+
+#[tokio::test]
 async fn an_agent_without_vms_says_so() {
     let mut a = agent(false).await;
     let e = a.client.list_vms(ListVmsRequest {}).await.unwrap_err();
@@ -473,13 +521,21 @@ async fn a_watcher_that_falls_behind_is_told_to_resync_and_sent_the_vms() {
         }
         assert!(seen.len() < 2000, "no resync in {} events", seen.len());
     };
-    // Then the VMs as they are: busy-1, off.
+    // Then the VMs as they are when the resync is sent (the daemon may
+    // still have been making events, and the stream's buffers between the
+    // daemon, the agent and this client hold a few), ...
     let next = tokio::time::timeout(Duration::from_secs(30), slow.message())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!((next.name.as_str(), next.event.as_str()), ("busy-1", "present"));
-    assert_eq!(next.vm.unwrap().state_text, "shutoff");
     assert!(resync_at < 800, "the watcher got {resync_at} events before the resync");
+    // ... and whatever followed, to the end: busy-1 off.
+    let mut last = next;
+    while let Ok(e) = tokio::time::timeout(Duration::from_secs(2), slow.message()).await {
+        last = e.unwrap().expect("the stream is open");
+    }
+    assert_eq!(last.name, "busy-1");
+    assert_eq!(last.vm.unwrap().state_text, "shutoff", "the last event: {}", last.event);
 }

@@ -83,7 +83,7 @@ impl TestAgent {
     pub async fn start_full(
         socket: PathBuf,
         provision: Option<debvisor_provision::Provisioner>,
-        vm: Option<Arc<debvisor_agent::vm_service::VmBackend>>,
+        vm: Option<debvisor_agent::vm_service::Vmd>,
     ) -> TestAgent {
         let journal = Arc::new(FakeJournal::new());
         let units = Arc::new(FakeUnits::new().with_journal(journal.clone()));
@@ -222,8 +222,10 @@ impl Console {
         let dir = temp_dir();
         let opts = debvisor_virt::test_driver::host(&dir, volumes).unwrap();
         let lv = debvisor_virt::Libvirt::open(opts.clone()).unwrap();
-        let vm = debvisor_agent::vm_service::VmBackend::with(Arc::new(lv), opts);
-        let agent = TestAgent::start_full(dir.join("agent.sock"), None, Some(Arc::new(vm))).await;
+        let vmd = dir.join("vmd.sock");
+        debvisor_vmd::spawn(&vmd, Arc::new(debvisor_vmd::VmBackend::with(Arc::new(lv), opts))).unwrap();
+        let vm = debvisor_agent::vm_service::Vmd::new(vmd);
+        let agent = TestAgent::start_full(dir.join("agent.sock"), None, Some(vm)).await;
         let mut c = Console::new(dir);
         c.agent = Some(agent);
         c
