@@ -137,6 +137,39 @@ pub(super) fn root_read_only(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The VM daemon runs beside the agent, root's alone; a VM call through the
+/// agent reaches it and says what is missing (the image has no libvirtd
+/// yet), and the agent itself links no libvirt.
+pub(super) fn vm_daemon(ctx: &Ctx) -> Result<()> {
+    let n = ctx.shared_node()?;
+    let (_, pw) = admin(&n)?;
+    let mut g = SerialGuest::login(&n.vm.console, "root", &pw, Duration::from_secs(120))?;
+    let (rc, out) = g.exec("systemctl is-active debvisor-vmd.service 2>&1", CMD)?;
+    ensure!(
+        rc == 0 && out.trim() == "active",
+        "debvisor-vmd.service is not active: {out}"
+    );
+    let (_, mode) = g.exec("stat -c '%a %U' /run/debvisor/vmd.sock 2>&1", CMD)?;
+    ensure!(
+        mode.trim() == "600 root",
+        "/run/debvisor/vmd.sock is not root's alone: {mode}"
+    );
+    let (_, libs) = g.exec(
+        "ldd /usr/bin/debvisor-agent | grep -c libvirt; ldd /usr/bin/debvisor-vmd | grep -c libvirt",
+        CMD,
+    )?;
+    ensure!(
+        libs.split_whitespace().collect::<Vec<_>>() == ["0", "1"],
+        "libvirt should be linked by debvisor-vmd alone (counts agent, vmd: {libs:?})"
+    );
+    let (rc, out) = g.exec("debvisorctl vm list 2>&1", CMD)?;
+    ensure!(
+        rc != 0 && out.contains("libvirtd") && !out.contains("debvisor-vmd"),
+        "debvisorctl vm list should reach debvisor-vmd and report libvirtd missing: {out}"
+    );
+    Ok(())
+}
+
 /// A random token to write on the node and find again.
 pub(super) fn token() -> String {
     let mut b = [0u8; 8];

@@ -170,6 +170,12 @@ pub const TESTS: &[Test] = &[
         run: boot::root_read_only,
     },
     Test {
+        name: "vm_daemon",
+        what: "debvisor-vmd runs beside the agent, which forwards VM calls to it",
+        kind: Kind::SharedVm,
+        run: boot::vm_daemon,
+    },
+    Test {
         name: "units_via_api",
         what: "start, restart, logs and enable of a unit over mTLS, audited as admin",
         kind: Kind::SharedVm,
