@@ -606,6 +606,9 @@ pub enum VmCmd {
     Snapshot(SnapshotCmd),
     /// List the storage pool's volumes (disks, images, ISOs).
     Volumes,
+    /// Attach this terminal to a running VM's serial console; Ctrl-]
+    /// leaves (the end of piped input too).
+    Console(VmArg),
 }
 
 /// The lifecycle actions that take a VM name and answer with the VM.

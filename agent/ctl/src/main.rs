@@ -12,6 +12,7 @@
 mod audit;
 mod cli;
 mod connect;
+mod console;
 mod diagnose;
 mod health;
 mod logs;

@@ -10,9 +10,9 @@ use std::pin::Pin;
 use debvisor_api::vm::v1 as pb;
 use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
 use debvisor_api::vm::v1::vm_service_server::VmService;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit_service::Auditor;
 use crate::auth::Caller;
@@ -135,6 +135,9 @@ fn snapshot(r: &pb::SnapshotRef) -> String {
 /// A stream of VM events.
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VmEvent, Status>> + Send>>;
 
+/// A serial console's output.
+type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleOutput, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl VmService for VmApi {
     async fn list_vms(&self, req: Request<pb::ListVmsRequest>) -> Result<Response<pb::ListVmsResponse>, Status> {
@@ -245,5 +248,30 @@ impl VmService for VmApi {
         req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         self.read(req, |mut c, r| async move { c.list_volumes(r).await }).await
+    }
+
+    type OpenConsoleStream = ConsoleStream;
+
+    async fn open_console(&self, req: Request<Streaming<pb::ConsoleInput>>) -> Result<Response<ConsoleStream>, Status> {
+        let caller = Caller::of(&req)?;
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("name: the console stream ended before naming a VM"))?;
+        let target = format!("vm:{}", first.name);
+        // The keystrokes follow the message that names the VM, until the
+        // caller closes its side (or goes away).
+        let keys = tokio_stream::once(first).chain(input.map_while(Result::ok));
+        let output = self
+            .audit
+            .audited(
+                &caller,
+                "vm.console",
+                &target,
+                self.forward(keys, |mut c, r| async move { c.open_console(r).await }),
+            )
+            .await?;
+        Ok(Response::new(Box::pin(output.into_inner())))
     }
 }

@@ -1,5 +1,6 @@
 //! The hypervisor facility: what the agent asks of libvirt, as a trait.
 
+use crate::console::Console;
 use crate::error::VirtError;
 use crate::events::EventSink;
 use crate::spec::{SnapshotName, VmName, VmSpec};
@@ -183,4 +184,7 @@ pub trait Hypervisor: Send + Sync {
     fn clone_vm(&self, from: &VmName, to: &VmName) -> Result<VmDetail, VirtError>;
     /// The files of the VM storage pool.
     fn volumes(&self) -> Result<Vec<VolumeInfo>, VirtError>;
+    /// Opens the serial console of a running VM, taking it over from
+    /// whoever held it.
+    fn console(&self, name: &VmName) -> Result<Console, VirtError>;
 }

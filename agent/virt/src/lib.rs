@@ -18,12 +18,16 @@
 //! - [`VmEvent`]: libvirt's lifecycle events, delivered to the sinks given
 //!   to [`Hypervisor::subscribe`] from libvirt's event loop thread.
 //!
+//! - [`Console`]: a running VM's serial console, read and written from
+//!   blocking threads.
+//!
 //! Not yet here: VLAN tags on Linux bridges (libvirt 9 applies `<vlan>` to
 //! Open vSwitch only, so the agent will tag the VM's port itself) and the
-//! serial and VNC console streams.
+//! VNC console proxy.
 
 #![warn(missing_docs)]
 
+mod console;
 mod error;
 mod events;
 mod hypervisor;
@@ -32,6 +36,7 @@ pub mod parse;
 pub mod spec;
 pub mod xml;
 
+pub use console::Console;
 pub use error::VirtError;
 pub use events::{EventSink, VmEvent, VmEventKind};
 pub use hypervisor::{Hypervisor, SnapshotInfo, VmDetail, VmDisk, VmInfo, VmNic, VmState, VolumeInfo};

@@ -11,6 +11,7 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::sys;
 
+use crate::console::Console;
 use crate::error::VirtError;
 use crate::events::{self, EventSink, Registration, Sinks};
 use crate::hypervisor::{Hypervisor, SnapshotInfo, VmDetail, VmDisk, VmInfo, VmNic, VmState, VolumeInfo};
@@ -663,6 +664,27 @@ impl Hypervisor for Libvirt {
         let disks = Self::make_disks(&pool, to, &plan)?;
         let d = self.define(&spec, &disks)?;
         self.detail(&d)
+    }
+
+    fn console(&self, name: &VmName) -> Result<Console, VirtError> {
+        let d = self.domain(name)?;
+        let st = Self::info(&d)?.state;
+        if !st.is_active() {
+            return Err(VirtError::WrongState(format!(
+                "{name} is {}: start it to reach its console",
+                st.as_str()
+            )));
+        }
+        let stream = virt::stream::Stream::new(&self.conn, 0)
+            .map_err(|e| VirtError::libvirt(format!("Opening the console of {name}"), &e))?;
+        d.open_console(None, &stream, sys::VIR_DOMAIN_CONSOLE_FORCE)
+            .map_err(|e| match e.code() {
+                virt::error::ErrorNumber::NoSupport => VirtError::WrongState(format!(
+                    "Cannot open the console of {name}: this hypervisor has no consoles"
+                )),
+                _ => VirtError::libvirt(format!("Opening the console of {name}"), &e),
+            })?;
+        Ok(Console::new(stream, name.as_str()))
     }
 
     fn volumes(&self) -> Result<Vec<VolumeInfo>, VirtError> {

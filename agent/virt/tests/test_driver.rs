@@ -290,3 +290,29 @@ fn lifecycle_events_reach_the_subscribers() {
     assert!(pos(VmEventKind::Defined) < pos(VmEventKind::Started));
     assert!(pos(VmEventKind::Started) < pos(VmEventKind::Stopped));
 }
+
+#[test]
+fn a_console_needs_a_running_vm_and_a_hypervisor_with_consoles() {
+    let h = host();
+    h.lv.create(&spec("con-1")).unwrap();
+    let off =
+        h.lv.console(&name("con-1"))
+            .err()
+            .expect("a VM that is off has no console");
+    assert!(
+        matches!(&off, VirtError::WrongState(m) if m.contains("con-1 is shutoff") && m.contains("start it")),
+        "{off}"
+    );
+    h.lv.start(&name("con-1")).unwrap();
+    // The test driver runs no QEMU, so it has no consoles to stream.
+    let none =
+        h.lv.console(&name("con-1"))
+            .err()
+            .expect("the test driver has no consoles");
+    assert!(
+        matches!(&none, VirtError::WrongState(m) if m.contains("no consoles")),
+        "{none}"
+    );
+    let missing = h.lv.console(&name("nope")).err().expect("no such VM");
+    assert!(matches!(missing, VirtError::NotFound(_)));
+}

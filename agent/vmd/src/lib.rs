@@ -16,9 +16,13 @@ use debvisor_api::vm::v1::vm_service_server::VmServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
 
 pub mod config;
+mod console;
+mod convert;
 mod service;
 
-pub use service::{VmBackend, VmServer, spec_from_pb};
+pub use console::MAX_CONSOLE_INPUT;
+pub use convert::spec_from_pb;
+pub use service::{VmBackend, VmServer};
 
 /// Binds the socket at `path` for root alone (mode 0600), replacing a
 /// stale one and creating its directory.

@@ -98,6 +98,16 @@ async fn vms_from_the_command_line() {
     assert_eq!(json["summary"]["state_text"], "running");
     assert_eq!(json["boot"], serde_json::json!(["cdrom", "hd"]));
 
+    // The test driver has no consoles: the refusal says so (the console
+    // itself is tested with a real libvirtd in qa's vm_console_host).
+    let o = a.run(&["vm", "console", "web-1"]).await;
+    assert_ne!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("Cannot open the console of VM web-1") && err.contains("no consoles"),
+        "{err}"
+    );
+
     // A refusal says why and what to do next, and exits non-zero.
     let o = a.run(&["vm", "delete", "web-1"]).await;
     assert_ne!(code(&o), 0);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use debvisor_agent::vm_service::{NO_VMS, Vmd};
 use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
 use debvisor_api::vm::v1::{
-    BootDevice, CloneVmRequest, CreateSnapshotRequest, CreateVmRequest, DeleteVmRequest, DiskSpec, ListVmsRequest,
-    ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec, VmState, disk_spec,
+    BootDevice, CloneVmRequest, ConsoleInput, CreateSnapshotRequest, CreateVmRequest, DeleteVmRequest, DiskSpec,
+    ListVmsRequest, ListVolumesRequest, NicSpec, SetAutostartRequest, SnapshotRef, VmRef, VmSpec, VmState, disk_spec,
 };
 use debvisor_audit::{AuditLog, AuditRecord, Query};
 use debvisor_virt::{Hypervisor as _, Libvirt, test_driver};
@@ -538,4 +538,88 @@ async fn a_watcher_that_falls_behind_is_told_to_resync_and_sent_the_vms() {
     }
     assert_eq!(last.name, "busy-1");
     assert_eq!(last.vm.unwrap().state_text, "shutoff", "the last event: {}", last.event);
+}
+
+/// Opens the console with `msgs` as the caller's side (which stays open
+/// when `hold` is true), answering the first output item or the refusal.
+async fn console(a: &mut Agent, msgs: Vec<ConsoleInput>, hold: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
+    use tokio_stream::StreamExt as _;
+    let input = tokio_stream::iter(msgs);
+    let input: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = ConsoleInput> + Send>> = if hold {
+        Box::pin(input.chain(tokio_stream::pending()))
+    } else {
+        Box::pin(input)
+    };
+    let mut out = a.client.open_console(input).await?.into_inner();
+    Ok(out.message().await?.map(|m| m.data))
+}
+
+#[tokio::test]
+async fn a_console_is_refused_with_the_reason_and_the_attempt_is_audited() {
+    let mut a = agent(true).await;
+    a.client
+        .create_vm(CreateVmRequest {
+            spec: Some(spec("con-1")),
+        })
+        .await
+        .unwrap();
+    let named = |data: &[u8]| ConsoleInput {
+        name: "con-1".into(),
+        data: data.to_vec(),
+    };
+
+    // A VM that is off has no console to open.
+    let off = console(&mut a, vec![named(b"")], true).await.unwrap_err();
+    assert_eq!(off.code(), Code::FailedPrecondition, "{off:?}");
+    assert!(
+        off.message().contains("con-1 is shutoff") && off.message().contains("start it"),
+        "{off:?}"
+    );
+
+    // The test driver runs no QEMU: a running VM has no console either.
+    a.client.start_vm(vm("con-1")).await.unwrap();
+    let none = console(&mut a, vec![named(b"ls\n")], true).await.unwrap_err();
+    assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+    assert!(none.message().contains("no consoles"), "{none:?}");
+
+    // A stream that names no VM, a bad name, one that ends at once, and
+    // keystrokes over 64 KiB are refused, naming the field.
+    let nameless = console(&mut a, vec![ConsoleInput::default()], true).await.unwrap_err();
+    assert_eq!(nameless.code(), Code::InvalidArgument, "{nameless:?}");
+    assert!(nameless.message().starts_with("name"), "{nameless:?}");
+    let bad = console(
+        &mut a,
+        vec![ConsoleInput {
+            name: "../x".into(),
+            data: vec![],
+        }],
+        true,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let empty = console(&mut a, vec![], false).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument, "{empty:?}");
+    assert!(empty.message().contains("ended before naming a VM"), "{empty:?}");
+    let big = console(
+        &mut a,
+        vec![named(&vec![b'x'; debvisor_vmd::MAX_CONSOLE_INPUT + 1])],
+        true,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(big.code(), Code::InvalidArgument, "{big:?}");
+    assert!(big.message().contains("at most 65536"), "{big:?}");
+
+    let records: Vec<_> = a
+        .vm_records()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "vm.console")
+        .map(|r| (r.target, r.ok))
+        .collect();
+    // The stream that ended before naming a VM never reached a VM.
+    assert_eq!(records.len(), 5, "{records:?}");
+    assert!(records.iter().all(|(_, ok)| !ok), "{records:?}");
+    assert_eq!(records[0].0, "vm:con-1");
 }
