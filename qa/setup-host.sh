@@ -23,6 +23,9 @@ packages=(
   # test driver, in libvirt0, runs the VM tests on the host); virsh
   # (libvirt-clients) is the peer of `bench vm`
   build-essential pkg-config libvirt-dev libvirt-clients
+  # a real libvirtd and its QEMU driver for the system tests that boot the
+  # tiny guest (qa/src/libvirtd.rs; its ISO is made with xorriso, above)
+  libvirt-daemon-system libvirt-daemon-driver-qemu
   # the Python gRPC client of the agent_sim_clients test
   python3-venv
   # the console's browser tests (headless Chromium driven over WebDriver)

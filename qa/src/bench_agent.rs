@@ -270,6 +270,7 @@ pub fn agent(paths: &Paths, rt: &tokio::runtime::Runtime, a: &AgentArgs) -> Resu
             rate_limit: RATE_LIMIT,
             system_bus: manager.as_ref().map(UserManager::bus_address),
             vmd_config: String::new(),
+            real_vmd: false,
         },
     )?;
     let max = a.levels.iter().copied().max().unwrap_or(1);

@@ -206,6 +206,7 @@ pub fn vm(paths: &Paths, rt: &tokio::runtime::Runtime, a: &VmArgs) -> Result<()>
             rate_limit: (1_000_000.0, 1_000_000),
             system_bus: None,
             vmd_config: format!("uri = \"{uri}\"\npool = \"vms\"\n"),
+            real_vmd: false,
         },
     )?;
     let admin = agent.admin()?;

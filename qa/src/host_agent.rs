@@ -125,6 +125,9 @@ pub struct AgentOpts {
     /// With `sim`: the simulated VM daemon's vmd.toml (for example a
     /// `test://` host of many VMs); empty means `test:///default`.
     pub vmd_config: String,
+    /// With `sim`: the VM daemon uses the libvirt its config names (a
+    /// real libvirtd), not the test driver.
+    pub real_vmd: bool,
 }
 
 /// Runs the user manager in a private mount namespace whose /run/systemd
@@ -220,16 +223,19 @@ async fn ping_systemd(address: &str) -> Result<()> {
 impl Drop for UserManager {
     fn drop(&mut self) {
         if let Some(c) = self.child.take() {
-            stop_child(c);
+            stop_child(c, Duration::from_secs(5));
         }
     }
 }
 
-/// SIGTERM, then SIGKILL after 5 s; reaps the child.
-fn stop_child(mut c: Child) {
+/// SIGTERM, then SIGKILL after `grace`; reaps the child.
+pub(crate) fn stop_child(mut c: Child, grace: Duration) {
+    if matches!(c.try_wait(), Ok(Some(_))) {
+        return;
+    }
     let pid = nix::unistd::Pid::from_raw(c.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if matches!(c.try_wait(), Ok(Some(_))) {
             return;
@@ -277,13 +283,15 @@ impl HostAgent {
             let vmd_config = dir.join("vmd.toml");
             std::fs::write(&vmd_config, &o.vmd_config)?;
             let bin = agent.with_file_name("debvisor-vmd");
-            let args = [
-                "--sim".as_ref(),
+            let mut args: Vec<&std::ffi::OsStr> = vec![
                 "--config".as_ref(),
                 vmd_config.as_os_str(),
                 "--socket".as_ref(),
                 vmd_socket.as_os_str(),
             ];
+            if !o.real_vmd {
+                args.push("--sim".as_ref());
+            }
             Some(spawn_logged(&bin, &args, &[], &dir.join("vmd.log"))?)
         } else {
             None
@@ -379,7 +387,7 @@ impl HostAgent {
     /// 5 s) and reaps them.
     pub fn stop(&mut self) {
         for c in [self.child.take(), self.vmd.take()].into_iter().flatten() {
-            stop_child(c);
+            stop_child(c, Duration::from_secs(5));
         }
     }
 }

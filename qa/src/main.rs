@@ -13,6 +13,7 @@ mod fileserve;
 mod fuzz;
 mod host_agent;
 mod lab;
+mod libvirtd;
 mod netns;
 mod node;
 mod peer;
@@ -20,6 +21,7 @@ mod probes;
 mod qemu;
 mod serial;
 mod tests;
+mod tiny_guest;
 mod webhook;
 
 use std::process::ExitCode;

@@ -25,14 +25,14 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 const UNIT: &str = "debvisor-webui.service";
 
 /// What a client program did.
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(super) struct Output {
+    pub(super) code: Option<i32>,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 /// Runs `cmd` with a time limit, keeping its output under `dir/<label>.*`.
-fn run(cmd: &mut Command, label: &str, dir: &Path) -> Result<Output> {
+pub(super) fn run(cmd: &mut Command, label: &str, dir: &Path) -> Result<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -74,7 +74,7 @@ fn run(cmd: &mut Command, label: &str, dir: &Path) -> Result<Output> {
 
 impl Output {
     /// Fails unless the program exited 0, quoting its stderr.
-    fn ok(self, what: &str) -> Result<Output> {
+    pub(super) fn ok(self, what: &str) -> Result<Output> {
         if self.code != Some(0) {
             bail!(
                 "{what} exited with {:?}: {}{}",
@@ -105,6 +105,7 @@ pub(super) fn agent_sim_clients(ctx: &Ctx) -> Result<()> {
             rate_limit: RATE_LIMIT,
             system_bus: None,
             vmd_config: String::new(),
+            real_vmd: false,
         },
     )?;
     let admin = agent.admin()?;
@@ -228,7 +229,7 @@ fn check_python(v: &Value) -> Result<()> {
 
 /// Records of `audit query --json` output: an array, an object with
 /// `records`, or one JSON object per line.
-fn audit_records(stdout: &str) -> Result<Vec<Value>> {
+pub(super) fn audit_records(stdout: &str) -> Result<Vec<Value>> {
     if let Ok(v) = serde_json::from_str::<Value>(stdout.trim()) {
         return match v {
             Value::Array(a) => Ok(a),

@@ -15,6 +15,7 @@ mod pxe;
 mod supervisor;
 mod update;
 mod usb;
+mod vm_host;
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -144,6 +145,12 @@ pub const TESTS: &[Test] = &[
         what: "the console with a simulated agent in headless Chromium: sign-in, pages, restart audited, no CSP violation, sign-out; then with JavaScript off: forms, confirmation, audit, users",
         kind: Kind::Host,
         run: console_browser::console_browser,
+    },
+    Test {
+        name: "vm_console_host",
+        what: "a tiny guest under a real libvirtd and QEMU on this host: created and started through the agent and debvisor-vmd, its serial console answers debvisorctl vm console, poweroff ends the session, delete; all audited",
+        kind: Kind::Host,
+        run: vm_host::vm_console_host,
     },
     Test {
         name: "boots_to_ready",
