@@ -609,6 +609,20 @@ pub enum VmCmd {
     /// Attach this terminal to a running VM's serial console; Ctrl-]
     /// leaves (the end of piped input too).
     Console(VmArg),
+    /// Forward a running VM's VNC display to a local port for a VNC viewer;
+    /// Ctrl-C stops.
+    Display(DisplayArgs),
+}
+
+/// `vm display`.
+#[derive(Debug, Args)]
+pub struct DisplayArgs {
+    /// The VM's name.
+    #[arg(value_name = "VM")]
+    pub name: String,
+    /// Where viewers connect (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5900")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// The lifecycle actions that take a VM name and answer with the VM.

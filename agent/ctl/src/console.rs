@@ -8,8 +8,8 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 
 use anyhow::Context as _;
-use debvisor_api::vm::v1::ConsoleInput;
 use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
+use debvisor_api::vm::v1::{ConsoleInput, ConsoleOutput};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::sync::mpsc;
 
@@ -25,20 +25,7 @@ const READ_CHUNK: usize = 4096;
 /// Runs the console of `vm` until the VM stops, the agent ends it, or the
 /// user leaves.
 pub async fn run(ctx: &Ctx, vm: &str) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(ConsoleInput {
-        name: vm.to_string(),
-        data: Vec::new(),
-    })
-    .await
-    .expect("the receiver is held below");
-    let mut client = VmServiceClient::new(ctx.channel.clone());
-    // No grpc-timeout: the session lasts as long as it is used (only
-    // opening it is bounded, by `call`).
-    let mut output = ctx
-        .call(client.open_console(tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx))))
-        .await
-        .with_context(|| format!("Cannot open the console of VM {vm}"))?;
+    let (tx, mut output) = open(ctx, vm, Pipe::Console).await?;
     let tty = std::io::stdin().is_terminal();
     let _raw = if tty { Some(RawMode::enter()?) } else { None };
     if tty {
@@ -77,6 +64,46 @@ pub async fn run(ctx: &Ctx, vm: &str) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The byte streams to a VM.
+#[derive(Debug, Clone, Copy)]
+pub enum Pipe {
+    /// Its serial console.
+    Console,
+    /// Its VNC display.
+    Display,
+}
+
+/// Opens `pipe` of `vm`: the sender for the bytes to it (the message that
+/// names the VM is sent) and the stream of what comes back.
+pub async fn open(
+    ctx: &Ctx,
+    vm: &str,
+    pipe: Pipe,
+) -> anyhow::Result<(mpsc::Sender<ConsoleInput>, tonic::Streaming<ConsoleOutput>)> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(ConsoleInput {
+        name: vm.to_string(),
+        data: Vec::new(),
+    })
+    .await
+    .expect("the receiver is held below");
+    let mut client = VmServiceClient::new(ctx.channel.clone());
+    // No grpc-timeout: the stream lasts as long as it is used (only opening
+    // it is bounded, by `call`).
+    let input = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let output = match pipe {
+        Pipe::Console => ctx
+            .call(client.open_console(input))
+            .await
+            .with_context(|| format!("Cannot open the console of VM {vm}"))?,
+        Pipe::Display => ctx
+            .call(client.open_display(input))
+            .await
+            .with_context(|| format!("Cannot open the display of VM {vm}"))?,
+    };
+    Ok((tx, output))
 }
 
 /// Sends what is typed (or piped) until the escape key or the end of

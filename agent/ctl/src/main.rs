@@ -14,6 +14,7 @@ mod cli;
 mod connect;
 mod console;
 mod diagnose;
+mod display;
 mod health;
 mod logs;
 mod node;

@@ -1,5 +1,5 @@
 //! `vm list|watch|show|create|start|shutdown|stop|reboot|suspend|resume|autostart|
-//! delete|clone|snapshot|volumes|console` (debvisor.vm.v1).
+//! delete|clone|snapshot|volumes|console|display` (debvisor.vm.v1).
 
 use anyhow::Context as _;
 use debvisor_api::vm::v1::vm_service_client::VmServiceClient;
@@ -111,6 +111,7 @@ pub async fn run(ctx: &Ctx, cmd: &VmCmd) -> anyhow::Result<()> {
             ctx.show(&r, || render_volumes(&r.volumes))
         }
         VmCmd::Console(a) => crate::console::run(ctx, &a.name).await,
+        VmCmd::Display(a) => crate::display::run(ctx, &a.name, a.listen).await,
     }
 }
 

@@ -124,6 +124,26 @@ impl VmApi {
     }
 }
 
+/// The start of a console or display stream: its caller, its target
+/// (`vm:NAME`, from the first message) and the input for the daemon (the
+/// first message, then the rest until the caller closes its side).
+async fn open_pipe(
+    req: Request<Streaming<pb::ConsoleInput>>,
+) -> Result<(Caller, String, impl Stream<Item = pb::ConsoleInput> + Send + 'static), Status> {
+    let caller = Caller::of(&req)?;
+    let mut input = req.into_inner();
+    let first = input
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("name: the stream ended before naming a VM"))?;
+    let target = format!("vm:{}", first.name);
+    Ok((
+        caller,
+        target,
+        tokio_stream::once(first).chain(input.map_while(Result::ok)),
+    ))
+}
+
 fn vm(r: &pb::VmRef) -> String {
     format!("vm:{}", r.name)
 }
@@ -253,25 +273,18 @@ impl VmService for VmApi {
     type OpenConsoleStream = ConsoleStream;
 
     async fn open_console(&self, req: Request<Streaming<pb::ConsoleInput>>) -> Result<Response<ConsoleStream>, Status> {
-        let caller = Caller::of(&req)?;
-        let mut input = req.into_inner();
-        let first = input
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("name: the console stream ended before naming a VM"))?;
-        let target = format!("vm:{}", first.name);
-        // The keystrokes follow the message that names the VM, until the
-        // caller closes its side (or goes away).
-        let keys = tokio_stream::once(first).chain(input.map_while(Result::ok));
-        let output = self
-            .audit
-            .audited(
-                &caller,
-                "vm.console",
-                &target,
-                self.forward(keys, |mut c, r| async move { c.open_console(r).await }),
-            )
-            .await?;
+        let (caller, target, keys) = open_pipe(req).await?;
+        let call = self.forward(keys, |mut c, r| async move { c.open_console(r).await });
+        let output = self.audit.audited(&caller, "vm.console", &target, call).await?;
+        Ok(Response::new(Box::pin(output.into_inner())))
+    }
+
+    type OpenDisplayStream = ConsoleStream;
+
+    async fn open_display(&self, req: Request<Streaming<pb::ConsoleInput>>) -> Result<Response<ConsoleStream>, Status> {
+        let (caller, target, keys) = open_pipe(req).await?;
+        let call = self.forward(keys, |mut c, r| async move { c.open_display(r).await });
+        let output = self.audit.audited(&caller, "vm.display", &target, call).await?;
         Ok(Response::new(Box::pin(output.into_inner())))
     }
 }

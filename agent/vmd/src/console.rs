@@ -6,6 +6,7 @@
 //! when libvirt reports the VM stopped, crashed or undefined (libvirt does
 //! not end the console stream itself then).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ pub const MAX_CONSOLE_INPUT: usize = 64 * 1024;
 pub type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleOutput, Status>> + Send>>;
 
 /// Output messages held for a slow caller before the reader waits.
-const OUTPUT_BACKLOG: usize = 64;
+pub(crate) const OUTPUT_BACKLOG: usize = 64;
 
 /// Refuses an input message that is too long.
 pub fn check_input(m: &pb::ConsoleInput) -> Result<(), Status> {
@@ -43,15 +44,15 @@ pub fn bridge(
     vm: VmName,
     console: Console,
     first: pb::ConsoleInput,
-    mut input: Streaming<pb::ConsoleInput>,
-    mut events: broadcast::Receiver<VmEvent>,
+    input: Streaming<pb::ConsoleInput>,
+    events: broadcast::Receiver<VmEvent>,
 ) -> Result<ConsoleStream, Status> {
     let console = Arc::new(console);
     let (tx, rx) = mpsc::channel(OUTPUT_BACKLOG);
     // The reader holds the only strong sender: the output ends when it
     // does. The writer reports its refusals through a weak one.
     let refusals = tx.downgrade();
-    let (done_tx, mut reader_done) = oneshot::channel();
+    let (done_tx, reader_done) = oneshot::channel();
     let reader = console.clone();
     std::thread::Builder::new()
         .name(format!("console-{vm}"))
@@ -62,46 +63,60 @@ pub fn bridge(
         })
         .map_err(|e| Status::internal(format!("Could not start the console reader: {e}")))?;
     tokio::spawn(async move {
-        let refuse = |s: Status| async {
-            if let Some(tx) = refusals.upgrade() {
-                let _ = tx.send(Err(s)).await;
+        let write = |data: Vec<u8>| {
+            let c = console.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || c.write(&data)).await {
+                    Ok(r) => r.map_err(crate::service::virt_status),
+                    Err(e) => Err(Status::internal(format!("The console write did not finish: {e}"))),
+                }
             }
         };
-        let mut next = Some(first);
-        loop {
-            if let Some(m) = next.take() {
-                if let Err(s) = check_input(&m) {
-                    refuse(s).await;
-                    break;
-                }
-                if !m.data.is_empty() {
-                    let c = console.clone();
-                    match tokio::task::spawn_blocking(move || c.write(&m.data)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            refuse(crate::service::virt_status(e)).await;
-                            break;
-                        }
-                        Err(e) => {
-                            refuse(Status::internal(format!("The console write did not finish: {e}"))).await;
-                            break;
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                m = input.message() => match m {
-                    Ok(Some(m)) => next = Some(m),
-                    // The caller closed its side, or went away.
-                    Ok(None) | Err(_) => break,
-                },
-                _ = &mut reader_done => break,
-                _ = stopped(&mut events, &vm) => break,
-            }
-        }
+        pump_input(&vm, first, input, events, reader_done, refusals, write).await;
         console.close();
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// Passes `first` and then `input` to `write` until the caller closes its
+/// side, the reader is done, a write fails (the refusal goes out through
+/// `refusals`), or libvirt reports `vm` stopped.
+pub(crate) async fn pump_input<F>(
+    vm: &VmName,
+    first: pb::ConsoleInput,
+    mut input: Streaming<pb::ConsoleInput>,
+    mut events: broadcast::Receiver<VmEvent>,
+    mut reader_done: oneshot::Receiver<()>,
+    refusals: mpsc::WeakSender<Result<pb::ConsoleOutput, Status>>,
+    mut write: impl FnMut(Vec<u8>) -> F,
+) where
+    F: Future<Output = Result<(), Status>>,
+{
+    let mut next = Some(first);
+    loop {
+        if let Some(m) = next.take() {
+            let written = match check_input(&m) {
+                Ok(()) if m.data.is_empty() => Ok(()),
+                Ok(()) => write(m.data).await,
+                Err(s) => Err(s),
+            };
+            if let Err(s) = written {
+                if let Some(tx) = refusals.upgrade() {
+                    let _ = tx.send(Err(s)).await;
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            m = input.message() => match m {
+                Ok(Some(m)) => next = Some(m),
+                // The caller closed its side, or went away.
+                Ok(None) | Err(_) => return,
+            },
+            _ = &mut reader_done => return,
+            _ = stopped(&mut events, vm) => return,
+        }
+    }
 }
 
 /// Reads the console until it ends and sends what it read; returns when
@@ -128,7 +143,7 @@ fn pump_output(console: &Console, tx: mpsc::Sender<Result<pb::ConsoleOutput, Sta
 }
 
 /// Resolves when libvirt reports `vm` stopped, crashed or undefined.
-async fn stopped(events: &mut broadcast::Receiver<VmEvent>, vm: &VmName) {
+pub(crate) async fn stopped(events: &mut broadcast::Receiver<VmEvent>, vm: &VmName) {
     loop {
         match events.recv().await {
             Ok(e) if e.name == vm.as_str() => {

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 pub mod config;
 mod console;
 mod convert;
+mod display;
 mod service;
 
 pub use console::MAX_CONSOLE_INPUT;

@@ -15,6 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::console::{self, ConsoleStream};
+use crate::display;
 
 use crate::convert::{field, snapshot_to_pb, spec_from_pb, summary_to_pb, vm_to_pb};
 
@@ -114,6 +115,35 @@ impl VmServer {
         })
         .await
         .map(|v| Response::new(vm_to_pb(v)))
+    }
+}
+
+impl VmServer {
+    /// The start of a console or display stream: its first message (which
+    /// names the VM), the rest of the input, and the lifecycle events from
+    /// now on (subscribed before the stream opens, so that a stop right
+    /// after is seen).
+    async fn open_stream(
+        &self,
+        req: Request<Streaming<pb::ConsoleInput>>,
+    ) -> Result<
+        (
+            VmName,
+            pb::ConsoleInput,
+            Streaming<pb::ConsoleInput>,
+            broadcast::Receiver<VmEvent>,
+        ),
+        Status,
+    > {
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("name: the stream ended before naming a VM"))?;
+        console::check_input(&first)?;
+        let name = vm_name("name", &first.name)?;
+        self.run(|_| Ok(())).await?;
+        Ok((name, first, input, self.backend.events.subscribe()))
     }
 }
 
@@ -335,20 +365,32 @@ impl VmService for VmServer {
     type OpenConsoleStream = ConsoleStream;
 
     async fn open_console(&self, req: Request<Streaming<pb::ConsoleInput>>) -> Result<Response<ConsoleStream>, Status> {
-        let mut input = req.into_inner();
-        let first = input
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("name: the console stream ended before naming a VM"))?;
-        console::check_input(&first)?;
-        let name = vm_name("name", &first.name)?;
-        // Connected and subscribed before the console opens, so that a stop
-        // right after is seen.
-        self.run(|_| Ok(())).await?;
-        let events = self.backend.events.subscribe();
+        let (name, first, input, events) = self.open_stream(req).await?;
         let n = name.clone();
         let con = self.run(move |hv| hv.console(&n)).await?;
         console::bridge(name, con, first, input, events).map(Response::new)
+    }
+
+    type OpenDisplayStream = ConsoleStream;
+
+    async fn open_display(&self, req: Request<Streaming<pb::ConsoleInput>>) -> Result<Response<ConsoleStream>, Status> {
+        let (name, first, input, events) = self.open_stream(req).await?;
+        let n = name.clone();
+        let vm = self.run(move |hv| hv.get(&n)).await?;
+        if !vm.info.state.is_active() {
+            return Err(Status::failed_precondition(format!(
+                "{name} is {}: start it to reach its display",
+                vm.info.state.as_str()
+            )));
+        }
+        let port = vm.vnc_port.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "{name} has no VNC display (this hypervisor gives it none); use its serial console"
+            ))
+        })?;
+        display::bridge(name, port, first, input, events)
+            .await
+            .map(Response::new)
     }
 
     async fn list_volumes(

@@ -225,6 +225,13 @@ fn console_session(ctx: &Ctx, ctl: &Path, config: &PathBuf) -> Result<()> {
     ctl_run("start", &["vm", "start", VM])?;
     eprintln!("  create and start: {:.1} s", t.elapsed().as_secs_f64());
 
+    let banner = display_banner(ctl, config)?;
+    ensure!(
+        banner.starts_with("RFB 003."),
+        "the display forwarded by debvisorctl vm display did not greet as VNC: {banner:?}"
+    );
+    eprintln!("  vm display: the VM's VNC server greets with {:?}", banner.trim());
+
     let mut s = Session::open(ctl, config)?;
     let took = s.until("echo $((6*7))answer", "42answer", Duration::from_secs(120))?;
     eprintln!(
@@ -278,4 +285,42 @@ fn console_session(ctx: &Ctx, ctl: &Path, config: &PathBuf) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `debvisorctl vm display` on a free local port, connects to it as a
+/// VNC viewer would and answers the server's greeting (the RFB version).
+fn display_banner(ctl: &Path, config: &Path) -> Result<String> {
+    let mut child = Command::new(ctl)
+        .arg("--config")
+        .arg(config)
+        .args(["vm", "display", VM, "--listen", "127.0.0.1:0"])
+        .env_remove("DEBVISORCONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("Cannot run debvisorctl vm display")?;
+    let res = (|| {
+        let mut err = std::io::BufReader::new(child.stderr.take().context("no stderr")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line)?;
+        let port = line
+            .strip_prefix(&format!("The display of {VM} is on 127.0.0.1:"))
+            .and_then(|r| r.split(':').next())
+            .with_context(|| format!("vm display printed {line:?}"))?
+            .to_string();
+        let mut viewer = std::net::TcpStream::connect(format!("127.0.0.1:{port}"))?;
+        viewer.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut banner = [0u8; 12];
+        viewer
+            .read_exact(&mut banner)
+            .context("no greeting from the display within 30 s")?;
+        Ok(String::from_utf8_lossy(&banner).into_owned())
+    })();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = child.wait();
+    res
 }

@@ -190,3 +190,48 @@ async fn vm_watch_follows_events_until_ctrl_c() {
 
     assert_eq!(common::interrupt(&mut child).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_display_listens_for_viewers_and_says_why_a_display_did_not_open() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let a = Agent::start().await;
+    a.ok(&["vm", "create", "gui-1", "--memory", "256", "--disk", "new:64M"])
+        .await;
+    a.ok(&["vm", "start", "gui-1"]).await;
+    let socket = a.dir.path().join("agent.sock").display().to_string();
+    let args = ["--socket", &socket, "vm", "display", "gui-1", "--listen", "127.0.0.1:0"].map(String::from);
+    let mut child = common::command(&args, &[]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line within 20 s")
+            .unwrap()
+            .unwrap()
+    };
+    let first = next().await;
+    let addr = first
+        .strip_prefix("The display of gui-1 is on ")
+        .and_then(|r| r.split(':').nth(1))
+        .and_then(|p| p.split(':').next())
+        .map(|p| format!("127.0.0.1:{p}"))
+        .unwrap_or_else(|| panic!("{first}"));
+    // A viewer connects; the test driver's VMs have no VNC server, so the
+    // viewer is let go and the reason printed.
+    let mut viewer = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(20), viewer.read_to_end(&mut buf))
+        .await
+        .expect("the viewer is let go")
+        .unwrap();
+    assert_eq!(n, 0);
+    let why = next().await;
+    assert!(
+        why.contains("Cannot open the display of VM gui-1") && why.contains("no VNC display"),
+        "{why}"
+    );
+    assert_eq!(common::interrupt(&mut child).await, Some(0));
+}

@@ -623,3 +623,55 @@ async fn a_console_is_refused_with_the_reason_and_the_attempt_is_audited() {
     assert!(records.iter().all(|(_, ok)| !ok), "{records:?}");
     assert_eq!(records[0].0, "vm:con-1");
 }
+
+#[tokio::test]
+async fn a_display_needs_a_running_vm_with_vnc_and_is_audited() {
+    let mut a = agent(true).await;
+    a.client
+        .create_vm(CreateVmRequest {
+            spec: Some(spec("dis-1")),
+        })
+        .await
+        .unwrap();
+    let client = a.client.clone();
+    let open = |name: &str| {
+        let mut c = client.clone();
+        let first = ConsoleInput {
+            name: name.into(),
+            data: Vec::new(),
+        };
+        async move {
+            let input = tokio_stream::StreamExt::chain(tokio_stream::iter(vec![first]), tokio_stream::pending());
+            c.open_display(input).await.map(drop)
+        }
+    };
+    let off = open("dis-1").await.unwrap_err();
+    assert_eq!(off.code(), Code::FailedPrecondition, "{off:?}");
+    assert!(
+        off.message().contains("dis-1 is shutoff") && off.message().contains("start it"),
+        "{off:?}"
+    );
+    a.client.start_vm(vm("dis-1")).await.unwrap();
+    // The test driver's VMs have no VNC server.
+    let none = open("dis-1").await.unwrap_err();
+    assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+    assert!(none.message().contains("no VNC display"), "{none:?}");
+    let missing = open("nope").await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let records: Vec<_> = a
+        .vm_records()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "vm.display")
+        .map(|r| (r.target, r.ok))
+        .collect();
+    // Newest first.
+    assert_eq!(
+        records,
+        [
+            ("vm:nope".to_string(), false),
+            ("vm:dis-1".to_string(), false),
+            ("vm:dis-1".to_string(), false)
+        ]
+    );
+}
