@@ -1,8 +1,9 @@
 //! Vendors the console's front-end packages from npm at build time.
 //!
-//! `webui/assets/package.json` and its `package-lock.json` pin htmx and its
-//! server-sent-events extension. When `assets/node_modules` is missing or
-//! older than the lockfile, this runs `npm ci --ignore-scripts` there (no
+//! `webui/assets/package.json` and its `package-lock.json` pin htmx, its
+//! server-sent-events extension and xterm.js (the serial console's
+//! terminal). When `assets/node_modules` is missing or older than the
+//! lockfile, this runs `npm ci --ignore-scripts` there (no
 //! package script ever runs), then copies the minified files into `OUT_DIR`
 //! and writes `vendored.rs`: each file with its content hash (for the URL and
 //! the ETag), and every locked package with its version and licence for the
@@ -29,6 +30,13 @@ const FILES: &[(&str, &str, &str, &str)] = &[
         "htmx-ext-sse.min.js",
         "text/javascript; charset=utf-8",
     ),
+    (
+        "@xterm/xterm",
+        "lib/xterm.js",
+        "xterm.js",
+        "text/javascript; charset=utf-8",
+    ),
+    ("@xterm/xterm", "css/xterm.css", "xterm.css", "text/css; charset=utf-8"),
 ];
 
 fn fail(message: String) -> ! {
@@ -67,7 +75,7 @@ fn install(assets: &Path) {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => fail(format!(
-            "`npm ci` in {} failed ({s}); it needs the npm registry once to vendor htmx (see package-lock.json)",
+            "`npm ci` in {} failed ({s}); it needs the npm registry once to vendor htmx and xterm.js (see package-lock.json)",
             assets.display()
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(format!(

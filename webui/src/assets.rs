@@ -1,5 +1,6 @@
 //! The vendored front-end files (htmx and its server-sent-events extension,
-//! pinned by `webui/assets/package-lock.json` and copied in by `build.rs`),
+//! xterm.js and its style sheet for the serial console; pinned by
+//! `webui/assets/package-lock.json` and copied in by `build.rs`),
 //! embedded in the binary and served under `/static/vendor/HASH/NAME`.
 //!
 //! The URL carries the file's content hash, so a response may be cached for
@@ -55,14 +56,29 @@ pub fn find(name: &str) -> Option<&'static Asset> {
     FILES.iter().find(|a| a.name == name)
 }
 
+/// The current URL of the vendored file `name` ("" if there is none).
+pub fn url(name: &str) -> String {
+    find(name).map(Asset::url).unwrap_or_default()
+}
+
 /// URL of htmx.
 pub fn htmx_url() -> String {
-    find("htmx.min.js").map(Asset::url).unwrap_or_default()
+    url("htmx.min.js")
 }
 
 /// URL of htmx's SSE extension.
 pub fn sse_url() -> String {
-    find("htmx-ext-sse.min.js").map(Asset::url).unwrap_or_default()
+    url("htmx-ext-sse.min.js")
+}
+
+/// URL of xterm.js (it defines the global `Terminal`).
+pub fn xterm_js_url() -> String {
+    url("xterm.js")
+}
+
+/// URL of xterm.js's style sheet.
+pub fn xterm_css_url() -> String {
+    url("xterm.css")
 }
 
 /// URL of the style sheet, versioned by its content hash.
@@ -111,9 +127,20 @@ mod tests {
         assert_eq!(htmx.hash.len(), 16);
         assert!(htmx_url().starts_with("/static/vendor/"));
         assert!(find("htmx-ext-sse.min.js").unwrap().bytes.len() > 1_000);
-        let names: Vec<_> = PACKAGES.iter().map(|p| (p.name, p.version.starts_with("2."))).collect();
-        assert!(names.contains(&("htmx.org", true)), "{names:?}");
-        assert!(names.contains(&("htmx-ext-sse", true)), "{names:?}");
+        let xterm = find("xterm.js").unwrap();
+        assert!(String::from_utf8_lossy(xterm.bytes).contains("Terminal"));
+        assert_eq!(xterm.content_type, "text/javascript; charset=utf-8");
+        assert!(find("xterm.css").unwrap().content_type.starts_with("text/css"));
+        assert_eq!(
+            xterm_css_url(),
+            format!("/static/vendor/{}/xterm.css", find("xterm.css").unwrap().hash)
+        );
+        assert_eq!(url("nothing.js"), "");
+        let names: Vec<_> = PACKAGES.iter().map(|p| (p.name, p.version)).collect();
+        let major = |n: &str, v: &str| names.iter().any(|(p, ver)| *p == n && ver.starts_with(v));
+        assert!(major("htmx.org", "2."), "{names:?}");
+        assert!(major("htmx-ext-sse", "2."), "{names:?}");
+        assert!(major("@xterm/xterm", "6."), "{names:?}");
         assert!(PACKAGES.iter().all(|p| p.licence != "unknown"), "{PACKAGES:?}");
     }
 }

@@ -25,6 +25,11 @@ pub enum AppError {
     /// The request could not be understood (for example a malformed form).
     #[error("Malformed request")]
     BadRequest,
+    /// A WebSocket was opened from a page of another origin (its `Origin`
+    /// is not the console's own host): a cross-site hijack attempt, or a
+    /// proxy that rewrites `Host`.
+    #[error("Cross-origin WebSocket refused")]
+    CrossOrigin,
     /// The signed-in user's role does not hold the permission the route
     /// needs.
     #[error("Not allowed for role {role}: needs {permission:?}")]
@@ -91,20 +96,25 @@ impl IntoResponse for AppError {
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::BadRequest => StatusCode::BAD_REQUEST,
+            AppError::CrossOrigin => {
+                tracing::warn!("refused: a WebSocket from another origin");
+                return explained(
+                    StatusCode::FORBIDDEN,
+                    ErrorInfo {
+                        title: "Request refused",
+                        message: "The console's live connections may only be opened by its own pages.",
+                    },
+                );
+            }
             AppError::Forbidden { role, permission } => {
                 tracing::warn!(%role, ?permission, "refused: the role does not allow this");
-                let info = ErrorInfo {
-                    title: "Not allowed",
-                    message: "Your role does not allow this. Ask an administrator if you need it.",
-                };
-                let mut response = (
+                return explained(
                     StatusCode::FORBIDDEN,
-                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                    format!("{}: {}", info.title, info.message),
-                )
-                    .into_response();
-                response.extensions_mut().insert(info);
-                return response;
+                    ErrorInfo {
+                        title: "Not allowed",
+                        message: "Your role does not allow this. Ask an administrator if you need it.",
+                    },
+                );
             }
             AppError::Render(e) => {
                 tracing::error!(error = %e, "page rendering failed");
@@ -133,16 +143,21 @@ impl IntoResponse for AppError {
                 return response;
             }
         };
-        let info = ErrorInfo::for_status(status);
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{}: {}", info.title, info.message),
-        )
-            .into_response();
-        response.extensions_mut().insert(info);
-        response
+        explained(status, ErrorInfo::for_status(status))
     }
+}
+
+/// A plain-text `status` response saying `info`, which the error-page
+/// middleware turns into the site's page.
+fn explained(status: StatusCode, info: ErrorInfo) -> Response {
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}: {}", info.title, info.message),
+    )
+        .into_response();
+    response.extensions_mut().insert(info);
+    response
 }
 
 #[cfg(test)]
@@ -158,6 +173,9 @@ mod tests {
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(r.extensions().get::<ErrorInfo>().unwrap().title, "Request refused");
         assert_eq!(AppError::NotFound.into_response().status(), StatusCode::NOT_FOUND);
+        let r = AppError::CrossOrigin.into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.extensions().get::<ErrorInfo>().unwrap().message.contains("own pages"));
         let r = AppError::TooManyRequests {
             retry_after: std::time::Duration::from_millis(1500),
         }

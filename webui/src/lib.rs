@@ -13,7 +13,8 @@
 //! - [`views`]: askama templates and formatting helpers;
 //! - [`live`]: the dashboard's sampler, history and live updates;
 //! - [`charts`]: SVG line and area charts rendered on the server;
-//! - [`assets`]: the vendored front-end files (htmx) embedded at build time;
+//! - [`assets`]: the vendored front-end files (htmx, xterm.js) embedded at
+//!   build time;
 //! - [`flash`]: one-shot messages for a session's next page;
 //! - [`error`]: the one mapping from errors to friendly pages;
 //! - [`tls`]: the rustls configuration and the HTTPS accept loop;

@@ -88,7 +88,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 }
 
 /// Serves `app` over TLS on `listener` until the task is dropped. Each
-/// connection gets its own task; the router sees the peer address as
+/// connection gets its own task (HTTP/1.1 connections may be upgraded to
+/// WebSockets); the router sees the peer address as
 /// [`ConnectInfo<SocketAddr>`].
 pub async fn serve_https(listener: TcpListener, tls: Arc<ServerConfig>, app: Router) {
     let acceptor = TlsAcceptor::from(tls);
@@ -131,8 +132,11 @@ pub async fn serve_https(listener: TcpListener, tls: Arc<ServerConfig>, app: Rou
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
             });
+            // With upgrades: the serial console's WebSocket (HTTP/1.1;
+            // browsers open one beside an h2 connection, as h2 does not
+            // offer extended CONNECT here).
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service))
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

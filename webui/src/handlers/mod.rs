@@ -59,6 +59,19 @@ pub const CSRF_COOKIE: &str = "__Host-debvisor_csrf";
 /// foreign.
 pub const CSP: &str = "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
                        frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// [`CSP`] for a page whose script adds `<style>` elements (xterm.js writes
+/// the terminal's measured cell size and colours into some): such elements
+/// are allowed when they carry `nonce`, which the page's script stamps on
+/// each one it creates; inline style attributes and everything else stay
+/// as strict as on every other page. `nonce` must be fresh for each
+/// response ([`crate::auth::random_token`]).
+pub fn csp_with_style_nonce(nonce: &str) -> String {
+    CSP.replacen(
+        "style-src 'self';",
+        &format!("style-src 'self'; style-src-elem 'self' 'nonce-{nonce}';"),
+        1,
+    )
+}
 /// Where a signed-in user lands (after sign-in, and for `/`).
 pub const HOME: &str = "/dashboard";
 /// The style sheet, compiled in.
@@ -300,11 +313,15 @@ async fn status(State(state): State<AppState>, RequireSession(session): RequireS
 }
 
 /// Adds the security headers to every response; pages are `no-store`
-/// unless the handler chose a cache policy (the style sheet).
+/// unless the handler chose a cache policy (the style sheet), and get
+/// [`CSP`] unless the handler set its own (only the serial console's page
+/// does, [`csp_with_style_nonce`]).
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    }
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=63072000"),
@@ -378,6 +395,17 @@ mod tests {
         assert_eq!(cookie(&h, CSRF_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("xyz"));
         assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn the_style_nonce_policy_only_adds_nonced_style_elements() {
+        let csp = csp_with_style_nonce("abc123");
+        assert_eq!(
+            csp,
+            "default-src 'self'; style-src 'self'; style-src-elem 'self' 'nonce-abc123'; script-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        );
+        assert!(!csp.contains("unsafe"));
     }
 
     #[test]

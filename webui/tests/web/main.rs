@@ -13,4 +13,5 @@ mod support;
 mod tls;
 mod updates;
 mod users;
+mod vm_console;
 mod vms;

@@ -47,9 +47,16 @@ async fn post_csrf(app: &Router, cookies: &str, path: &str, form: &[(&str, &str)
     post(app, IP, path, cookies, &fields).await
 }
 
-/// The status of one request, without reading the body (event streams
-/// never end).
-async fn status_of(app: &Router, method: &str, path: &str, cookies: &str, form: &[(&str, &str)]) -> StatusCode {
+/// The status of one request with `headers`, without reading the body
+/// (event streams never end).
+async fn status_of(
+    app: &Router,
+    method: &str,
+    path: &str,
+    cookies: &str,
+    form: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> StatusCode {
     let body: Vec<String> = form
         .iter()
         .map(|(k, v)| format!("{k}={}", support::encode(v)))
@@ -61,9 +68,17 @@ async fn status_of(app: &Router, method: &str, path: &str, cookies: &str, form: 
     if !cookies.is_empty() {
         req = req.header(header::COOKIE, cookies);
     }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     let mut req = req.body(Body::from(body.join("&"))).unwrap();
     let addr: SocketAddr = format!("{IP}:50000").parse().unwrap();
     req.extensions_mut().insert(ConnectInfo(addr));
+    // What hyper gives every HTTP/1.1 request on a connection that may be
+    // upgraded (here one that never will be: a WebSocket answers 101 and
+    // its task ends).
+    let upgrade = hyper::upgrade::on(&mut req);
+    req.extensions_mut().insert(upgrade);
     app.clone().oneshot(req).await.unwrap().status()
 }
 
@@ -95,12 +110,14 @@ fn unescape(s: &str) -> String {
 }
 
 /// One route of the console: method, path, what it needs (None: any
-/// signed-in user) and the form it sends (the CSRF token is added).
+/// signed-in user), the form it sends (the CSRF token is added) and more
+/// headers.
 struct Route {
     method: &'static str,
     path: String,
     needs: Option<Permission>,
     form: Vec<(&'static str, String)>,
+    headers: &'static [(&'static str, &'static str)],
 }
 
 fn route(method: &'static str, path: &str, needs: Option<Permission>) -> Route {
@@ -109,8 +126,19 @@ fn route(method: &'static str, path: &str, needs: Option<Permission>) -> Route {
         path: path.to_string(),
         needs,
         form: Vec::new(),
+        headers: &[],
     }
 }
+
+/// A browser's WebSocket handshake from the console's own page.
+const WS_HANDSHAKE: &[(&str, &str)] = &[
+    ("host", "console.test"),
+    ("origin", "https://console.test"),
+    ("connection", "Upgrade"),
+    ("upgrade", "websocket"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
 
 /// Every route that needs a session, as of this test's writing. A user of
 /// `role` sends the user-management forms for its own throwaway users, so
@@ -223,6 +251,11 @@ fn routes(role: Role) -> Vec<Route> {
             ..route("POST", &format!("/vm/vm-{role}/clone"), Some(P::ManageVms))
         },
         route("POST", &format!("/vm/copy-{role}/delete"), Some(P::ManageVms)),
+        route("GET", "/vm/vm-admin/console", Some(P::ManageVms)),
+        Route {
+            headers: WS_HANDSHAKE,
+            ..route("GET", "/vm/vm-admin/console/ws", Some(P::ManageVms))
+        },
     ]
 }
 
@@ -282,6 +315,9 @@ const COVERED: &[&str] = &[
     "/vm/{name}/clone",
     "/vm/{name}/snapshots",
     "/vm/{name}/snapshots/{snap}/{op}",
+    "/vm/{name}/console",
+    "/vm/{name}/console/ws",
+    "/static/vm_console.js",
 ];
 
 /// Every `.route("...")` pattern in the crate's source.
@@ -347,11 +383,11 @@ async fn every_route_with_every_role() {
             c.clock.advance(Duration::from_millis(200));
             let mut form: Vec<(&str, &str)> = r.form.iter().map(|(k, v)| (*k, v.as_str())).collect();
             form.push(("csrf", &csrf));
-            let status = status_of(&c.app, r.method, &r.path, cookies, &form).await;
+            let status = status_of(&c.app, r.method, &r.path, cookies, &form, r.headers).await;
             let allowed = r.needs.is_none_or(|p| role.allows(p));
             if allowed {
                 assert!(
-                    status == StatusCode::OK || status == StatusCode::SEE_OTHER,
+                    [StatusCode::OK, StatusCode::SEE_OTHER, StatusCode::SWITCHING_PROTOCOLS].contains(&status),
                     "{role} {} {}: {status}",
                     r.method,
                     r.path
@@ -363,7 +399,7 @@ async fn every_route_with_every_role() {
     }
     // Without a session every one of them sends the browser to sign in.
     for r in routes(Role::Viewer) {
-        let status = status_of(&c.app, r.method, &r.path, "", &[]).await;
+        let status = status_of(&c.app, r.method, &r.path, "", &[], r.headers).await;
         assert!(
             status == StatusCode::SEE_OTHER || (r.method == "POST" && status == StatusCode::FORBIDDEN),
             "anonymous {} {}: {status}",
@@ -384,8 +420,13 @@ async fn every_route_with_every_role() {
         "/favicon.ico",
         "/static/services.js",
         "/static/updates.js",
+        "/static/vm_console.js",
     ] {
-        assert_eq!(status_of(&c.app, "GET", path, "", &[]).await, StatusCode::OK, "{path}");
+        assert_eq!(
+            status_of(&c.app, "GET", path, "", &[], &[]).await,
+            StatusCode::OK,
+            "{path}"
+        );
     }
     // The viewer's denial is a friendly page.
     let viewer = &sessions.iter().find(|(r, _)| *r == Role::Viewer).unwrap().1;

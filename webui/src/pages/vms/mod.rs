@@ -1,9 +1,9 @@
 //! The virtual machine pages, through the agent's `debvisor.vm.v1`: the
 //! list (live: libvirt's lifecycle events and a CPU sample every few
-//! seconds), the create form, and a VM's page with its devices, actions,
-//! snapshots, clone and delete. The agent validates every value and audits
-//! every change as `vm.*` by `console:USER`; its refusals are shown as
-//! they are (they name the field and what to change).
+//! seconds), the create form, a VM's page with its devices, actions,
+//! snapshots, clone and delete, and its serial console. The agent validates
+//! every value and audits every change as `vm.*` by `console:USER`; its
+//! refusals are shown as they are (they name the field and what to change).
 //!
 //! | route | permission | what |
 //! |---|---|---|
@@ -17,6 +17,9 @@
 //! | `POST /vm/{name}/clone` | `ManageVms` | copy a VM that is off |
 //! | `POST /vm/{name}/snapshots` | `ManageVms` | take a snapshot |
 //! | `POST /vm/{name}/snapshots/{snap}/{revert,delete}` | `ManageVms` | revert to or delete one |
+//! | `GET /vm/{name}/console` | `ManageVms` | its serial console in the browser (xterm.js) |
+//! | `GET /vm/{name}/console/ws` | `ManageVms` | the console's WebSocket, same origin only (see [`console`]) |
+//! | `GET /static/vm_console.js` | none | the console page's script |
 //!
 //! A VM's pages live under `/vm/` (not `/vms/`), so that VMs called `new`
 //! or `events` have pages too; names are percent-encoded in every URL (VMs
@@ -52,6 +55,7 @@ use crate::pages::services::message_page;
 use crate::roles::Permission;
 use crate::views::{Chrome, human_bytes};
 
+pub mod console;
 mod create;
 mod vm;
 
@@ -76,6 +80,9 @@ pub fn routes() -> Router<AppState> {
         .route("/vm/{name}/clone", post(vm::clone))
         .route("/vm/{name}/snapshots", post(vm::snapshot_create))
         .route("/vm/{name}/snapshots/{snap}/{op}", post(vm::snapshot_op))
+        .route("/vm/{name}/console", get(console::page))
+        .route("/vm/{name}/console/ws", get(console::socket))
+        .route("/static/vm_console.js", get(console::script))
 }
 
 /// A button that posts an action.

@@ -42,6 +42,8 @@ pub struct VmPage {
     pub actions: Vec<ActionButton>,
     /// Whether the session may act.
     pub can_manage: bool,
+    /// Its serial console's page, when it runs and the session may use it.
+    pub console: Option<String>,
     /// The session's CSRF token.
     pub csrf: String,
     /// The outcome of the last action.
@@ -105,15 +107,18 @@ pub(super) async fn vm_page(
         Ok((v, _)) => v.summary.as_ref().map(|s| s.state_text.clone()).unwrap_or_default(),
         Err(_) => String::new(),
     };
+    let can_manage = session.role.allows(Permission::ManageVms);
+    let running = matches!(state_text.as_str(), "running" | "blocked");
     let page = VmPage {
         chrome: state.chrome(Some(nav(session, "vms"))).await,
+        console: (can_manage && running).then(|| format!("{}/console", vm_href(&name))),
         href: vm_href(&name),
         name: name.chars().take(64).collect(),
         state_class: state_class(&state_text),
         actions: actions_for(&state_text),
         state: state_text,
         vm,
-        can_manage: session.role.allows(Permission::ManageVms),
+        can_manage,
         csrf: session.csrf.clone(),
         flash: state.flashes().take(session),
     };
