@@ -110,6 +110,9 @@ fn user_name() -> Result<String> {
 pub struct AgentSetup {
     /// Top-level agent.toml lines (e.g. `provision = "FILE"`).
     pub config: String,
+    /// The VM daemon's vmd.toml for a real libvirt; `None`: the test
+    /// driver (`--sim`).
+    pub vmd_config: Option<String>,
 }
 
 /// The simulated agent and the console in front of it, both killed on drop.
@@ -190,19 +193,23 @@ impl ConsoleHost {
             ),
         )?;
         let s = |p: &Path| p.display().to_string();
+        let mut vmd_args = vec![
+            "--config".into(),
+            s(&dir.join("vmd.toml")),
+            "--socket".into(),
+            s(&vmd_socket),
+        ];
+        match &agent_setup.vmd_config {
+            Some(c) => std::fs::write(dir.join("vmd.toml"), c)?,
+            None => vmd_args.push("--sim".into()),
+        }
         // The simulated agent's VMs: libvirt's test driver, behind its own
         // VM daemon as on a node.
         let mut vmd = Daemon::start(
             "debvisor-vmd",
             &vmd_bin,
             &unit_environment(paths, "debvisor-vmd.service")?,
-            &[
-                "--sim".into(),
-                "--config".into(),
-                s(&dir.join("vmd.toml")),
-                "--socket".into(),
-                s(&vmd_socket),
-            ],
+            &vmd_args,
             dir.join("vmd.log"),
         )?;
         vmd.wait("listen on its socket", || {

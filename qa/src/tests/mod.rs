@@ -153,6 +153,12 @@ pub const TESTS: &[Test] = &[
         run: vm_host::vm_console_host,
     },
     Test {
+        name: "vm_console_browser",
+        what: "the tiny guest's serial console in headless Chromium: the VM page's link, xterm.js over the console's WebSocket to the agent and a real debvisor-vmd and libvirtd; the shell answers, poweroff closes the page's console, no CSP violation",
+        kind: Kind::Host,
+        run: vm_host::vm_console_browser,
+    },
+    Test {
         name: "boots_to_ready",
         what: "the node prints its fingerprint, admin password and ready",
         kind: Kind::SharedVm,

@@ -324,3 +324,118 @@ fn display_banner(ctl: &Path, config: &Path) -> Result<String> {
     let _ = child.wait();
     res
 }
+
+/// The same tiny guest's serial console in headless Chromium: the console
+/// page's xterm.js, its WebSocket, the agent and a real debvisor-vmd.
+pub(super) fn vm_console_browser(ctx: &Ctx) -> Result<()> {
+    use crate::console_host::{AgentSetup, ConsoleHost};
+
+    let iso = tiny_guest::iso(&ctx.paths.cache()).context("Building the tiny guest's ISO")?;
+    let lvd = Libvirtd::ensure(&ctx.dir.join("libvirtd"))?;
+    let pool = Pool::create(lvd.uri(), &iso)?;
+    let setup = AgentSetup {
+        config: String::new(),
+        vmd_config: Some(format!(
+            "uri = \"{}\"\npool = \"{POOL}\"\ndomain_type = \"qemu\"\n",
+            lvd.uri()
+        )),
+    };
+    let mut host = ConsoleHost::start_with(ctx.paths, &ctx.dir, &[], &setup)?;
+    let ctl = host_agent::release_binary(ctx.paths, "debvisorctl", "debvisorctl")?;
+    let ctl_run = |label: &str, args: &[&str]| -> Result<Output> {
+        let mut c = Command::new(&ctl);
+        c.arg("--socket").arg(&host.agent_socket).args(args);
+        run(&mut c, label, &ctx.dir)?.ok(&format!("debvisorctl {}", args.join(" ")))
+    };
+    ctl_run(
+        "create",
+        &[
+            "vm",
+            "create",
+            VM,
+            "--vcpus",
+            "1",
+            "--memory",
+            "128",
+            "--disk",
+            "iso:tiny.iso",
+            "--boot",
+            "cdrom",
+        ],
+    )?;
+    ctl_run("start", &["vm", "start", VM])?;
+    let res = ctx.rt.block_on(browser_console(ctx, &host));
+    let _ = ctl_run("stop", &["vm", "stop", VM]);
+    let _ = ctl_run("delete", &["vm", "delete", VM]);
+    let checked = host.check();
+    drop(host);
+    drop(pool);
+    drop(lvd);
+    res.and(checked)
+}
+
+async fn browser_console(ctx: &Ctx<'_>, host: &crate::console_host::ConsoleHost) -> Result<()> {
+    use super::console_browser::{Web, sign_in};
+    use crate::browser::{Browser, Scripts};
+
+    let b = Browser::start_with(&ctx.dir, Some(&host.pki.server_cert()), Scripts::On).await?;
+    let mut w = Web {
+        b,
+        base: host.base(),
+        password: host.password.clone(),
+        ctl: None,
+    };
+    let res = async {
+        sign_in(&mut w).await?;
+        // The VM's page links to its console while it runs.
+        w.b.goto(&w.url(&format!("/vm/{VM}"))).await?;
+        w.b.click("#vm-console").await?;
+        w.b.wait_path(&format!("/vm/{VM}/console")).await?;
+        w.b.wait_text("#console-status", "the console connected", |t| {
+            t.starts_with("Connected")
+        })
+        .await?;
+        let input = w.b.wait_css("#console .xterm-helper-textarea").await?;
+        let start = Instant::now();
+        let answered = loop {
+            let rows = w.b.wait_css("#console .xterm-rows").await?.text().await?;
+            // The echo's own line (the typed command shows as "echo
+            // $((6*7))answer", a mangled one fails as "sh: ...").
+            if rows.lines().any(|l| l.trim() == "42answer") {
+                break start.elapsed();
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(120),
+                "no answer from the guest's shell in the browser within 120 s; the terminal shows: {rows}"
+            );
+            // Typed before the guest's shell runs, input is lost: type again.
+            // A lone Enter first gives a fresh prompt and the terminal the
+            // focus.
+            input.send_keys("\u{E007}").await?;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            input.send_keys("echo $((6*7))answer\u{E007}").await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        };
+        eprintln!(
+            "  the guest answered in the browser's terminal after {:.1} s",
+            answered.as_secs_f64()
+        );
+        w.b.screenshot("vm-console").await?;
+        input.send_keys("poweroff -f\u{E007}").await?;
+        let closed =
+            w.b.wait_text_within(
+                "#console-status",
+                "the console closed when the VM stopped",
+                Duration::from_secs(60),
+                |t| t.starts_with("Console closed") && t.contains("VM stopped"),
+            )
+            .await?;
+        eprintln!("  after poweroff the page says: {closed}");
+        let csp = w.b.csp_violations().await?;
+        ensure!(csp.is_empty(), "CSP violations on the console page: {csp:?}");
+        Ok(())
+    }
+    .await;
+    let _ = w.b.close().await;
+    res
+}

@@ -90,6 +90,7 @@ impl ProvisionNet {
     pub(super) fn agent_setup(&self) -> AgentSetup {
         AgentSetup {
             config: format!("provision = \"{}\"\n", self.dir.join("provision.toml").display()),
+            vmd_config: None,
         }
     }
 
